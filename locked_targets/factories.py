@@ -1,0 +1,113 @@
+"""Factories that mirror gokart's ``make_target`` family and return ``LockedTarget``s."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from gokart.file_processor import FileProcessor, make_file_processor
+from gokart.target import LargeDataFrameProcessor
+
+from locked_targets.model_target import ModelTarget
+from locked_targets.settings import Settings
+from locked_targets.storage import storage_kind_for
+from locked_targets.target import LockedTarget
+
+DEFAULT_MAX_BYTE = 2**26  # gokart's split size for large DataFrames
+
+
+def make_target(
+    file_path: str,
+    unique_id: str | None = None,
+    processor: FileProcessor | None = None,
+    store_index_in_feather: bool = True,
+) -> LockedTarget:
+    """A locked single-file cache target, as ``gokart.target.make_target`` makes unlocked."""
+    return build_single_file_target(
+        file_path,
+        unique_id=unique_id,
+        processor=processor,
+        store_index_in_feather=store_index_in_feather,
+        settings=Settings.from_luigi_config(),
+    )
+
+
+def make_model_target(
+    file_path: str,
+    temporary_directory: str,
+    save_function: Callable[[Any, str], None],
+    load_function: Callable[[str], Any],
+    unique_id: str | None = None,
+) -> LockedTarget:
+    """A locked model target, as ``gokart.target.make_model_target`` makes unlocked."""
+    return build_model_target(
+        file_path,
+        temporary_directory=temporary_directory,
+        save_function=save_function,
+        load_function=load_function,
+        unique_id=unique_id,
+        settings=Settings.from_luigi_config(),
+    )
+
+
+def make_large_data_frame_target(
+    file_path: str,
+    temporary_directory: str,
+    unique_id: str | None = None,
+    max_byte: int = DEFAULT_MAX_BYTE,
+) -> LockedTarget:
+    """A locked target for a DataFrame too large for one pickle: split into parts, zipped."""
+    return build_model_target(
+        file_path,
+        temporary_directory=temporary_directory,
+        save_function=LargeDataFrameProcessor(max_byte=max_byte).save,
+        load_function=LargeDataFrameProcessor.load,
+        unique_id=unique_id,
+        settings=Settings.from_luigi_config(),
+    )
+
+
+def build_single_file_target(
+    file_path: str,
+    *,
+    unique_id: str | None,
+    processor: FileProcessor | None,
+    store_index_in_feather: bool,
+    settings: Settings,
+    task: str | None = None,
+) -> LockedTarget:
+    path = file_path_with_unique_id(file_path, unique_id)
+    processor = processor or make_file_processor(path, store_index_in_feather=store_index_in_feather)
+    target = storage_kind_for(path).single_file_target(path, processor, settings)
+    return LockedTarget(target, settings=settings, task=task)
+
+
+def build_model_target(
+    file_path: str,
+    *,
+    temporary_directory: str,
+    save_function: Callable[[Any, str], None],
+    load_function: Callable[[str], Any] | None,
+    unique_id: str | None,
+    settings: Settings,
+    task: str | None = None,
+) -> LockedTarget:
+    path = file_path_with_unique_id(file_path, unique_id)
+    target = ModelTarget(
+        path=path,
+        storage=storage_kind_for(path),
+        settings=settings,
+        temporary_directory=temporary_directory,
+        save_function=save_function,
+        load_function=load_function,
+    )
+    return LockedTarget(target, settings=settings, task=task)
+
+
+def file_path_with_unique_id(file_path: str, unique_id: str | None) -> str:
+    """gokart's naming: ``dir/name_<unique_id>.ext``."""
+    if unique_id is None:
+        return file_path
+    base, extension = os.path.splitext(file_path)
+    return f"{base}_{unique_id}{extension}"

@@ -1,0 +1,199 @@
+"""Leases of held locks, renewed for the whole process by one background thread.
+
+A held lock is trusted only until its lease ends: ``confirmed_until`` moves forward
+with each successful renewal, measured from when the renewal was *sent*, so the local
+view never outlives the server's. A renewal that Redis refuses (the token is gone) or
+that cannot reach Redis before the lease ends marks the lock lost; every operation
+checks ``ensure_held()`` before it commits, and ``release()`` reports a lost lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+import redis
+from redis.commands.core import Script
+
+from locked_targets.errors import LockLost
+from locked_targets.keys import LockKeys
+from locked_targets.redis_backend import RedisBackend
+
+logger = logging.getLogger("locked_targets")
+
+# After a failed renewal, try again this soon (bounded by the renewal interval).
+_RETRY_AFTER_ERROR_SECONDS = 1.0
+
+
+class HeldLock:
+    """One acquisition of a lock: its token, its lease, and whether it is still trusted."""
+
+    def __init__(
+        self,
+        *,
+        keys: LockKeys,
+        mode: str,
+        token: str,
+        backend: RedisBackend,
+        lease_seconds: float,
+        renewal_interval: float,
+        lease_started: float,
+        release_script: Script,
+        extend_script: Script,
+    ) -> None:
+        self.keys = keys
+        self.mode = mode
+        self.token = token
+        self.backend = backend
+        self.lease_seconds = lease_seconds
+        self.renewal_interval = renewal_interval
+        self.confirmed_until = lease_started + lease_seconds
+        self.next_renewal = time.monotonic() + renewal_interval
+        self._release_script = release_script
+        self._extend_script = extend_script
+        self._lost: tuple[str, float] | None = None
+
+    @property
+    def lost(self) -> bool:
+        return self._lost is not None or time.monotonic() >= self.confirmed_until
+
+    def ensure_held(self) -> None:
+        """Raise ``LockLost`` unless the lease is still confirmed."""
+        if self._lost is None and time.monotonic() >= self.confirmed_until:
+            self.mark_lost("its lease ended before it could be renewed")
+        if self._lost is not None:
+            reason, wall_time = self._lost
+            raise LockLost(
+                lock_key=self.keys.base,
+                path=self.keys.path,
+                reason=reason,
+                lost_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall_time)),
+            )
+
+    def release(self) -> None:
+        """Give the lock back; raise ``LockLost`` if it had already slipped away."""
+        lease_keeper().forget(self)
+        with self.backend.errors_translated():
+            released = self._release_script(
+                keys=self.keys.all_keys, args=[self.token, self.keys.released_channel]
+            )
+        if not released and self._lost is None:
+            self.mark_lost(
+                "Redis no longer knew this holder at release: its lease had expired or Redis restarted"
+            )
+        self.ensure_held()
+
+    def mark_lost(self, reason: str) -> None:
+        if self._lost is None:
+            self._lost = (reason, time.time())
+            logger.warning("lost the %s lock of %s: %s", self.mode, self.keys.path, reason)
+
+    def queue_extension(self, pipeline: Any) -> None:
+        self._extend_script(
+            keys=[self.keys.writer, self.keys.readers, self.keys.holders],
+            args=[self.token, round(self.lease_seconds * 1000)],
+            client=pipeline,
+        )
+
+    def extension_answered(self, reply: object, sent_at: float) -> None:
+        if isinstance(reply, Exception):
+            self.extension_failed(reply)
+        elif reply == 1:
+            self.confirmed_until = sent_at + self.lease_seconds
+            self.next_renewal = sent_at + self.renewal_interval
+        else:
+            self.mark_lost(
+                "Redis no longer knew this holder at renewal: its lease had expired or Redis restarted"
+            )
+
+    def extension_failed(self, error: BaseException) -> None:
+        now = time.monotonic()
+        if now >= self.confirmed_until:
+            self.mark_lost(f"could not renew its lease before it ended: {error}")
+        else:
+            logger.warning("could not renew the lease of %s, retrying: %s", self.keys.path, error)
+            self.next_renewal = now + min(_RETRY_AFTER_ERROR_SECONDS, self.renewal_interval)
+
+
+class LeaseKeeper:
+    """Renews every held lease of this process, from a single daemon thread."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, HeldLock] = {}
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def keep(self, held: HeldLock) -> None:
+        with self._changed:
+            self._held[held.token] = held
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._renew_forever, name="locked_targets-leases", daemon=True
+                )
+                self._thread.start()
+            self._changed.notify()
+
+    def forget(self, held: HeldLock) -> None:
+        with self._changed:
+            self._held.pop(held.token, None)
+
+    def _renew_forever(self) -> None:
+        while True:
+            due = self._wait_for_due_leases()
+            by_backend: dict[RedisBackend, list[HeldLock]] = defaultdict(list)
+            for held in due:
+                by_backend[held.backend].append(held)
+            for backend, group in by_backend.items():
+                _renew_together(backend, group)
+
+    def _wait_for_due_leases(self) -> list[HeldLock]:
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                due = [held for held in self._held.values() if held.next_renewal <= now and not held.lost]
+                if due:
+                    return due
+                upcoming = [held.next_renewal for held in self._held.values() if not held.lost]
+                self._changed.wait(timeout=min(upcoming) - now if upcoming else None)
+
+
+def _renew_together(backend: RedisBackend, group: list[HeldLock]) -> None:
+    """Extend a group of leases on one server in a single round trip."""
+    sent_at = time.monotonic()
+    try:
+        pipeline = backend.client.pipeline(transaction=False)
+        for held in group:
+            held.queue_extension(pipeline)
+        replies = pipeline.execute(raise_on_error=False)
+    except (redis.RedisError, OSError) as error:
+        for held in group:
+            held.extension_failed(error)
+        return
+    for held, reply in zip(group, replies, strict=True):
+        held.extension_answered(reply, sent_at)
+
+
+_keeper: LeaseKeeper | None = None
+_keeper_lock = threading.Lock()
+
+
+def lease_keeper() -> LeaseKeeper:
+    """The process's lease keeper, started on first use."""
+    global _keeper
+    with _keeper_lock:
+        if _keeper is None:
+            _keeper = LeaseKeeper()
+        return _keeper
+
+
+def _forget_parent_keeper() -> None:
+    # The parent's renewal thread does not exist in a forked child.
+    global _keeper
+    _keeper = None
+
+
+os.register_at_fork(after_in_child=_forget_parent_keeper)

@@ -1,0 +1,328 @@
+"""A Redis read/write lock with leases, token ownership, writer preference and woken waiters.
+
+Invariants, all enforced atomically by the Lua scripts below:
+
+- At any time a lock has either one exclusive holder (``writer`` key) or any number of
+  shared holders (``readers`` sorted set), never both.
+- Every holder owns a random token and a lease; only the owner of a token can renew or
+  release it, and a holder that stops renewing (crashed, paused) loses the lock when its
+  lease ends, so nobody waits on a dead process for longer than one lease.
+- Once a writer waits (``waiting_writers``), no new reader is admitted, so a stream of
+  readers cannot starve a writer. A waiting writer's place also has a lease.
+- A release publishes on the lock's channel; waiters sleep on that channel (bounded by
+  the blocking holder's remaining lease) instead of polling.
+- Every key carries a TTL no shorter than the longest live lease in it.
+
+Time is the Redis server's (``TIME``), so clients on different machines agree on leases.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from locked_targets.errors import LockTimeout
+from locked_targets.keys import LockKeys
+from locked_targets.lease import HeldLock, lease_keeper
+from locked_targets.redis_backend import RedisBackend
+from locked_targets.waiting import WaitReporter
+
+# Shared Lua helpers, prepended to each script.
+_LUA_HELPERS = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function keep_alive(key, ttl_ms)
+  if redis.call('PTTL', key) < ttl_ms then redis.call('PEXPIRE', key, ttl_ms) end
+end
+local function prune(zset, holders, now)
+  local expired = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
+  if #expired > 0 then
+    redis.call('ZREMRANGEBYSCORE', zset, '-inf', now)
+    redis.call('HDEL', holders, unpack(expired))
+  end
+end
+"""
+
+
+class LockMode(enum.Enum):
+    """Shared holders may overlap each other; an exclusive holder overlaps nobody."""
+
+    SHARED = "read"
+    EXCLUSIVE = "write"
+
+
+class ReadWriteLock:
+    """The lock of one cache file (or one task run): shared for readers, exclusive for writers."""
+
+    # KEYS[1] writer, KEYS[2] readers, KEYS[3] waiting_writers, KEYS[4] holders
+    # ARGV[1] token, ARGV[2] lease in ms, ARGV[3] description of the holder
+    # Returns {1} when acquired, else {0, ms until the blocking lease ends, the blocker's
+    # description, 'holds' or 'waits'} (a reader is also blocked by a waiting writer).
+    # A reader is admitted when there is no writer and no live waiting writer.
+    ACQUIRE_SHARED = (
+        _LUA_HELPERS
+        + """
+local now = now_ms()
+local lease = tonumber(ARGV[2])
+local writer = redis.call('GET', KEYS[1])
+if writer then
+  return {0, redis.call('PTTL', KEYS[1]), redis.call('HGET', KEYS[4], writer) or '', 'holds'}
+end
+prune(KEYS[3], KEYS[4], now)
+local waiting = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+if #waiting > 0 then
+  return {0, tonumber(waiting[2]) - now, redis.call('HGET', KEYS[4], waiting[1]) or '', 'waits'}
+end
+redis.call('ZADD', KEYS[2], now + lease, ARGV[1])
+keep_alive(KEYS[2], lease)
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
+keep_alive(KEYS[4], lease)
+return {1}
+"""
+    )
+
+    # KEYS and ARGV as ACQUIRE_SHARED; same return value.
+    # A writer is admitted when there is no writer and no live reader; otherwise it
+    # (re)registers as waiting, with a lease, which shuts out new readers.
+    ACQUIRE_EXCLUSIVE = (
+        _LUA_HELPERS
+        + """
+local now = now_ms()
+local lease = tonumber(ARGV[2])
+local blocker = redis.call('GET', KEYS[1])
+local wait_ms = 0
+if blocker then
+  wait_ms = redis.call('PTTL', KEYS[1])
+else
+  prune(KEYS[2], KEYS[4], now)
+  local reader = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  if #reader > 0 then
+    blocker = reader[1]
+    wait_ms = tonumber(reader[2]) - now
+  end
+end
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
+keep_alive(KEYS[4], lease)
+if blocker then
+  redis.call('ZADD', KEYS[3], now + lease, ARGV[1])
+  keep_alive(KEYS[3], lease)
+  return {0, wait_ms, redis.call('HGET', KEYS[4], blocker) or '', 'holds'}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', lease)
+redis.call('ZREM', KEYS[3], ARGV[1])
+return {1}
+"""
+    )
+
+    # KEYS[1] writer, KEYS[2] readers, KEYS[3] waiting_writers, KEYS[4] holders
+    # ARGV[1] token, ARGV[2] channel to publish on when the lock may now be free
+    # Returns 1 if the token held the lock (as writer or live reader), 0 if it had lost it.
+    RELEASE = """
+local released = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  released = 1
+elseif redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then
+  released = 1
+end
+redis.call('HDEL', KEYS[4], ARGV[1])
+if released == 1 and redis.call('EXISTS', KEYS[1]) == 0 and redis.call('ZCARD', KEYS[2]) == 0 then
+  redis.call('PUBLISH', ARGV[2], 'released')
+end
+return released
+"""
+
+    # KEYS[1] waiting_writers, KEYS[2] holders
+    # ARGV[1] token of a writer that stops waiting, ARGV[2] channel
+    # Readers held back only by this writer may go on, so they are woken. Returns nothing.
+    CANCEL_WAIT = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('PUBLISH', ARGV[2], 'cancelled')
+end
+"""
+
+    # KEYS[1] writer, KEYS[2] readers, KEYS[3] holders
+    # ARGV[1] token, ARGV[2] lease in ms
+    # Returns 1 if the lease was extended, 0 if the token no longer holds the lock.
+    EXTEND = (
+        _LUA_HELPERS
+        + """
+local lease = tonumber(ARGV[2])
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], lease)
+  keep_alive(KEYS[3], lease)
+  return 1
+end
+local now = now_ms()
+local expires = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if expires and tonumber(expires) >= now then
+  redis.call('ZADD', KEYS[2], 'XX', now + lease, ARGV[1])
+  keep_alive(KEYS[2], lease)
+  keep_alive(KEYS[3], lease)
+  return 1
+end
+return 0
+"""
+    )
+
+    def __init__(
+        self,
+        backend: RedisBackend,
+        keys: LockKeys,
+        *,
+        lease_seconds: float,
+        renewal_interval: float,
+        wait_timeout_seconds: float | None = None,
+        task: str | None = None,
+    ) -> None:
+        self._backend = backend
+        self.keys = keys
+        self._lease_ms = max(1, round(lease_seconds * 1000))
+        self._renewal_interval = renewal_interval
+        self._wait_timeout = wait_timeout_seconds
+        self._task = task
+        self._acquire_script = {
+            LockMode.SHARED: backend.script(self.ACQUIRE_SHARED),
+            LockMode.EXCLUSIVE: backend.script(self.ACQUIRE_EXCLUSIVE),
+        }
+
+    @contextmanager
+    def shared(self) -> Iterator[HeldLock]:
+        """Hold the lock as one of possibly many readers for the duration of the block."""
+        held = self.acquire(LockMode.SHARED)
+        try:
+            yield held
+        finally:
+            held.release()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[HeldLock]:
+        """Hold the lock alone for the duration of the block."""
+        held = self.acquire(LockMode.EXCLUSIVE)
+        try:
+            yield held
+        finally:
+            held.release()
+
+    def acquire(self, mode: LockMode) -> HeldLock:
+        """Take the lock in ``mode``, waiting (woken by releases) up to the wait timeout."""
+        token = secrets.token_hex(16)
+        description = self._describe_holder(mode)
+        started = time.monotonic()
+        with self._backend.errors_translated():
+            blocked = self._try_acquire(mode, token, description)
+            if blocked is not None:
+                self._wait(mode, token, description, started, blocked)
+        return self._register(mode, token, started)
+
+    def _try_acquire(self, mode: LockMode, token: str, description: str) -> tuple[float, str] | None:
+        """One attempt: None when acquired, else (seconds the blocker's lease has left, blocker)."""
+        keys = self.keys.all_keys
+        reply: list[Any] = self._acquire_script[mode](keys=keys, args=[token, self._lease_ms, description])
+        if int(reply[0]) == 1:
+            return None
+        return max(0.001, int(reply[1]) / 1000), _readable_holder(reply[2], reply[3])
+
+    def _wait(
+        self,
+        mode: LockMode,
+        token: str,
+        description: str,
+        started: float,
+        blocked: tuple[float, str],
+    ) -> None:
+        reporter = WaitReporter(path=self.keys.path, mode=mode.value, started=started)
+        pubsub = self._backend.client.pubsub()  # type: ignore[no-untyped-call]
+        try:
+            pubsub.subscribe(self.keys.released_channel)
+            # Wait for the server to confirm, so no release can slip between subscription and retry.
+            while pubsub.get_message(timeout=_SOCKET_CONFIRM_SECONDS) is None:
+                pass
+            outcome: tuple[float, str] | None = blocked
+            while outcome is not None:
+                outcome = self._try_acquire(mode, token, description)
+                if outcome is None:
+                    return
+                lease_left, holder = outcome
+                reporter.still_waiting(holder)
+                timeout = min(lease_left, self._renewal_interval, reporter.seconds_to_next_report())
+                if self._wait_timeout is not None:
+                    remaining = started + self._wait_timeout - time.monotonic()
+                    if remaining <= 0:
+                        raise LockTimeout(
+                            path=self.keys.path,
+                            lock_key=self.keys.base,
+                            mode=mode.value,
+                            holder=holder,
+                            waited_seconds=time.monotonic() - started,
+                        )
+                    timeout = min(timeout, remaining)
+                pubsub.get_message(timeout=timeout)
+        except BaseException:
+            if mode is LockMode.EXCLUSIVE:
+                self._cancel_wait(token)
+            raise
+        finally:
+            pubsub.close()
+
+    def _cancel_wait(self, token: str) -> None:
+        # Best effort: if Redis is gone, the waiting place expires with its lease anyway.
+        with self._backend.errors_translated():
+            self._backend.script(self.CANCEL_WAIT)(
+                keys=[self.keys.waiting_writers, self.keys.holders],
+                args=[token, self.keys.released_channel],
+            )
+
+    def _register(self, mode: LockMode, token: str, started: float) -> HeldLock:
+        held = HeldLock(
+            keys=self.keys,
+            mode=mode.value,
+            token=token,
+            backend=self._backend,
+            lease_seconds=self._lease_ms / 1000,
+            renewal_interval=self._renewal_interval,
+            lease_started=started,
+            release_script=self._backend.script(self.RELEASE),
+            extend_script=self._backend.script(self.EXTEND),
+        )
+        lease_keeper().keep(held)
+        return held
+
+    def _describe_holder(self, mode: LockMode) -> str:
+        return json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "task": self._task,
+                "mode": mode.value,
+                "since": time.time(),
+            }
+        )
+
+
+_SOCKET_CONFIRM_SECONDS = 5.0
+
+
+def _readable_holder(description: bytes, relation: bytes) -> str:
+    """'pid 12 on host h (task T, write lock since ...)' from a stored holder description."""
+    try:
+        fields = json.loads(description)
+    except ValueError:
+        return "a holder whose lease has just ended"
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(fields.get("since", 0))))
+    task = f"task {fields['task']}, " if fields.get("task") else ""
+    verb = "waiting for" if relation == b"waits" else "holding"
+    return (
+        f"pid {fields.get('pid')} on host {fields.get('host')} "
+        f"({task}{verb} the {fields.get('mode')} lock since {since})"
+    )

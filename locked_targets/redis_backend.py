@@ -1,0 +1,86 @@
+"""The Redis connection of a process, and the translation of Redis failures into ``BackendUnavailable``.
+
+One client (with its connection pool) per Redis URL per process: locks, the lease
+renewal thread and waiters share it. After a fork the child builds its own.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis
+from redis.commands.core import Script
+
+from locked_targets.errors import BackendUnavailable
+from locked_targets.settings import redis_address
+
+_CONNECT_TIMEOUT_SECONDS = 5.0
+# A stopped or wedged server must surface as an error, not hang a task forever.
+_SOCKET_TIMEOUT_SECONDS = 30.0
+
+
+class RedisBackend:
+    """A Redis server reached through one URL, and the scripts registered on it."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.address = redis_address(redis_url)
+        self.client = redis.Redis.from_url(
+            redis_url,
+            socket_connect_timeout=_CONNECT_TIMEOUT_SECONDS,
+            socket_timeout=_SOCKET_TIMEOUT_SECONDS,
+            health_check_interval=30,
+        )
+        self._scripts: dict[str, Script] = {}
+        self._scripts_lock = threading.Lock()
+
+    def script(self, source: str) -> Script:
+        """``source`` registered once on this server's client, then run by EVALSHA."""
+        with self._scripts_lock:
+            registered = self._scripts.get(source)
+            if registered is None:
+                registered = self._scripts[source] = self.client.register_script(source)
+            return registered
+
+    @contextmanager
+    def errors_translated(self) -> Iterator[None]:
+        """Re-raise Redis connection and authentication failures as ``BackendUnavailable``."""
+        try:
+            yield
+        except redis.AuthenticationError:
+            raise BackendUnavailable(
+                address=self.address, reason="authentication failed: check the password in redis_url"
+            ) from None
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise BackendUnavailable(
+                address=self.address, reason=str(error) or type(error).__name__
+            ) from None
+        except redis.ResponseError as error:
+            if str(error).startswith("NOAUTH"):
+                raise BackendUnavailable(
+                    address=self.address, reason="the server requires a password and redis_url has none"
+                ) from None
+            raise
+
+
+_backends: dict[str, RedisBackend] = {}
+_backends_lock = threading.Lock()
+
+
+def backend_for(redis_url: str) -> RedisBackend:
+    """The process-wide backend for ``redis_url``, created on first use."""
+    with _backends_lock:
+        backend = _backends.get(redis_url)
+        if backend is None:
+            backend = _backends[redis_url] = RedisBackend(redis_url)
+        return backend
+
+
+def _forget_parent_backends() -> None:
+    # A forked child must not share sockets with its parent.
+    _backends.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parent_backends)

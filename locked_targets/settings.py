@@ -1,0 +1,187 @@
+"""Settings of locked_targets, read the luigi way from a ``[locked_targets]`` section.
+
+Every value is validated when the settings are built, so a wrong setting fails
+before any target is touched, with a message that names it. For gokart
+compatibility ``[TaskOnKart] redis_host``/``redis_port``/``redis_timeout`` (or the
+same task parameters) switch locking on when ``redis_url`` is not set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import TypeVar
+from urllib.parse import SplitResult, urlsplit
+
+import luigi.configuration
+
+from locked_targets.errors import ConfigurationError
+
+SECTION = "locked_targets"
+GOKART_SECTION = "TaskOnKart"
+DEFAULT_LEASE_SECONDS = 180.0  # gokart's redis_timeout default
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+_Value = TypeVar("_Value")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Where the locks live, how they are keyed, and how long they last."""
+
+    redis_url: str | None = None
+    key_prefix: str = "locked_targets:"
+    local_key_prefix: str = "local:"
+    s3_key_prefix: str = "s3:"
+    gcs_key_prefix: str = "gcs:"
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    renewal_interval_seconds: float | None = None
+    wait_timeout_seconds: float | None = None
+    s3_endpoint_url: str | None = None
+    gcs_endpoint_url: str | None = None
+    gcs_project: str | None = None
+    gcs_token: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.redis_url is not None:
+            redis_address(self.redis_url)
+        for name in ("key_prefix", "local_key_prefix", "s3_key_prefix", "gcs_key_prefix"):
+            prefix = getattr(self, name)
+            if "{" in prefix or "}" in prefix:
+                raise ConfigurationError(name, prefix, "braces are reserved for the Redis Cluster hash tag")
+        _require_positive("lease_seconds", self.lease_seconds)
+        if self.renewal_interval_seconds is not None:
+            _require_positive("renewal_interval_seconds", self.renewal_interval_seconds)
+        if self.renewal_interval >= self.lease_seconds:
+            raise ConfigurationError(
+                "lease_seconds",
+                self.lease_seconds,
+                f"must be longer than the renewal interval ({self.renewal_interval} s), "
+                "or a lease could expire between two renewals",
+            )
+        if self.wait_timeout_seconds is not None and not self.wait_timeout_seconds >= 0:
+            raise ConfigurationError("wait_timeout_seconds", self.wait_timeout_seconds, "must be 0 or more")
+
+    @property
+    def locking_enabled(self) -> bool:
+        return self.redis_url is not None
+
+    @property
+    def renewal_interval(self) -> float:
+        """How often held leases are renewed: a third of the lease unless set."""
+        if self.renewal_interval_seconds is not None:
+            return self.renewal_interval_seconds
+        return self.lease_seconds / 3
+
+    @classmethod
+    def from_luigi_config(
+        cls,
+        *,
+        redis_host: str | None = None,
+        redis_port: int | None = None,
+        redis_timeout: float | None = None,
+    ) -> Settings:
+        """Build settings from luigi's configuration.
+
+        The keyword arguments are a gokart task's own ``redis_*`` parameters; when
+        omitted, the ``[TaskOnKart]`` section supplies them.
+        """
+        config = luigi.configuration.get_config()  # type: ignore[no-untyped-call]
+
+        def option(name: str, parse: Callable[[str, str], _Value]) -> _Value | None:
+            raw = config.get(SECTION, name, None)
+            if raw is None or str(raw).strip() == "":
+                return None
+            return parse(name, str(raw).strip())
+
+        def gokart_option(
+            name: str, given: _Value | None, parse: Callable[[str, str], _Value]
+        ) -> _Value | None:
+            if given is not None:
+                return given
+            raw = config.get(GOKART_SECTION, name, None)
+            if raw is None or str(raw).strip() in ("", "None"):
+                return None
+            return parse(f"[{GOKART_SECTION}] {name}", str(raw).strip())
+
+        host = gokart_option("redis_host", redis_host, _text)
+        port = gokart_option("redis_port", redis_port, _integer)
+        timeout = gokart_option("redis_timeout", redis_timeout, _number)
+        redis_url = option("redis_url", _text)
+        if redis_url is None and host is not None and port is not None:
+            redis_url = f"redis://{host}:{port}/0"
+        overrides: dict[str, object] = {"redis_url": redis_url}
+        for field in dataclasses.fields(cls):
+            if field.name == "redis_url":
+                continue
+            parse = _number if field.name.endswith("_seconds") else _text
+            value = option(field.name, parse)
+            if value is not None:
+                overrides[field.name] = value
+        if "lease_seconds" not in overrides and timeout is not None:
+            overrides["lease_seconds"] = timeout
+        return cls(**overrides)  # type: ignore[arg-type]
+
+
+def redis_address(redis_url: str) -> str:
+    """The ``host:port/db`` a Redis URL points at, without its credentials.
+
+    Raises ``ConfigurationError`` for a URL redis-py could not use.
+    """
+    shown = _without_password(redis_url)
+    try:
+        parts = urlsplit(redis_url)
+        port = parts.port
+    except ValueError as error:
+        raise ConfigurationError("redis_url", shown, f"not a valid URL ({error})") from None
+    if parts.scheme not in _REDIS_SCHEMES:
+        raise ConfigurationError("redis_url", shown, "must start with redis://, rediss:// or unix://")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ConfigurationError("redis_url", shown, "a unix:// URL needs a socket path")
+        return parts.path
+    if not parts.hostname:
+        raise ConfigurationError("redis_url", shown, "needs a host, as in redis://localhost:6379/0")
+    database = parts.path.strip("/") or "0"
+    if not database.isdigit():
+        raise ConfigurationError("redis_url", shown, f"the database {database!r} must be a number")
+    return f"{parts.hostname}:{port or 6379}/{database}"
+
+
+def _without_password(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return "<unparsable URL>"
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return SplitResult(parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment).geturl()
+
+
+def _require_positive(name: str, value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigurationError(name, value, "must be a positive number of seconds")
+
+
+def _text(_name: str, raw: str) -> str:
+    return raw
+
+
+def _number(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(name, raw, "must be a number of seconds") from None
+    if math.isnan(value):
+        raise ConfigurationError(name, raw, "must be a number of seconds")
+    return value
+
+
+def _integer(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigurationError(name, raw, "must be a whole number") from None

@@ -1,0 +1,61 @@
+"""What every storage kind provides: a stable identity for lock keys, and gokart's file targets on it."""
+
+from __future__ import annotations
+
+import abc
+from datetime import datetime
+from typing import ClassVar
+
+import luigi
+import luigi.format
+from gokart.conflict_prevention_lock.task_lock import TaskLockParams, make_task_lock_params
+from gokart.file_processor import FileProcessor
+from gokart.target import SingleFileTarget, TargetOnKart
+from gokart.zip_client import ZipClient
+
+from locked_targets.settings import Settings
+
+
+class StorageKind(abc.ABC):
+    """One place a cache file can live (local disk or NFS, S3, GCS)."""
+
+    name: ClassVar[str]
+    """Short name used in lock keys and in messages: ``local``, ``s3`` or ``gcs``."""
+
+    key_prefix_setting: ClassVar[str]
+    """The ``[locked_targets]`` setting that holds this kind's own key prefix."""
+
+    def key_prefix(self, settings: Settings) -> str:
+        prefix: str = getattr(settings, self.key_prefix_setting)
+        return prefix
+
+    @abc.abstractmethod
+    def identity(self, path: str) -> str:
+        """The normalized, complete name of ``path``: equal for the same file, distinct otherwise."""
+
+    @abc.abstractmethod
+    def file_system_target(
+        self, path: str, file_format: luigi.format.Format, settings: Settings
+    ) -> luigi.target.FileSystemTarget:
+        """A luigi file target for ``path`` whose writes become visible only once complete."""
+
+    @abc.abstractmethod
+    def zip_client(self, path: str, temporary_directory: str, settings: Settings) -> ZipClient:
+        """gokart's zip client for a multi-file (model or large-DataFrame) target at ``path``."""
+
+    @abc.abstractmethod
+    def last_modification_time(self, path: str, settings: Settings) -> datetime:
+        """When the object at ``path`` was last written."""
+
+    def single_file_target(self, path: str, processor: FileProcessor, settings: Settings) -> TargetOnKart:
+        """gokart's single-file target on this storage, with gokart's own lock off."""
+        return SingleFileTarget(
+            target=self.file_system_target(path, processor.format(), settings),
+            processor=processor,
+            task_lock_params=unlocked_params(path),
+        )
+
+
+def unlocked_params(path: str) -> TaskLockParams:
+    """gokart lock parameters that switch gokart's own lock off: locked_targets locks instead."""
+    return make_task_lock_params(file_path=path, unique_id=None)

@@ -1,0 +1,158 @@
+"""``LockedTarget``: a gokart cache target whose every access holds the file's Redis lock.
+
+``exists`` and ``load`` hold the shared lock for the whole call, ``dump`` and ``remove``
+the exclusive one. ``dump`` checks existence again under the lock and skips when
+another application already produced the file, as gokart does. The wrapped target's
+own gokart lock is bypassed (its ``_exists``/``_load``/``_dump``/``_remove`` are called
+directly), so nothing is locked twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AbstractContextManager, nullcontext
+from datetime import datetime
+from typing import Any
+
+from gokart.conflict_prevention_lock.task_lock import TaskLockParams
+from gokart.required_task_output import RequiredTaskOutput
+from gokart.target import TargetOnKart
+from gokart.utils import FlattenableItems
+
+from locked_targets.keys import lock_key_for
+from locked_targets.lease import HeldLock
+from locked_targets.lock import ReadWriteLock
+from locked_targets.redis_backend import backend_for
+from locked_targets.settings import Settings
+from locked_targets.storage.base import unlocked_params
+
+logger = logging.getLogger("locked_targets")
+_warned_unlocked = False
+
+
+class LockedTarget(TargetOnKart):
+    """A cache file that applications sharing the cache can read, write and remove safely."""
+
+    def __init__(
+        self, target: TargetOnKart, *, settings: Settings | None = None, task: str | None = None
+    ) -> None:
+        self._target = target
+        self._settings = settings if settings is not None else Settings.from_luigi_config()
+        self._lock = file_lock(target.path(), self._settings, task=task)
+
+    @property
+    def wrapped(self) -> TargetOnKart:
+        """The gokart target that does the storage work."""
+        return self._target
+
+    def exists(self) -> bool:
+        with self._hold_shared():
+            return self._target._exists()
+
+    def load(self) -> Any:
+        with self._hold_shared():
+            return self._target._load()
+
+    def dump(
+        self,
+        obj: Any,
+        lock_at_dump: bool = True,
+        task_params: dict[str, str] | None = None,
+        custom_labels: dict[str, str] | None = None,
+        required_task_outputs: FlattenableItems[RequiredTaskOutput] | None = None,
+    ) -> None:
+        """Write ``obj`` unless another application already has, holding the exclusive lock.
+
+        ``lock_at_dump`` is accepted for gokart compatibility and ignored: a dump is
+        always locked, also inside a run lock, since readers rely on it.
+        """
+        with self._hold_exclusive() as held:
+            if self._target._exists():
+                logger.debug(
+                    "%s already exists: another application produced it, skipping the dump", self.path()
+                )
+                return
+            if held is not None:
+                held.ensure_held()
+            self._target._dump(
+                obj,
+                task_params=task_params,
+                custom_labels=custom_labels,
+                required_task_outputs=required_task_outputs,
+            )
+
+    def remove(self) -> None:
+        with self._hold_exclusive():
+            if self._target._exists():
+                self._target._remove()
+
+    def path(self) -> str:
+        return self._target.path()
+
+    def last_modification_time(self) -> datetime:
+        return self._target.last_modification_time()
+
+    def _hold_shared(self) -> AbstractContextManager[HeldLock | None]:
+        return self._lock.shared() if self._lock is not None else nullcontext()
+
+    def _hold_exclusive(self) -> AbstractContextManager[HeldLock | None]:
+        return self._lock.exclusive() if self._lock is not None else nullcontext()
+
+    # gokart's TargetOnKart interface below: the storage work of the wrapped target, unlocked.
+
+    def _exists(self) -> bool:
+        return self._target._exists()
+
+    def _get_task_lock_params(self) -> TaskLockParams:
+        return unlocked_params(self.path())
+
+    def _load(self) -> Any:
+        return self._target._load()
+
+    def _dump(
+        self,
+        obj: Any,
+        task_params: dict[str, str] | None = None,
+        custom_labels: dict[str, str] | None = None,
+        required_task_outputs: FlattenableItems[RequiredTaskOutput] | None = None,
+    ) -> None:
+        self._target._dump(
+            obj,
+            task_params=task_params,
+            custom_labels=custom_labels,
+            required_task_outputs=required_task_outputs,
+        )
+
+    def _remove(self) -> None:
+        self._target._remove()
+
+    def _last_modification_time(self) -> datetime:
+        return self._target._last_modification_time()
+
+    def _path(self) -> str:
+        return self._target._path()
+
+
+def file_lock(path: str, settings: Settings, *, task: str | None = None) -> ReadWriteLock | None:
+    """The lock of the cache file at ``path``, or None (with one warning) when no Redis is configured."""
+    if settings.redis_url is None:
+        _warn_unlocked_once()
+        return None
+    return ReadWriteLock(
+        backend_for(settings.redis_url),
+        lock_key_for(path, settings),
+        lease_seconds=settings.lease_seconds,
+        renewal_interval=settings.renewal_interval,
+        wait_timeout_seconds=settings.wait_timeout_seconds,
+        task=task,
+    )
+
+
+def _warn_unlocked_once() -> None:
+    global _warned_unlocked
+    if not _warned_unlocked:
+        _warned_unlocked = True
+        logger.warning(
+            "locked_targets: no Redis configured ([locked_targets] redis_url, or [TaskOnKart] "
+            "redis_host and redis_port): cache targets are NOT locked"
+        )

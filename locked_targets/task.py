@@ -1,0 +1,102 @@
+"""``TaskOnKart``: gokart's task base whose targets are ``LockedTarget``s; adopting is one import."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import gokart
+from gokart.file_processor import FileProcessor
+from gokart.target import LargeDataFrameProcessor
+
+from locked_targets.factories import DEFAULT_MAX_BYTE, build_model_target, build_single_file_target
+from locked_targets.settings import Settings
+from locked_targets.target import LockedTarget
+
+T = TypeVar("T")
+
+
+class TaskOnKart(gokart.TaskOnKart[T]):
+    """A gokart task whose cache files are locked in Redis while read, written or removed.
+
+    The Redis server comes from ``[locked_targets] redis_url`` or, as in gokart, from the
+    ``redis_host``/``redis_port`` parameters; ``redis_timeout`` is the default lease.
+    """
+
+    def lock_settings(self) -> Settings:
+        """The settings this task's locks use (luigi configuration plus its redis parameters)."""
+        return Settings.from_luigi_config(
+            redis_host=self.redis_host, redis_port=self.redis_port, redis_timeout=self.redis_timeout
+        )
+
+    def make_target(
+        self,
+        relative_file_path: str | None = None,
+        use_unique_id: bool = True,
+        processor: FileProcessor | None = None,
+    ) -> LockedTarget:
+        relative = relative_file_path or os.path.join(
+            self.__module__.replace(".", "/"), f"{type(self).__name__}.pkl"
+        )
+        file_path = os.path.join(self.workspace_directory, relative)
+        if processor is None and relative_file_path is not None:
+            processor = self._create_processor_for_dataframe_type(file_path)
+        return build_single_file_target(
+            file_path,
+            unique_id=self.make_unique_id() if use_unique_id else None,
+            processor=processor,
+            store_index_in_feather=self.store_index_in_feather,
+            settings=self.lock_settings(),
+            task=self.task_id,
+        )
+
+    def make_large_data_frame_target(
+        self,
+        relative_file_path: str | None = None,
+        use_unique_id: bool = True,
+        max_byte: int = DEFAULT_MAX_BYTE,
+    ) -> LockedTarget:
+        relative = relative_file_path or os.path.join(
+            self.__module__.replace(".", "/"), f"{type(self).__name__}.zip"
+        )
+        return self._locked_model_target(
+            relative,
+            save_function=LargeDataFrameProcessor(max_byte=max_byte).save,
+            load_function=LargeDataFrameProcessor.load,
+            use_unique_id=use_unique_id,
+        )
+
+    def make_model_target(
+        self,
+        relative_file_path: str,
+        save_function: Callable[[Any, str], None],
+        load_function: Callable[[str], Any],
+        use_unique_id: bool = True,
+    ) -> LockedTarget:
+        if not relative_file_path.endswith("zip"):
+            raise ValueError(f"a model target's path must end in .zip, not {relative_file_path!r}")
+        return self._locked_model_target(
+            relative_file_path,
+            save_function=save_function,
+            load_function=load_function,
+            use_unique_id=use_unique_id,
+        )
+
+    def _locked_model_target(
+        self,
+        relative_file_path: str,
+        *,
+        save_function: Callable[[Any, str], None],
+        load_function: Callable[[str], Any],
+        use_unique_id: bool,
+    ) -> LockedTarget:
+        return build_model_target(
+            os.path.join(self.workspace_directory, relative_file_path),
+            temporary_directory=self.local_temporary_directory,
+            save_function=save_function,
+            load_function=load_function,
+            unique_id=self.make_unique_id() if use_unique_id else None,
+            settings=self.lock_settings(),
+            task=self.task_id,
+        )

@@ -1,0 +1,48 @@
+"""Shared fixtures: a real Redis server for the whole run, fresh key prefixes per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from servers import RedisServer
+
+from locked_targets.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """``REDIS_URL`` when set (an existing server), else a private server started for the run."""
+    existing = os.environ.get("REDIS_URL")
+    if existing:
+        yield existing
+        return
+    server = RedisServer().start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A key namespace of this test's own, so tests never see each other's locks."""
+    return f"test-{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+def settings(redis_url: str, key_prefix: str) -> Settings:
+    return Settings(redis_url=redis_url, key_prefix=key_prefix, lease_seconds=30)
+
+
+def keys_without_ttl(client: redis.Redis, prefix: str) -> list[bytes]:
+    """Lock keys under ``prefix`` that would never expire: must always be empty."""
+    return [key for key in client.scan_iter(match=f"{prefix}*") if client.pttl(key) < 0]

@@ -1,0 +1,207 @@
+"""The read/write lock's contract, against a real redis-server, with holders in separate processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from conftest import keys_without_ttl
+from lock_processes import SPAWN, hold, make_lock
+
+from locked_targets.errors import LockLost, LockTimeout
+from locked_targets.lock import LockMode
+
+
+class Holders:
+    """Processes that hold one lock, and the timeline of what they did."""
+
+    def __init__(self, redis_url: str, base: str) -> None:
+        self.redis_url = redis_url
+        self.base = base
+        self.events: multiprocessing.Queue[tuple[str, str, float]] = SPAWN.Queue()
+        self.release_events: dict[str, multiprocessing.Queue[str]] = {}
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+
+    def start(self, name: str, mode: str, lease_seconds: float = 30) -> None:
+        release: multiprocessing.Queue[str] = SPAWN.Queue()
+        self.release_events[name] = release
+        process = SPAWN.Process(
+            target=hold, args=(self.redis_url, self.base, mode, self.events, release, name, lease_seconds)
+        )
+        process.start()
+        self.processes.append(process)
+
+    def next_event(self, timeout: float = 20) -> tuple[str, str, float]:
+        return self.events.get(timeout=timeout)
+
+    def expect(self, name: str, what: str, timeout: float = 20) -> float:
+        got = self.next_event(timeout)
+        assert got[:2] == (name, what), f"expected {name} {what}, got {got}"
+        return got[2]
+
+    def nothing_happens(self, seconds: float) -> None:
+        with pytest.raises(queue.Empty):
+            self.events.get(timeout=seconds)
+
+    def release(self, name: str) -> None:
+        self.release_events[name].put("release")
+
+    def stop(self) -> None:
+        for name, process in zip(self.release_events, self.processes, strict=True):
+            if process.is_alive():
+                self.release(name)
+        for process in self.processes:
+            process.join(timeout=20)
+            if process.is_alive():
+                process.kill()
+
+
+@pytest.fixture
+def holders(redis_url: str, key_prefix: str) -> Iterator[Holders]:
+    group = Holders(redis_url, f"{key_prefix}{{{uuid.uuid4().hex}}}")
+    yield group
+    group.stop()
+
+
+def test_readers_hold_the_lock_together(holders: Holders) -> None:
+    holders.start("reader-1", "read")
+    holders.expect("reader-1", "acquired")
+    holders.start("reader-2", "read")
+    holders.expect("reader-2", "acquired")
+
+
+def test_writer_waits_for_active_readers(holders: Holders) -> None:
+    holders.start("reader", "read")
+    holders.expect("reader", "acquired")
+    holders.start("writer", "write")
+    holders.nothing_happens(2.0)
+    holders.release("reader")
+    released_at = holders.expect("reader", "released")
+    acquired_at = holders.expect("writer", "acquired")
+    assert acquired_at >= released_at
+
+
+def test_reader_waits_for_a_writer(holders: Holders) -> None:
+    holders.start("writer", "write")
+    holders.expect("writer", "acquired")
+    holders.start("reader", "read")
+    holders.nothing_happens(2.0)
+    holders.release("writer")
+    holders.expect("writer", "released")
+    holders.expect("reader", "acquired")
+
+
+def test_new_readers_wait_behind_a_waiting_writer(holders: Holders) -> None:
+    holders.start("reader-1", "read")
+    holders.expect("reader-1", "acquired")
+    holders.start("writer", "write")
+    holders.nothing_happens(2.0)  # the writer is now registered as waiting
+    holders.start("reader-2", "read")
+    holders.nothing_happens(2.0)  # and the new reader queues behind it
+    holders.release("reader-1")
+    holders.expect("reader-1", "released")
+    holders.expect("writer", "acquired")
+    holders.nothing_happens(0.5)
+    holders.release("writer")
+    holders.expect("writer", "released")
+    holders.expect("reader-2", "acquired")
+
+
+def test_waiter_acquires_within_50_ms_of_the_release(holders: Holders) -> None:
+    holders.start("writer", "write")
+    holders.expect("writer", "acquired")
+    holders.start("waiter", "write")
+    holders.nothing_happens(2.0)
+    holders.release("writer")
+    released_at = holders.expect("writer", "released")
+    acquired_at = holders.expect("waiter", "acquired")
+    assert acquired_at - released_at < 0.050
+
+
+def test_a_killed_holder_frees_the_lock_when_its_lease_ends(holders: Holders) -> None:
+    holders.start("doomed", "write", lease_seconds=2)
+    holders.expect("doomed", "acquired")
+    holders.processes[0].kill()
+    killed_at = time.monotonic()
+    holders.start("next", "write")
+    acquired_at = holders.expect("next", "acquired", timeout=10)
+    assert acquired_at - killed_at < 2.0 + 1.0
+
+
+def test_wait_timeout_names_path_key_holder_and_wait(holders: Holders, redis_url: str) -> None:
+    holders.start("writer", "write")
+    holders.expect("writer", "acquired")
+    lock = make_lock(redis_url, holders.base)
+    lock._wait_timeout = 0.5
+    with pytest.raises(LockTimeout) as raised:
+        lock.acquire(LockMode.SHARED)
+    message = str(raised.value)
+    assert f"/cache/{holders.base}" in message
+    assert holders.base in message
+    assert "task TestTask_0123" in message
+    assert f"pid {holders.processes[0].pid} on host" in message
+    assert "after 0.5 s" in message
+
+
+def test_a_writer_that_gives_up_lets_readers_in(holders: Holders, redis_url: str) -> None:
+    holders.start("reader-1", "read")
+    holders.expect("reader-1", "acquired")
+    impatient = make_lock(redis_url, holders.base)
+    impatient._wait_timeout = 0.3
+    with pytest.raises(LockTimeout):
+        impatient.acquire(LockMode.EXCLUSIVE)
+    holders.start("reader-2", "read")
+    holders.expect("reader-2", "acquired")
+
+
+def test_lease_is_renewed_while_held(redis_url: str, key_prefix: str) -> None:
+    lock = make_lock(redis_url, f"{key_prefix}{{renewed}}", lease_seconds=1.5)
+    held = lock.acquire(LockMode.EXCLUSIVE)
+    time.sleep(4.0)
+    held.ensure_held()
+    other = make_lock(redis_url, f"{key_prefix}{{renewed}}")
+    other._wait_timeout = 0.2
+    with pytest.raises(LockTimeout):
+        other.acquire(LockMode.SHARED)
+    held.release()
+
+
+def test_a_lock_taken_away_is_reported_lost(
+    redis_url: str, key_prefix: str, redis_client: redis.Redis
+) -> None:
+    lock = make_lock(redis_url, f"{key_prefix}{{lost}}", lease_seconds=1.5)
+    held = lock.acquire(LockMode.EXCLUSIVE)
+    redis_client.delete(lock.keys.writer)  # as if Redis restarted and forgot it
+    time.sleep(1.0)  # a renewal runs every 0.5 s
+    with pytest.raises(LockLost, match="no longer knew this holder"):
+        held.ensure_held()
+    with pytest.raises(LockLost, match=lock.keys.base.replace("{", r"\{").replace("}", r"\}")):
+        held.release()
+
+
+def test_only_the_owner_can_release(redis_url: str, key_prefix: str, redis_client: redis.Redis) -> None:
+    lock = make_lock(redis_url, f"{key_prefix}{{owned}}")
+    held = lock.acquire(LockMode.EXCLUSIVE)
+    stranger = lock._backend.script(lock.RELEASE)
+    assert stranger(keys=lock.keys.all_keys, args=["not-the-token", lock.keys.released_channel]) == 0
+    assert redis_client.get(lock.keys.writer) == held.token.encode()
+    held.release()
+    assert redis_client.get(lock.keys.writer) is None
+
+
+def test_every_lock_key_has_a_ttl_while_held_and_none_remain_after(
+    holders: Holders, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    holders.start("reader", "read")
+    holders.expect("reader", "acquired")
+    holders.start("writer", "write")
+    holders.nothing_happens(1.0)
+    assert redis_client.keys(f"{key_prefix}*")
+    assert keys_without_ttl(redis_client, key_prefix) == []
+    holders.stop()
+    assert keys_without_ttl(redis_client, key_prefix) == []
