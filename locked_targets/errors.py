@@ -24,13 +24,13 @@ class LockError(Exception):
 class LockTimeout(LockError):
     """The lock was not acquired within the configured wait timeout."""
 
-    def __init__(self, *, path: str, lock_key: str, mode: str, holder: str, waited_seconds: float) -> None:
+    def __init__(self, *, path: str, lock_key: str, lock: str, holder: str, waited_seconds: float) -> None:
         self.path = path
         self.lock_key = lock_key
         self.holder = holder
         self.waited_seconds = waited_seconds
         super().__init__(
-            f"gave up waiting for the {mode} lock of {path} after {waited_seconds:.1f} s "
+            f"gave up waiting for the {lock} of {path} after {waited_seconds:.1f} s "
             f"(lock key {lock_key}); it is held by {holder}"
         )
 
@@ -53,3 +53,21 @@ class BackendUnavailable(LockError):
         self.address = address
         self.reason = reason
         super().__init__(f"Redis at {address} is unavailable: {reason}")
+
+
+class RunCollision(LockError):
+    """Another application holds this task's run lock, and ``fail_on_collision`` says not to wait.
+
+    luigi marks the task failed, runs other independent tasks, and retries it later
+    (``[scheduler] retry_count``/``retry_delay``); by then the other application has
+    usually produced the output, and the retry finds the task complete.
+    """
+
+    def __init__(self, *, task: str, lock_key: str, holder: str) -> None:
+        self.task = task
+        self.lock_key = lock_key
+        self.holder = holder
+        super().__init__(
+            f"task {task} is already being computed by {holder} (run lock {lock_key}); "
+            "fail_on_collision is set, so this application does not wait: luigi will retry it"
+        )

@@ -17,6 +17,7 @@ from locked_targets.settings import Settings
 from locked_targets.storage import storage_kind_for
 
 TARGET_NAMESPACE = "target"
+RUN_NAMESPACE = "run"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +26,7 @@ class LockKeys:
 
     path: str
     base: str
+    namespace: str = TARGET_NAMESPACE
 
     @property
     def writer(self) -> str:
@@ -62,4 +64,4 @@ def lock_key_for(path: str, settings: Settings, namespace: str = TARGET_NAMESPAC
     identity = f"{kind.name}\0{kind.identity(path)}"
     digest = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     base = f"{settings.key_prefix}{kind.key_prefix(settings)}{namespace}:{{{digest}}}"
-    return LockKeys(path=kind.identity(path), base=base)
+    return LockKeys(path=kind.identity(path), base=base, namespace=namespace)

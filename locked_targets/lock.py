@@ -29,9 +29,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from locked_targets.errors import LockTimeout
-from locked_targets.keys import LockKeys
+from locked_targets.keys import TARGET_NAMESPACE, LockKeys, lock_key_for
 from locked_targets.lease import HeldLock, lease_keeper
-from locked_targets.redis_backend import RedisBackend
+from locked_targets.redis_backend import RedisBackend, backend_for
+from locked_targets.settings import Settings
 from locked_targets.waiting import WaitReporter
 
 # Shared Lua helpers, prepended to each script.
@@ -196,6 +197,33 @@ return 0
             LockMode.EXCLUSIVE: backend.script(self.ACQUIRE_EXCLUSIVE),
         }
 
+    @classmethod
+    def for_path(
+        cls,
+        path: str,
+        settings: Settings,
+        *,
+        namespace: str = TARGET_NAMESPACE,
+        task: str | None = None,
+        wait_timeout_seconds: float | None = None,
+    ) -> ReadWriteLock:
+        """The lock of the cache file at ``path`` in ``namespace``, on the Redis of ``settings``.
+
+        ``wait_timeout_seconds`` defaults to the configured one.
+        """
+        if settings.redis_url is None:
+            raise ValueError("locking is not configured: settings.redis_url is None")
+        return cls(
+            backend_for(settings.redis_url),
+            lock_key_for(path, settings, namespace),
+            lease_seconds=settings.lease_seconds,
+            renewal_interval=settings.renewal_interval,
+            wait_timeout_seconds=settings.wait_timeout_seconds
+            if wait_timeout_seconds is None
+            else wait_timeout_seconds,
+            task=task,
+        )
+
     @contextmanager
     def shared(self) -> Iterator[HeldLock]:
         """Hold the lock as one of possibly many readers for the duration of the block."""
@@ -241,7 +269,10 @@ return 0
         started: float,
         blocked: tuple[float, str],
     ) -> None:
-        reporter = WaitReporter(path=self.keys.path, mode=mode.value, started=started)
+        kind = (
+            f"{mode.value} lock" if self.keys.namespace == TARGET_NAMESPACE else f"{self.keys.namespace} lock"
+        )
+        reporter = WaitReporter(path=self.keys.path, lock=kind, started=started)
         pubsub = self._backend.client.pubsub()  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(self.keys.released_channel)
@@ -262,7 +293,7 @@ return 0
                         raise LockTimeout(
                             path=self.keys.path,
                             lock_key=self.keys.base,
-                            mode=mode.value,
+                            lock=kind,
                             holder=holder,
                             waited_seconds=time.monotonic() - started,
                         )
@@ -298,13 +329,17 @@ return 0
         lease_keeper().keep(held)
         return held
 
+    def _label(self, mode: LockMode) -> str:
+        """'read lock' or 'write lock' for a file, 'run lock' for a task run."""
+        return f"{mode.value} lock" if self.keys.namespace == TARGET_NAMESPACE else f"{self.keys.namespace} lock"
+
     def _describe_holder(self, mode: LockMode) -> str:
         return json.dumps(
             {
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
                 "task": self._task,
-                "mode": mode.value,
+                "lock": self._label(mode),
                 "since": time.time(),
             }
         )
@@ -324,5 +359,5 @@ def _readable_holder(description: bytes, relation: bytes) -> str:
     verb = "waiting for" if relation == b"waits" else "holding"
     return (
         f"pid {fields.get('pid')} on host {fields.get('host')} "
-        f"({task}{verb} the {fields.get('mode')} lock since {since})"
+        f"({task}{verb} the {fields.get('lock')} since {since})"
     )

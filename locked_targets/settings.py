@@ -38,6 +38,7 @@ class Settings:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     renewal_interval_seconds: float | None = None
     wait_timeout_seconds: float | None = None
+    fail_on_collision: bool = False
     s3_endpoint_url: str | None = None
     gcs_endpoint_url: str | None = None
     gcs_project: str | None = None
@@ -75,6 +76,15 @@ class Settings:
         return self.lease_seconds / 3
 
     @classmethod
+    def for_task(cls, task: object) -> Settings:
+        """Settings for a gokart task: luigi's configuration plus the task's own ``redis_*`` parameters."""
+        return cls.from_luigi_config(
+            redis_host=getattr(task, "redis_host", None),
+            redis_port=getattr(task, "redis_port", None),
+            redis_timeout=getattr(task, "redis_timeout", None),
+        )
+
+    @classmethod
     def from_luigi_config(
         cls,
         *,
@@ -106,6 +116,7 @@ class Settings:
             return parse(f"[{GOKART_SECTION}] {name}", str(raw).strip())
 
         host = gokart_option("redis_host", redis_host, _text)
+        gokart_fail_on_collision = gokart_option("redis_fail_on_collision", None, _boolean)
         port = gokart_option("redis_port", redis_port, _integer)
         timeout = gokart_option("redis_timeout", redis_timeout, _number)
         redis_url = option("redis_url", _text)
@@ -115,12 +126,14 @@ class Settings:
         for field in dataclasses.fields(cls):
             if field.name == "redis_url":
                 continue
-            parse = _number if field.name.endswith("_seconds") else _text
+            parse = _PARSERS.get(field.type, _text) if isinstance(field.type, str) else _text
             value = option(field.name, parse)
             if value is not None:
                 overrides[field.name] = value
         if "lease_seconds" not in overrides and timeout is not None:
             overrides["lease_seconds"] = timeout
+        if "fail_on_collision" not in overrides and gokart_fail_on_collision is not None:
+            overrides["fail_on_collision"] = gokart_fail_on_collision
         return cls(**overrides)  # type: ignore[arg-type]
 
 
@@ -180,8 +193,25 @@ def _number(name: str, raw: str) -> float:
     return value
 
 
+def _boolean(name: str, raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0"):
+        return False
+    raise ConfigurationError(name, raw, "must be true or false")
+
+
 def _integer(name: str, raw: str) -> int:
     try:
         return int(raw)
     except ValueError:
         raise ConfigurationError(name, raw, "must be a whole number") from None
+
+
+# How a ``[locked_targets]`` value is parsed, by the type annotation of its field.
+_PARSERS: dict[str, Callable[[str, str], object]] = {
+    "float": _number,
+    "float | None": _number,
+    "bool": _boolean,
+}

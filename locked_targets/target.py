@@ -19,10 +19,9 @@ from gokart.required_task_output import RequiredTaskOutput
 from gokart.target import TargetOnKart
 from gokart.utils import FlattenableItems
 
-from locked_targets.keys import lock_key_for
 from locked_targets.lease import HeldLock
 from locked_targets.lock import ReadWriteLock
-from locked_targets.redis_backend import backend_for
+from locked_targets.run_lock import ensure_run_locks_held
 from locked_targets.settings import Settings
 from locked_targets.storage.base import unlocked_params
 
@@ -74,6 +73,7 @@ class LockedTarget(TargetOnKart):
                 return
             if held is not None:
                 held.ensure_held()
+            ensure_run_locks_held()
             self._target._dump(
                 obj,
                 task_params=task_params,
@@ -136,19 +136,12 @@ class LockedTarget(TargetOnKart):
 def file_lock(path: str, settings: Settings, *, task: str | None = None) -> ReadWriteLock | None:
     """The lock of the cache file at ``path``, or None (with one warning) when no Redis is configured."""
     if settings.redis_url is None:
-        _warn_unlocked_once()
+        warn_unlocked_once()
         return None
-    return ReadWriteLock(
-        backend_for(settings.redis_url),
-        lock_key_for(path, settings),
-        lease_seconds=settings.lease_seconds,
-        renewal_interval=settings.renewal_interval,
-        wait_timeout_seconds=settings.wait_timeout_seconds,
-        task=task,
-    )
+    return ReadWriteLock.for_path(path, settings, task=task)
 
 
-def _warn_unlocked_once() -> None:
+def warn_unlocked_once() -> None:
     global _warned_unlocked
     if not _warned_unlocked:
         _warned_unlocked = True

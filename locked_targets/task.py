@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -11,6 +12,7 @@ from gokart.file_processor import FileProcessor
 from gokart.target import LargeDataFrameProcessor
 
 from locked_targets.factories import DEFAULT_MAX_BYTE, build_model_target, build_single_file_target
+from locked_targets.run_lock import run_under_lock
 from locked_targets.settings import Settings
 from locked_targets.target import LockedTarget
 
@@ -24,11 +26,27 @@ class TaskOnKart(gokart.TaskOnKart[T]):
     ``redis_host``/``redis_port`` parameters; ``redis_timeout`` is the default lease.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # gokart's own run lock (should_lock_run) insists on redis_host/redis_port and keys
+        # by basename: keep it off, and put locked_targets' run lock in its place.
+        lock_run = self._should_lock_run(args, kwargs)
+        super().__init__(*args, **{**kwargs, "should_lock_run": False})  # type: ignore[no-untyped-call]
+        if lock_run:
+            self.should_lock_run = True
+            self.param_kwargs["should_lock_run"] = True
+            run = self.run
+            self.run = functools.partial(run_under_lock, self, run)  # type: ignore[method-assign]
+
+    @classmethod
+    def _should_lock_run(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        resolved = dict(kwargs)
+        cls._add_configuration(resolved, "TaskOnKart")  # type: ignore[no-untyped-call]
+        values = dict(cls.get_param_values(cls.get_params(), args, resolved))  # type: ignore[no-untyped-call]
+        return bool(values.get("should_lock_run", False))
+
     def lock_settings(self) -> Settings:
         """The settings this task's locks use (luigi configuration plus its redis parameters)."""
-        return Settings.from_luigi_config(
-            redis_host=self.redis_host, redis_port=self.redis_port, redis_timeout=self.redis_timeout
-        )
+        return Settings.for_task(self)
 
     def make_target(
         self,

@@ -14,9 +14,9 @@ REPORT_EVERY_SECONDS = 30.0
 class WaitReporter:
     """Says who holds the lock a caller is waiting for, without flooding the log."""
 
-    def __init__(self, *, path: str, mode: str, started: float) -> None:
+    def __init__(self, *, path: str, lock: str, started: float) -> None:
         self._path = path
-        self._mode = mode
+        self._lock = lock
         self._started = started
         self._next_report = started + FIRST_REPORT_AFTER_SECONDS
 
@@ -25,9 +25,9 @@ class WaitReporter:
         if now < self._next_report:
             return
         logger.info(
-            "waiting %.0f s for the %s lock of %s; blocked by %s",
+            "waiting %.0f s for the %s of %s; blocked by %s",
             now - self._started,
-            self._mode,
+            self._lock,
             self._path,
             holder,
             extra={"lock_path": self._path, "lock_holder": holder},

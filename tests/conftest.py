@@ -8,9 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from servers import RedisServer
 
+from locked_targets.factories import build_single_file_target
 from locked_targets.settings import Settings
+from locked_targets.target import LockedTarget
+from locked_targets.testing import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +48,10 @@ def settings(redis_url: str, key_prefix: str) -> Settings:
 def keys_without_ttl(client: redis.Redis, prefix: str) -> list[bytes]:
     """Lock keys under ``prefix`` that would never expire: must always be empty."""
     return [key for key in client.scan_iter(match=f"{prefix}*") if client.pttl(key) < 0]
+
+
+def locked_target(path: str, settings: Settings) -> LockedTarget:
+    """A locked single-file target at ``path`` (format from its extension) using ``settings``."""
+    return build_single_file_target(
+        path, unique_id=None, processor=None, store_index_in_feather=True, settings=settings
+    )

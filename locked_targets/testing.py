@@ -1,4 +1,4 @@
-"""A real ``redis-server`` process the tests start, stop, pause and restart themselves."""
+"""A private, real ``redis-server`` for tests, demos and benchmarks: started, paused, killed, restarted."""
 
 from __future__ import annotations
 

@@ -1,0 +1,135 @@
+"""``RunWithLock``: one application computes a task; the others wait, then find it complete and skip.
+
+A task's run lock is the set of its outputs' lock keys in the ``run`` namespace (so the
+per-storage prefixes apply). It is taken all or none, in sorted key order, so two
+tasks whose outputs overlap cannot deadlock. Once held, a task that another
+application completed meanwhile is skipped (single flight). The locks are renewed
+for as long as ``run()`` runs; a dump checks them before it writes, so a run that lost
+its lock publishes nothing and fails with ``LockLost``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+import luigi
+import luigi.task
+from gokart.target import TargetOnKart
+
+from locked_targets.errors import LockTimeout, RunCollision
+from locked_targets.keys import RUN_NAMESPACE
+from locked_targets.lease import HeldLock
+from locked_targets.lock import LockMode, ReadWriteLock
+from locked_targets.settings import Settings
+
+logger = logging.getLogger("locked_targets")
+
+_Result = TypeVar("_Result")
+_Decorated = TypeVar("_Decorated", bound=Callable[..., Any])
+_held_run_locks: ContextVar[tuple[HeldLock, ...]] = ContextVar("locked_targets_run_locks", default=())
+_tasks_under_run_lock: ContextVar[frozenset[str]] = ContextVar(
+    "locked_targets_locked_tasks", default=frozenset()
+)
+
+
+def RunWithLock(task_class_or_run: _Decorated) -> _Decorated:  # noqa: N802 -- gokart documents this name
+    """Decorate a task class, or its ``run`` method, so that only one application runs it at once."""
+    if isinstance(task_class_or_run, type):
+        task_class_or_run.run = _locked_run_method(task_class_or_run.run)  # type: ignore[attr-defined]
+        return task_class_or_run
+    return _locked_run_method(task_class_or_run)
+
+
+run_with_lock = RunWithLock
+
+
+def run_under_lock(task: luigi.Task, run: Callable[[], _Result]) -> _Result | None:
+    """Call ``run`` holding ``task``'s run lock, unless the task turns out to be complete already."""
+    locked_tasks = _tasks_under_run_lock.get()
+    if task.task_id in locked_tasks:  # locked twice (decorator and should_lock_run): already held
+        return run()
+    with _run_lock_of(task) as already_complete:
+        if already_complete:
+            logger.info("%s: skipped, another application computed it while this one waited", task.task_id)
+            return None
+        outer = _tasks_under_run_lock.set(locked_tasks | {task.task_id})
+        try:
+            return run()
+        finally:
+            _tasks_under_run_lock.reset(outer)
+
+
+def ensure_run_locks_held() -> None:
+    """Raise ``LockLost`` if a run lock held by the current run has slipped away."""
+    for held in _held_run_locks.get():
+        held.ensure_held()
+
+
+def _locked_run_method(run: _Decorated) -> _Decorated:
+    if getattr(run, "__locked_targets_run_lock__", False):
+        return run
+
+    @functools.wraps(run)
+    def locked_run(task: luigi.Task, *args: Any, **kwargs: Any) -> Any:
+        return run_under_lock(task, lambda: run(task, *args, **kwargs))
+
+    locked_run.__locked_targets_run_lock__ = True  # type: ignore[attr-defined]
+    return locked_run  # type: ignore[return-value]
+
+
+@contextmanager
+def _run_lock_of(task: luigi.Task) -> Iterator[bool]:
+    """Hold every run lock of ``task``; yield whether the task is already complete."""
+    settings = Settings.for_task(task)
+    paths = _output_paths(task)
+    if settings.redis_url is None or not paths:
+        yield False
+        return
+    wait_timeout = 0.0 if settings.fail_on_collision else None
+    locks = sorted(
+        (
+            ReadWriteLock.for_path(
+                path, settings, namespace=RUN_NAMESPACE, task=task.task_id, wait_timeout_seconds=wait_timeout
+            )
+            for path in paths
+        ),
+        key=lambda lock: lock.keys.base,
+    )
+    with ExitStack() as releases:
+        held: list[HeldLock] = []
+        for lock in locks:
+            held.append(_acquire_run_lock(lock, task, settings))
+            releases.callback(held[-1].release)
+        outer = _held_run_locks.set(_held_run_locks.get() + tuple(held))
+        try:
+            yield task.complete()  # type: ignore[no-untyped-call]
+        finally:
+            _held_run_locks.reset(outer)
+        for each in held:
+            each.ensure_held()
+
+
+def _acquire_run_lock(lock: ReadWriteLock, task: luigi.Task, settings: Settings) -> HeldLock:
+    try:
+        return lock.acquire(LockMode.EXCLUSIVE)
+    except LockTimeout as timeout:
+        if settings.fail_on_collision:
+            raise RunCollision(task=task.task_id, lock_key=lock.keys.base, holder=timeout.holder) from None
+        raise
+
+
+def _output_paths(task: luigi.Task) -> list[str]:
+    paths = []
+    for target in luigi.task.flatten(task.output()):  # type: ignore[no-untyped-call]
+        if isinstance(target, TargetOnKart):
+            paths.append(target.path())
+        elif isinstance(getattr(target, "path", None), str):
+            paths.append(target.path)
+        else:
+            raise TypeError(f"cannot take the run lock of {task.task_id}: its output {target!r} has no path")
+    return sorted(set(paths))

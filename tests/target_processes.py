@@ -1,0 +1,62 @@
+"""Entry points for target users running in separate OS processes (spawned)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pandas as pd
+
+from locked_targets.factories import build_model_target
+from locked_targets.keys import lock_key_for
+from locked_targets.lock import LockMode, ReadWriteLock
+from locked_targets.redis_backend import backend_for
+from locked_targets.settings import Settings
+
+
+def hold_lock_of(path: str, settings: Settings, mode: str, seconds: float) -> None:
+    """Hold the lock of the target at ``path`` for ``seconds``, as another application would."""
+    assert settings.redis_url is not None
+    lock = ReadWriteLock(
+        backend_for(settings.redis_url),
+        lock_key_for(path, settings),
+        lease_seconds=settings.lease_seconds,
+        renewal_interval=settings.renewal_interval,
+        task="OtherApplication_0",
+    )
+    held = lock.acquire(LockMode(mode))
+    time.sleep(seconds)
+    held.release()
+
+
+def save_frame(frame: pd.DataFrame, path: str) -> None:
+    frame.to_pickle(path)
+
+
+def load_frame(path: str) -> Any:
+    return pd.read_pickle(path)
+
+
+def load_model_repeatedly(
+    path: str, temporary_directory: str, settings: Settings, loads: int
+) -> tuple[int, list[str]]:
+    """Load a model target ``loads`` times; return (whole loads, failures)."""
+    target = build_model_target(
+        path,
+        temporary_directory=temporary_directory,
+        save_function=save_frame,
+        load_function=load_frame,
+        unique_id=None,
+        settings=settings,
+    )
+    whole, failures = 0, []
+    for _ in range(loads):
+        try:
+            frame = target.load()
+            if len(frame) == 200_000 and int(frame["value"].sum()) == sum(range(200_000)):
+                whole += 1
+            else:
+                failures.append("partial frame")
+        except Exception as error:
+            failures.append(f"{type(error).__name__}: {error}")
+    return whole, failures

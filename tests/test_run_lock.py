@@ -1,0 +1,159 @@
+"""RunWithLock: luigi applications in separate OS processes share a cache and compute each task once."""
+
+from __future__ import annotations
+
+import collections
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from run_lock_pipeline import TASK_FAMILIES
+
+from locked_targets.settings import Settings
+from locked_targets.testing import free_port
+
+APP = str(Path(__file__).with_name("run_lock_app.py"))
+
+
+class Applications:
+    """Runs copies of the test application against one luigi configuration and one side log."""
+
+    def __init__(self, tmp_path: Path, settings: Settings, **options: str) -> None:
+        self.side_log = tmp_path / "side.log"
+        self.config = tmp_path / "luigi.cfg"
+        lines = [
+            "[locked_targets]",
+            f"redis_url = {settings.redis_url}",
+            f"key_prefix = {settings.key_prefix}",
+        ]
+        lines += [f"{name} = {value}" for name, value in options.items() if not name.startswith("scheduler_")]
+        lines += ["[scheduler]", "retry_delay = 1", "retry_count = 100", "[worker]", "keep_alive = true"]
+        lines += ["[core]", "autoload_range = false"]
+        for name in ("s3_endpoint_url",):
+            if getattr(settings, name):
+                lines.insert(1, f"{name} = {getattr(settings, name)}")
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def run(
+        self, workspace: str, whats: list[str], scheduler: str = "local", task_seconds: float = 1.0
+    ) -> float:
+        """Start one application per entry of ``whats`` together; return the wall time until the last ends."""
+        started = time.monotonic()
+        processes = [
+            subprocess.Popen(
+                [sys.executable, APP, workspace, scheduler, what],
+                env={
+                    **os.environ,
+                    "LUIGI_CONFIG_PATH": str(self.config),
+                    "PIPELINE_SIDE_LOG": str(self.side_log),
+                    "PIPELINE_APPLICATION": f"app-{number}",
+                    "PIPELINE_TASK_SECONDS": str(task_seconds),
+                },
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            for number, what in enumerate(whats)
+        ]
+        outputs = [process.communicate(timeout=240)[0].decode() for process in processes]
+        wall = time.monotonic() - started
+        self.outputs = outputs
+        for process, output in zip(processes, outputs, strict=True):
+            assert process.returncode == 0, output
+        return wall
+
+    def runs_per_task(self) -> dict[str, int]:
+        counts = collections.Counter(line.split()[0] for line in self.side_log.read_text().splitlines())
+        return dict(counts)
+
+
+def test_four_applications_compute_each_task_once_on_a_local_cache(
+    tmp_path: Path, settings: Settings
+) -> None:
+    (tmp_path / "alone").mkdir()
+    alone = Applications(tmp_path / "alone", settings)
+    alone_wall = alone.run(str(tmp_path / "alone" / "cache"), ["pipeline"])
+    together = Applications(tmp_path, settings)
+    together_wall = together.run(str(tmp_path / "cache"), ["pipeline"] * 4)
+    print(f"one application alone: {alone_wall:.1f} s; four together: {together_wall:.1f} s")
+    assert together.runs_per_task() == dict.fromkeys(TASK_FAMILIES, 1)
+    assert together_wall < 2 * alone_wall, (
+        "the applications should wait for each other's outputs, not recompute"
+    )
+
+
+def test_four_applications_compute_each_task_once_on_s3(
+    tmp_path: Path, settings: Settings, s3_settings: Settings, s3_root: str
+) -> None:
+    merged = Settings(
+        redis_url=settings.redis_url,
+        key_prefix=settings.key_prefix,
+        s3_endpoint_url=s3_settings.s3_endpoint_url,
+    )
+    applications = Applications(tmp_path, merged)
+    applications.run(f"{s3_root}/cache", ["pipeline"] * 4)
+    assert applications.runs_per_task() == dict.fromkeys(TASK_FAMILIES, 1)
+
+
+def test_fail_on_collision_retries_and_still_computes_each_task_once(
+    tmp_path: Path, settings: Settings
+) -> None:
+    applications = Applications(tmp_path, settings, fail_on_collision="true")
+    applications.run(str(tmp_path / "cache"), ["pipeline"] * 4)
+    assert any("RunCollision" in output for output in applications.outputs), "no application collided"
+    assert applications.runs_per_task() == dict.fromkeys(TASK_FAMILIES, 1)
+
+
+@pytest.fixture
+def luigid(tmp_path: Path) -> Iterator[str]:
+    """A real luigi central scheduler on a free port."""
+    port = free_port()
+    luigid_script = os.path.join(os.path.dirname(sys.executable), "luigid")
+    process = subprocess.Popen(
+        [luigid_script, "--port", str(port), "--state-path", str(tmp_path / "state.pickle")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "luigid did not start"
+            time.sleep(0.1)
+    yield f"127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_workers_of_one_central_scheduler_compute_each_task_once(
+    tmp_path: Path, settings: Settings, luigid: str
+) -> None:
+    applications = Applications(tmp_path, settings)
+    applications.run(str(tmp_path / "cache"), ["pipeline"] * 4, scheduler=luigid)
+    assert applications.runs_per_task() == dict.fromkeys(TASK_FAMILIES, 1)
+
+
+def test_tasks_with_overlapping_outputs_in_opposite_orders_do_not_deadlock(
+    tmp_path: Path, settings: Settings
+) -> None:
+    applications = Applications(tmp_path, settings)
+    for round_number in range(3):
+        applications.run(
+            str(tmp_path / f"cache-{round_number}"),
+            ["overlapping", "overlapping-reversed"] * 2,
+            task_seconds=0.5,
+        )
+    runs = applications.runs_per_task()
+    assert runs == {"Overlapping": 3}, "one of the twins computes the shared outputs, the other skips"
+
+
+def test_a_run_longer_than_several_leases_keeps_its_lock(tmp_path: Path, settings: Settings) -> None:
+    applications = Applications(tmp_path, settings, lease_seconds="1.5")
+    applications.run(str(tmp_path / "cache"), ["source"] * 3, task_seconds=6.0)
+    assert applications.runs_per_task() == {"Source": 1}

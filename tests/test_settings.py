@@ -1,0 +1,165 @@
+"""Settings: read from luigi's configuration, validated up front, errors that name the setting."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import luigi.configuration
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from locked_targets.errors import ConfigurationError
+from locked_targets.settings import Settings
+
+
+@pytest.fixture
+def luigi_config() -> Iterator[luigi.configuration.LuigiConfigParser]:
+    """luigi's configuration, emptied of our sections for the test and restored after."""
+    config = luigi.configuration.get_config()  # type: ignore[no-untyped-call]
+    saved = {
+        section: dict(config.items(section))
+        for section in ("locked_targets", "TaskOnKart")
+        if config.has_section(section)
+    }
+    for section in ("locked_targets", "TaskOnKart"):
+        config.remove_section(section)
+        config.add_section(section)
+    yield config
+    for section in ("locked_targets", "TaskOnKart"):
+        config.remove_section(section)
+        if section in saved:
+            config.add_section(section)
+            for name, value in saved[section].items():
+                config.set(section, name, value)
+
+
+def test_defaults_lock_nothing() -> None:
+    settings = Settings()
+    assert not settings.locking_enabled
+    assert settings.lease_seconds == 180
+    assert settings.renewal_interval == 60
+
+
+def test_section_values_are_read(luigi_config: luigi.configuration.LuigiConfigParser) -> None:
+    luigi_config.set("locked_targets", "redis_url", "redis://cache-redis:6380/2")
+    luigi_config.set("locked_targets", "key_prefix", "team-a:")
+    luigi_config.set("locked_targets", "s3_key_prefix", "shared-s3:")
+    luigi_config.set("locked_targets", "lease_seconds", "90")
+    luigi_config.set("locked_targets", "wait_timeout_seconds", "600")
+    settings = Settings.from_luigi_config()
+    assert settings.redis_url == "redis://cache-redis:6380/2"
+    assert settings.key_prefix == "team-a:"
+    assert settings.s3_key_prefix == "shared-s3:"
+    assert settings.lease_seconds == 90
+    assert settings.wait_timeout_seconds == 600
+
+
+def test_gokart_redis_host_and_port_switch_locking_on(
+    luigi_config: luigi.configuration.LuigiConfigParser,
+) -> None:
+    luigi_config.set("TaskOnKart", "redis_host", "gokart-redis")
+    luigi_config.set("TaskOnKart", "redis_port", "6379")
+    luigi_config.set("TaskOnKart", "redis_timeout", "120")
+    settings = Settings.from_luigi_config()
+    assert settings.redis_url == "redis://gokart-redis:6379/0"
+    assert settings.lease_seconds == 120
+
+
+def test_task_parameters_switch_locking_on(luigi_config: luigi.configuration.LuigiConfigParser) -> None:
+    settings = Settings.from_luigi_config(redis_host="task-redis", redis_port=7000, redis_timeout=60)
+    assert settings.redis_url == "redis://task-redis:7000/0"
+    assert settings.lease_seconds == 60
+
+
+def test_redis_url_wins_over_gokart_host_and_port(
+    luigi_config: luigi.configuration.LuigiConfigParser,
+) -> None:
+    luigi_config.set("locked_targets", "redis_url", "redis://ours:6379/1")
+    luigi_config.set("locked_targets", "lease_seconds", "30")
+    settings = Settings.from_luigi_config(redis_host="theirs", redis_port=6379, redis_timeout=180)
+    assert settings.redis_url == "redis://ours:6379/1"
+    assert settings.lease_seconds == 30
+
+
+def test_lease_not_longer_than_renewal_interval_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"lease_seconds=10.*renewal interval"):
+        Settings(lease_seconds=10, renewal_interval_seconds=10)
+
+
+def test_negative_wait_timeout_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="wait_timeout_seconds=-1"):
+        Settings(wait_timeout_seconds=-1)
+
+
+def test_non_numeric_lease_names_the_setting(luigi_config: luigi.configuration.LuigiConfigParser) -> None:
+    luigi_config.set("locked_targets", "lease_seconds", "three minutes")
+    with pytest.raises(ConfigurationError, match="lease_seconds='three minutes'"):
+        Settings.from_luigi_config()
+
+
+def test_non_numeric_gokart_port_names_the_setting(
+    luigi_config: luigi.configuration.LuigiConfigParser,
+) -> None:
+    luigi_config.set("TaskOnKart", "redis_host", "h")
+    luigi_config.set("TaskOnKart", "redis_port", "sixty")
+    with pytest.raises(ConfigurationError, match=r"\[TaskOnKart\] redis_port='sixty'"):
+        Settings.from_luigi_config()
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("localhost:6379", "must start with redis://"),
+        ("http://localhost:6379", "must start with redis://"),
+        ("redis://", "needs a host"),
+        ("redis://localhost:port/0", "not a valid URL"),
+        ("redis://localhost:6379/zero", "must be a number"),
+    ],
+)
+def test_malformed_redis_url_is_refused(url: str, complaint: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"redis_url.*{complaint}"):
+        Settings(redis_url=url)
+
+
+def test_a_refused_url_never_shows_its_password() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Settings(redis_url="redis://user:hunter2@localhost:6379/db")
+    assert "hunter2" not in str(raised.value)
+    assert "user:***@localhost" in str(raised.value)
+
+
+def test_braces_in_a_key_prefix_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"gcs_key_prefix.*hash tag"):
+        Settings(gcs_key_prefix="{gcs}:")
+
+
+@given(st.text(max_size=30))
+def test_any_lease_text_is_accepted_or_refused_clearly(raw: str) -> None:
+    config = luigi.configuration.get_config()  # type: ignore[no-untyped-call]
+    if not config.has_section("locked_targets"):
+        config.add_section("locked_targets")
+    config.set("locked_targets", "lease_seconds", raw.replace("%", "%%"))
+    try:
+        settings, refusal = built_or_refused(Settings.from_luigi_config)
+    finally:
+        config.remove_option("locked_targets", "lease_seconds")
+    if refusal is None:
+        assert settings is not None
+        assert settings.lease_seconds > settings.renewal_interval > 0
+    else:
+        assert "lease_seconds" in refusal
+
+
+@given(st.text(max_size=40))
+def test_any_redis_url_is_accepted_or_refused_clearly(url: str) -> None:
+    _, refusal = built_or_refused(lambda: Settings(redis_url=url))
+    assert refusal is None or "redis_url" in refusal
+
+
+def built_or_refused(build: Callable[[], Settings]) -> tuple[Settings | None, str | None]:
+    """The settings, or the message of the ConfigurationError that refused them (any other error fails)."""
+    try:
+        return build(), None
+    except ConfigurationError as error:
+        return None, str(error)

@@ -1,0 +1,188 @@
+"""LockedTarget on local files: gokart's semantics, every access under the file's lock."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import gokart
+import luigi
+import pandas as pd
+import pytest
+from conftest import locked_target
+from lock_processes import SPAWN
+from target_processes import hold_lock_of, load_frame, load_model_repeatedly, save_frame
+
+import locked_targets
+import locked_targets.target
+from locked_targets import LockedTarget, Settings
+from locked_targets.factories import build_model_target
+
+
+def hold_in_another_process(path: str, settings: Settings, mode: str, seconds: float) -> float:
+    """Start a process holding the lock; return when it surely holds it (monotonic time of release)."""
+    process = SPAWN.Process(target=hold_lock_of, args=(path, settings, mode, seconds))
+    started = time.monotonic()
+    process.start()
+    time.sleep(3.0)  # spawning and importing takes a while on a busy machine
+    assert process.is_alive(), "the holder process died early"
+    return started
+
+
+def test_dump_then_load_round_trips(tmp_path: Path, settings: Settings) -> None:
+    target = locked_target(str(tmp_path / "x.pkl"), settings)
+    target.dump({"answer": 42})
+    assert target.exists()
+    assert target.load() == {"answer": 42}
+
+
+def test_dump_skips_when_another_application_already_wrote(tmp_path: Path, settings: Settings) -> None:
+    path = str(tmp_path / "x.pkl")
+    locked_target(path, settings).dump("first")
+    locked_target(path, settings).dump("second")
+    assert locked_target(path, settings).load() == "first"
+
+
+def test_remove_deletes_the_file(tmp_path: Path, settings: Settings) -> None:
+    target = locked_target(str(tmp_path / "x.pkl"), settings)
+    target.dump("x")
+    target.remove()
+    assert not target.exists()
+    target.remove()  # removing what is gone is not an error, as in gokart
+
+
+def test_load_waits_while_another_application_writes(tmp_path: Path, settings: Settings) -> None:
+    path = str(tmp_path / "x.pkl")
+    locked_target(path, settings).dump("x")
+    hold_in_another_process(path, settings, "write", seconds=5.0)
+    started = time.monotonic()
+    assert locked_target(path, settings).load() == "x"
+    assert time.monotonic() - started > 1.0
+
+
+def test_exists_waits_while_another_application_removes(tmp_path: Path, settings: Settings) -> None:
+    path = str(tmp_path / "x.pkl")
+    hold_in_another_process(path, settings, "write", seconds=5.0)
+    started = time.monotonic()
+    locked_target(path, settings).exists()
+    assert time.monotonic() - started > 1.0
+
+
+def test_dump_waits_while_another_application_reads(tmp_path: Path, settings: Settings) -> None:
+    path = str(tmp_path / "x.pkl")
+    hold_in_another_process(path, settings, "read", seconds=5.0)
+    started = time.monotonic()
+    locked_target(path, settings).dump("x")
+    assert time.monotonic() - started > 1.0
+
+
+def test_a_long_wait_is_logged_naming_the_holder(
+    tmp_path: Path, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = str(tmp_path / "x.pkl")
+    hold_in_another_process(path, settings, "write", seconds=5.0)
+    with caplog.at_level(logging.INFO, logger="locked_targets"):
+        locked_target(path, settings).exists()
+    waits = [record.getMessage() for record in caplog.records if "waiting" in record.getMessage()]
+    assert len(waits) == 1
+    assert "task OtherApplication_0" in waits[0]
+    assert path in waits[0]
+
+
+def test_path_and_last_modification_time_pass_through(tmp_path: Path, settings: Settings) -> None:
+    target = locked_target(str(tmp_path / "x.pkl"), settings)
+    target.dump("x")
+    assert target.path() == str(tmp_path / "x.pkl")
+    assert abs(target.last_modification_time().timestamp() - time.time()) < 60
+
+
+def test_model_target_round_trips(tmp_path: Path, settings: Settings) -> None:
+    target = build_model_target(
+        str(tmp_path / "model.zip"),
+        temporary_directory=str(tmp_path / "tmp"),
+        save_function=save_frame,
+        load_function=load_frame,
+        unique_id="abc",
+        settings=settings,
+    )
+    frame = pd.DataFrame({"value": range(10)})
+    target.dump(frame)
+    assert target.path() == str(tmp_path / "model_abc.zip")
+    pd.testing.assert_frame_equal(target.load(), frame)
+    target.remove()
+    assert not target.exists()
+
+
+def test_concurrent_model_loads_never_collide(tmp_path: Path, settings: Settings) -> None:
+    path, temporary_directory = str(tmp_path / "model.zip"), str(tmp_path / "tmp")
+    build_model_target(
+        path,
+        temporary_directory=temporary_directory,
+        save_function=save_frame,
+        load_function=load_frame,
+        unique_id=None,
+        settings=settings,
+    ).dump(pd.DataFrame({"value": range(200_000)}))
+    with SPAWN.Pool(8) as pool:
+        results = pool.starmap_async(
+            load_model_repeatedly, [(path, temporary_directory, settings, 15)] * 8
+        ).get(timeout=240)
+    failures = [failure for _, process_failures in results for failure in process_failures]
+    print(f"model loads: {sum(whole for whole, _ in results)} whole, {len(failures)} failed")
+    assert failures == []
+    assert sum(whole for whole, _ in results) == 8 * 15
+
+
+def test_large_data_frame_target_round_trips(tmp_path: Path, settings: Settings) -> None:
+    luigi.configuration.get_config().set("locked_targets", "redis_url", str(settings.redis_url))  # type: ignore[no-untyped-call]
+    target = locked_targets.make_large_data_frame_target(
+        str(tmp_path / "large.zip"), temporary_directory=str(tmp_path / "tmp"), max_byte=1000
+    )
+    frame = pd.DataFrame({"value": range(1000)})
+    target.dump(frame)
+    pd.testing.assert_frame_equal(target.load().sort_index(), frame)
+
+
+def test_without_redis_nothing_is_locked_and_one_warning_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(locked_targets.target, "_warned_unlocked", False)
+    with caplog.at_level(logging.WARNING, logger="locked_targets"):
+        for name in ("a.pkl", "b.pkl"):
+            target = locked_target(str(tmp_path / name), Settings())
+            target.dump(name)
+            assert target.load() == name
+    warnings = [record for record in caplog.records if "NOT locked" in record.getMessage()]
+    assert len(warnings) == 1
+
+
+class Producer(locked_targets.TaskOnKart[pd.DataFrame]):
+    """A task that swaps gokart's base class for locked_targets'."""
+
+    def run(self) -> None:
+        self.dump(pd.DataFrame({"value": range(5)}))
+
+
+class Consumer(locked_targets.TaskOnKart[int]):
+    producer = luigi.TaskParameter()
+
+    def requires(self) -> luigi.Task:
+        return self.producer
+
+    def run(self) -> None:
+        frame: pd.DataFrame = self.load()
+        self.dump(int(frame["value"].sum()))
+
+
+def test_task_on_kart_builds_with_locked_targets(tmp_path: Path, settings: Settings) -> None:
+    assert settings.redis_url is not None
+    host, port = settings.redis_url.removeprefix("redis://").split("/")[0].split(":")
+    consumer = Consumer(
+        producer=Producer(workspace_directory=str(tmp_path), redis_host=host, redis_port=int(port)),
+        workspace_directory=str(tmp_path),
+        redis_host=host,
+        redis_port=int(port),
+    )
+    assert isinstance(consumer.output(), LockedTarget)
+    assert gokart.build(consumer, reset_register=False) == 10
