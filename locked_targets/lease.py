@@ -10,6 +10,7 @@ checks ``ensure_held()`` before it commits, and ``release()`` reports a lost loc
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -126,6 +127,7 @@ class LeaseKeeper:
         self._held: dict[str, HeldLock] = {}
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._wakes_at = 0.0
 
     def keep(self, held: HeldLock) -> None:
         with self._changed:
@@ -135,7 +137,10 @@ class LeaseKeeper:
                     target=self._renew_forever, name="locked_targets-leases", daemon=True
                 )
                 self._thread.start()
-            self._changed.notify()
+            # Waking the thread costs more than the rest of an acquisition: only when it must
+            # renew this lease before it planned to wake up.
+            if held.next_renewal < self._wakes_at:
+                self._changed.notify()
 
     def forget(self, held: HeldLock) -> None:
         with self._changed:
@@ -158,7 +163,9 @@ class LeaseKeeper:
                 if due:
                     return due
                 upcoming = [held.next_renewal for held in self._held.values() if not held.lost]
-                self._changed.wait(timeout=min(upcoming) - now if upcoming else None)
+                self._wakes_at = min(upcoming) if upcoming else math.inf
+                self._changed.wait(timeout=self._wakes_at - now if upcoming else None)
+                self._wakes_at = 0.0
 
 
 def _renew_together(backend: RedisBackend, group: list[HeldLock]) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import os
 import secrets
 import socket
@@ -28,12 +29,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import redis
+
 from locked_targets.errors import LockTimeout
 from locked_targets.keys import TARGET_NAMESPACE, LockKeys, lock_key_for
 from locked_targets.lease import HeldLock, lease_keeper
 from locked_targets.redis_backend import RedisBackend, backend_for
 from locked_targets.settings import Settings
 from locked_targets.waiting import WaitReporter
+
+logger = logging.getLogger("locked_targets")
+_HOST = socket.gethostname()
 
 # Shared Lua helpers, prepended to each script.
 _LUA_HELPERS = """
@@ -205,12 +211,9 @@ return 0
         *,
         namespace: str = TARGET_NAMESPACE,
         task: str | None = None,
-        wait_timeout_seconds: float | None = None,
+        wait_timeout_seconds: float | None,
     ) -> ReadWriteLock:
-        """The lock of the cache file at ``path`` in ``namespace``, on the Redis of ``settings``.
-
-        ``wait_timeout_seconds`` defaults to the configured one.
-        """
+        """The lock of the cache file at ``path`` in ``namespace``, on the Redis of ``settings``."""
         if settings.redis_url is None:
             raise ValueError("locking is not configured: settings.redis_url is None")
         return cls(
@@ -249,9 +252,11 @@ return 0
         started = time.monotonic()
         with self._backend.errors_translated():
             blocked = self._try_acquire(mode, token, description)
-            if blocked is not None:
-                self._wait(mode, token, description, started, blocked)
-        return self._register(mode, token, started)
+            # The lease runs from when the winning attempt was sent, not from when waiting began.
+            granted_at = (
+                started if blocked is None else self._wait(mode, token, description, started, blocked)
+            )
+        return self._register(mode, token, granted_at)
 
     def _try_acquire(self, mode: LockMode, token: str, description: str) -> tuple[float, str] | None:
         """One attempt: None when acquired, else (seconds the blocker's lease has left, blocker)."""
@@ -268,22 +273,19 @@ return 0
         description: str,
         started: float,
         blocked: tuple[float, str],
-    ) -> None:
-        kind = (
-            f"{mode.value} lock" if self.keys.namespace == TARGET_NAMESPACE else f"{self.keys.namespace} lock"
-        )
+    ) -> float:
+        """Retry each time a release is published; return when the winning attempt was sent."""
+        kind = self._label(mode)
         reporter = WaitReporter(path=self.keys.path, lock=kind, started=started)
         pubsub = self._backend.client.pubsub()  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(self.keys.released_channel)
-            # Wait for the server to confirm, so no release can slip between subscription and retry.
-            while pubsub.get_message(timeout=_SOCKET_CONFIRM_SECONDS) is None:
-                pass
-            outcome: tuple[float, str] | None = blocked
-            while outcome is not None:
+            _await_subscription(pubsub)
+            while True:
+                attempt_at = time.monotonic()
                 outcome = self._try_acquire(mode, token, description)
                 if outcome is None:
-                    return
+                    return attempt_at
                 lease_left, holder = outcome
                 reporter.still_waiting(holder)
                 timeout = min(lease_left, self._renewal_interval, reporter.seconds_to_next_report())
@@ -307,12 +309,15 @@ return 0
             pubsub.close()
 
     def _cancel_wait(self, token: str) -> None:
-        # Best effort: if Redis is gone, the waiting place expires with its lease anyway.
-        with self._backend.errors_translated():
+        # Best effort: if Redis is gone, the waiting place expires with its lease anyway,
+        # and the error that ended the wait is the one the caller must see.
+        try:
             self._backend.script(self.CANCEL_WAIT)(
                 keys=[self.keys.waiting_writers, self.keys.holders],
                 args=[token, self.keys.released_channel],
             )
+        except (redis.RedisError, OSError) as error:
+            logger.debug("could not withdraw a waiting writer of %s: %s", self.keys.path, error)
 
     def _register(self, mode: LockMode, token: str, started: float) -> HeldLock:
         held = HeldLock(
@@ -331,12 +336,14 @@ return 0
 
     def _label(self, mode: LockMode) -> str:
         """'read lock' or 'write lock' for a file, 'run lock' for a task run."""
-        return f"{mode.value} lock" if self.keys.namespace == TARGET_NAMESPACE else f"{self.keys.namespace} lock"
+        if self.keys.namespace == TARGET_NAMESPACE:
+            return f"{mode.value} lock"
+        return f"{self.keys.namespace} lock"
 
     def _describe_holder(self, mode: LockMode) -> str:
         return json.dumps(
             {
-                "host": socket.gethostname(),
+                "host": _HOST,
                 "pid": os.getpid(),
                 "task": self._task,
                 "lock": self._label(mode),
@@ -345,7 +352,15 @@ return 0
         )
 
 
-_SOCKET_CONFIRM_SECONDS = 5.0
+_SUBSCRIBE_CONFIRM_SECONDS = 10.0
+
+
+def _await_subscription(pubsub: Any) -> None:
+    """Block until the server confirms the subscription, so no release slips in before the retry."""
+    deadline = time.monotonic() + _SUBSCRIBE_CONFIRM_SECONDS
+    while pubsub.get_message(timeout=max(0.0, deadline - time.monotonic())) is None:
+        if time.monotonic() >= deadline:
+            raise redis.TimeoutError("Redis did not confirm a SUBSCRIBE in time")
 
 
 def _readable_holder(description: bytes, relation: bytes) -> str:

@@ -90,7 +90,7 @@ def _run_lock_of(task: luigi.Task) -> Iterator[bool]:
     if settings.redis_url is None or not paths:
         yield False
         return
-    wait_timeout = 0.0 if settings.fail_on_collision else None
+    wait_timeout = 0.0 if settings.fail_on_collision else settings.run_wait_timeout_seconds
     locks = sorted(
         (
             ReadWriteLock.for_path(

@@ -38,6 +38,7 @@ class Settings:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     renewal_interval_seconds: float | None = None
     wait_timeout_seconds: float | None = None
+    run_wait_timeout_seconds: float | None = None
     fail_on_collision: bool = False
     s3_endpoint_url: str | None = None
     gcs_endpoint_url: str | None = None
@@ -61,8 +62,10 @@ class Settings:
                 f"must be longer than the renewal interval ({self.renewal_interval} s), "
                 "or a lease could expire between two renewals",
             )
-        if self.wait_timeout_seconds is not None and not self.wait_timeout_seconds >= 0:
-            raise ConfigurationError("wait_timeout_seconds", self.wait_timeout_seconds, "must be 0 or more")
+        for name in ("wait_timeout_seconds", "run_wait_timeout_seconds"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ConfigurationError(name, value, "must be 0 or more")
 
     @property
     def locking_enabled(self) -> bool:

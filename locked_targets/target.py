@@ -138,7 +138,9 @@ def file_lock(path: str, settings: Settings, *, task: str | None = None) -> Read
     if settings.redis_url is None:
         warn_unlocked_once()
         return None
-    return ReadWriteLock.for_path(path, settings, task=task)
+    return ReadWriteLock.for_path(
+        path, settings, task=task, wait_timeout_seconds=settings.wait_timeout_seconds
+    )
 
 
 def warn_unlocked_once() -> None:

@@ -1,4 +1,7 @@
-"""Shared fixtures: a real Redis server for the whole run, fresh key prefixes per test."""
+"""Shared fixtures: a real Redis server for the whole run, fresh key prefixes per test.
+
+The object-store fixtures (moto's S3 server, the GCS emulator) live in object_stores.py.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,14 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from object_stores import (  # noqa: F401 -- imported to register the object-store fixtures
+    gcs_endpoint,
+    gcs_root,
+    gcs_settings,
+    s3_endpoint,
+    s3_root,
+    s3_settings,
+)
 
 from locked_targets.factories import build_single_file_target
 from locked_targets.settings import Settings

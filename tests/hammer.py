@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import pickle
 import random
 import time
 from datetime import datetime
@@ -131,14 +130,12 @@ def _one_operation(
 def _load(target: TargetOnKart, report: HammerReport) -> None:
     try:
         loaded = target.load()
-    except (FileNotFoundError, OSError) as error:
+    except Exception as error:
         if _is_absent(error):
             report.absent_loads += 1
-            return
-        report.torn_loads += 1
-        return
-    except (pickle.UnpicklingError, EOFError, ValueError):
-        report.torn_loads += 1
+        else:
+            report.torn_loads += 1
+            report.errors.append(f"load: {type(error).__name__}: {error}")
         return
     if is_whole(loaded):
         report.whole_loads += 1
@@ -147,5 +144,10 @@ def _load(target: TargetOnKart, report: HammerReport) -> None:
         report.torn_loads += 1
 
 
-def _is_absent(error: OSError) -> bool:
-    return isinstance(error, FileNotFoundError) or "Not Found" in str(error) or "NoSuchKey" in str(error)
+def _is_absent(error: Exception) -> bool:
+    """luigi's local and S3 targets and gcsfs each say 'not found' their own way."""
+    return (
+        isinstance(error, FileNotFoundError)
+        or "NotFound" in type(error).__name__
+        or "NoSuchKey" in str(error)
+    )

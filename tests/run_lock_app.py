@@ -16,10 +16,12 @@ def main(workspace: str, scheduler: str, what: str) -> int:
         "overlapping-reversed": Overlapping(workspace_directory=workspace, reverse=True),
     }
     if scheduler == "local":
-        result = luigi.build([tasks[what]], local_scheduler=True, detailed_summary=True, log_level="WARNING")
+        result = luigi.build(  # type: ignore[no-untyped-call]
+            [tasks[what]], local_scheduler=True, detailed_summary=True, log_level="WARNING"
+        )
     else:
         host, port = scheduler.split(":")
-        result = luigi.build(
+        result = luigi.build(  # type: ignore[no-untyped-call]
             [tasks[what]],
             scheduler_host=host,
             scheduler_port=int(port),

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
+import gokart
 import luigi
+from gokart.target import TargetOnKart
+from gokart.utils import FlattenableItems
 
 import locked_targets
 from locked_targets import RunWithLock
@@ -14,7 +16,7 @@ from locked_targets import RunWithLock
 
 def record_run(task: luigi.Task) -> None:
     """Append 'TaskFamily application' to the side log, one write per line, and take some time."""
-    line = f"{task.get_task_family()} {os.environ['PIPELINE_APPLICATION']}\n"
+    line = f"{type(task).__name__} {os.environ['PIPELINE_APPLICATION']}\n"
     descriptor = os.open(os.environ["PIPELINE_SIDE_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(descriptor, line.encode())
@@ -33,53 +35,43 @@ class Source(locked_targets.TaskOnKart[list[int]]):
 
 
 class Left(locked_targets.TaskOnKart[int]):
-    source = luigi.TaskParameter()
-
-    def requires(self) -> luigi.Task:
-        return self.source
+    source: gokart.TaskOnKart[list[int]] = gokart.TaskInstanceParameter()
 
     @RunWithLock
     def run(self) -> None:
         record_run(self)
-        self.dump(sum(self.load()))
+        values: list[int] = self.load(self.source)
+        self.dump(sum(values))
 
 
 class Right(locked_targets.TaskOnKart[int]):
-    source = luigi.TaskParameter()
-
-    def requires(self) -> luigi.Task:
-        return self.source
+    source: gokart.TaskOnKart[list[int]] = gokart.TaskInstanceParameter()
 
     @RunWithLock
     def run(self) -> None:
         record_run(self)
-        self.dump(max(self.load()))
+        values: list[int] = self.load(self.source)
+        self.dump(max(values))
 
 
 class Join(locked_targets.TaskOnKart[dict[str, int]]):
     """Joins the diamond; locked by gokart's parameter instead of the decorator."""
 
-    left = luigi.TaskParameter()
-    right = luigi.TaskParameter()
-
-    def requires(self) -> dict[str, luigi.Task]:
-        return {"left": self.left, "right": self.right}
+    left: gokart.TaskOnKart[int] = gokart.TaskInstanceParameter()
+    right: gokart.TaskOnKart[int] = gokart.TaskInstanceParameter()
 
     def run(self) -> None:
         record_run(self)
-        self.dump({"left": self.load("left"), "right": self.load("right")})
+        self.dump({"left": self.load(self.left), "right": self.load(self.right)})
 
 
 class Report(locked_targets.TaskOnKart[str]):
-    join = luigi.TaskParameter()
-
-    def requires(self) -> luigi.Task:
-        return self.join
+    join: gokart.TaskOnKart[dict[str, int]] = gokart.TaskInstanceParameter()
 
     @RunWithLock
     def run(self) -> None:
         record_run(self)
-        joined: dict[str, Any] = self.load()
+        joined = self.load(self.join)
         self.dump(f"left={joined['left']} right={joined['right']}")
 
 
@@ -97,17 +89,20 @@ TASK_FAMILIES = ("Source", "Left", "Right", "Join", "Report")
 class Overlapping(locked_targets.TaskOnKart[None]):
     """Two outputs shared with a twin task that lists them in the opposite order."""
 
-    reverse = luigi.BoolParameter()
+    reverse: bool = luigi.BoolParameter()
 
-    def output(self) -> list[locked_targets.LockedTarget]:
-        targets = [
+    def shared_targets(self) -> list[TargetOnKart]:
+        targets: list[TargetOnKart] = [
             self.make_target("overlap/x.pkl", use_unique_id=False),
             self.make_target("overlap/y.pkl", use_unique_id=False),
         ]
         return targets[::-1] if self.reverse else targets
 
+    def output(self) -> FlattenableItems[TargetOnKart]:
+        return list[FlattenableItems[TargetOnKart]](self.shared_targets())
+
     @RunWithLock
     def run(self) -> None:
         record_run(self)
-        for target in self.output():
+        for target in self.shared_targets():
             target.dump("shared")

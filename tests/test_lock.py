@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -205,3 +206,14 @@ def test_every_lock_key_has_a_ttl_while_held_and_none_remain_after(
     assert keys_without_ttl(redis_client, key_prefix) == []
     holders.stop()
     assert keys_without_ttl(redis_client, key_prefix) == []
+
+
+def test_a_lock_granted_after_a_long_wait_gets_a_whole_lease(holders: Holders, redis_url: str) -> None:
+    holders.start("writer", "write", lease_seconds=30)
+    holders.expect("writer", "acquired")
+    patient = make_lock(redis_url, holders.base, lease_seconds=3)
+    release_later = threading.Timer(4.0, holders.release, args=("writer",))
+    release_later.start()
+    held = patient.acquire(LockMode.SHARED)  # waits about 4 s, longer than its own lease
+    held.ensure_held()
+    held.release()

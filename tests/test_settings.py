@@ -34,6 +34,10 @@ def luigi_config() -> Iterator[luigi.configuration.LuigiConfigParser]:
                 config.set(section, name, value)
 
 
+def set_option(config: luigi.configuration.LuigiConfigParser, section: str, name: str, value: str) -> None:
+    config.set(section, name, value)  # type: ignore[no-untyped-call]
+
+
 def test_defaults_lock_nothing() -> None:
     settings = Settings()
     assert not settings.locking_enabled
@@ -42,11 +46,11 @@ def test_defaults_lock_nothing() -> None:
 
 
 def test_section_values_are_read(luigi_config: luigi.configuration.LuigiConfigParser) -> None:
-    luigi_config.set("locked_targets", "redis_url", "redis://cache-redis:6380/2")
-    luigi_config.set("locked_targets", "key_prefix", "team-a:")
-    luigi_config.set("locked_targets", "s3_key_prefix", "shared-s3:")
-    luigi_config.set("locked_targets", "lease_seconds", "90")
-    luigi_config.set("locked_targets", "wait_timeout_seconds", "600")
+    set_option(luigi_config, "locked_targets", "redis_url", "redis://cache-redis:6380/2")
+    set_option(luigi_config, "locked_targets", "key_prefix", "team-a:")
+    set_option(luigi_config, "locked_targets", "s3_key_prefix", "shared-s3:")
+    set_option(luigi_config, "locked_targets", "lease_seconds", "90")
+    set_option(luigi_config, "locked_targets", "wait_timeout_seconds", "600")
     settings = Settings.from_luigi_config()
     assert settings.redis_url == "redis://cache-redis:6380/2"
     assert settings.key_prefix == "team-a:"
@@ -58,9 +62,9 @@ def test_section_values_are_read(luigi_config: luigi.configuration.LuigiConfigPa
 def test_gokart_redis_host_and_port_switch_locking_on(
     luigi_config: luigi.configuration.LuigiConfigParser,
 ) -> None:
-    luigi_config.set("TaskOnKart", "redis_host", "gokart-redis")
-    luigi_config.set("TaskOnKart", "redis_port", "6379")
-    luigi_config.set("TaskOnKart", "redis_timeout", "120")
+    set_option(luigi_config, "TaskOnKart", "redis_host", "gokart-redis")
+    set_option(luigi_config, "TaskOnKart", "redis_port", "6379")
+    set_option(luigi_config, "TaskOnKart", "redis_timeout", "120")
     settings = Settings.from_luigi_config()
     assert settings.redis_url == "redis://gokart-redis:6379/0"
     assert settings.lease_seconds == 120
@@ -75,8 +79,8 @@ def test_task_parameters_switch_locking_on(luigi_config: luigi.configuration.Lui
 def test_redis_url_wins_over_gokart_host_and_port(
     luigi_config: luigi.configuration.LuigiConfigParser,
 ) -> None:
-    luigi_config.set("locked_targets", "redis_url", "redis://ours:6379/1")
-    luigi_config.set("locked_targets", "lease_seconds", "30")
+    set_option(luigi_config, "locked_targets", "redis_url", "redis://ours:6379/1")
+    set_option(luigi_config, "locked_targets", "lease_seconds", "30")
     settings = Settings.from_luigi_config(redis_host="theirs", redis_port=6379, redis_timeout=180)
     assert settings.redis_url == "redis://ours:6379/1"
     assert settings.lease_seconds == 30
@@ -93,7 +97,7 @@ def test_negative_wait_timeout_is_refused() -> None:
 
 
 def test_non_numeric_lease_names_the_setting(luigi_config: luigi.configuration.LuigiConfigParser) -> None:
-    luigi_config.set("locked_targets", "lease_seconds", "three minutes")
+    set_option(luigi_config, "locked_targets", "lease_seconds", "three minutes")
     with pytest.raises(ConfigurationError, match="lease_seconds='three minutes'"):
         Settings.from_luigi_config()
 
@@ -101,8 +105,8 @@ def test_non_numeric_lease_names_the_setting(luigi_config: luigi.configuration.L
 def test_non_numeric_gokart_port_names_the_setting(
     luigi_config: luigi.configuration.LuigiConfigParser,
 ) -> None:
-    luigi_config.set("TaskOnKart", "redis_host", "h")
-    luigi_config.set("TaskOnKart", "redis_port", "sixty")
+    set_option(luigi_config, "TaskOnKart", "redis_host", "h")
+    set_option(luigi_config, "TaskOnKart", "redis_port", "sixty")
     with pytest.raises(ConfigurationError, match=r"\[TaskOnKart\] redis_port='sixty'"):
         Settings.from_luigi_config()
 
@@ -139,7 +143,7 @@ def test_any_lease_text_is_accepted_or_refused_clearly(raw: str) -> None:
     config = luigi.configuration.get_config()  # type: ignore[no-untyped-call]
     if not config.has_section("locked_targets"):
         config.add_section("locked_targets")
-    config.set("locked_targets", "lease_seconds", raw.replace("%", "%%"))
+    set_option(config, "locked_targets", "lease_seconds", raw.replace("%", "%%"))
     try:
         settings, refusal = built_or_refused(Settings.from_luigi_config)
     finally:

@@ -165,13 +165,10 @@ class Producer(locked_targets.TaskOnKart[pd.DataFrame]):
 
 
 class Consumer(locked_targets.TaskOnKart[int]):
-    producer = luigi.TaskParameter()
-
-    def requires(self) -> luigi.Task:
-        return self.producer
+    producer: gokart.TaskOnKart[pd.DataFrame] = gokart.TaskInstanceParameter()
 
     def run(self) -> None:
-        frame: pd.DataFrame = self.load()
+        frame = self.load(self.producer)
         self.dump(int(frame["value"].sum()))
 
 

@@ -1,0 +1,1 @@
+"""Benchmark of LockedTarget against unlocked gokart targets and gokart's own Redis lock (``make bench``)."""

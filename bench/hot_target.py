@@ -1,0 +1,227 @@
+"""Scenario 3: eight OS processes load one hot 256 KiB target as fast as they can.
+
+The processes are spawned once and run one phase per variant; a barrier starts every
+phase in all processes (and the parent, which reads redis-server's CPU time) together.
+Each load is compared byte for byte with the object that was dumped, so a torn or
+foreign load is counted, never silently timed. A reference phase adds two PINGs to an
+unlocked load: the floor of any lock that talks to Redis twice per load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import multiprocessing
+import os
+import random
+import time
+from collections.abc import Callable
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
+
+import redis
+
+from bench.tables import heading, table, verdict
+from bench.variants import RedisAddress, Variant, make_target, use_redis_for_locked_targets
+
+PROCESSES = 8
+OBJECT_BYTES = 256 * 1024
+# Issue 2's goal: LockedTarget's throughput within this factor of unlocked gokart.
+SLOWDOWN_GOAL = 1.5
+REFERENCE = "reference"
+PHASES: tuple[Variant | str, ...] = (*Variant, REFERENCE)
+_SEED = 265  # gokart's issue about lock congestion
+_SPAWN = multiprocessing.get_context("spawn")
+# Spawning and importing gokart in 8 processes on 2 cores takes several seconds.
+_START_TIMEOUT_SECONDS = 120.0
+
+
+def hot_object() -> bytes:
+    """The 256 KiB payload, the same in every process."""
+    return random.Random(_SEED).randbytes(OBJECT_BYTES)
+
+
+def phase_title(phase: Variant | str) -> str:
+    if isinstance(phase, Variant):
+        return f"({phase.value}) {phase.title}"
+    return "(ref) 2 PINGs + unlocked load"
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerPlan:
+    """What every worker process does: which target, for how long, against which object."""
+
+    path: str
+    redis: RedisAddress
+    seconds: float
+    digest: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerResult:
+    """One worker's loads in one phase."""
+
+    phase: Variant | str
+    loads: int
+    bad_loads: int
+    seconds: float
+    cpu_seconds: float
+    first_error: str | None
+
+
+def work(plan: WorkerPlan, start_together: Barrier, results: Queue[WorkerResult]) -> None:
+    """Entry point of a worker process: one timed phase of loads per variant, then the reference."""
+    use_redis_for_locked_targets(plan.redis)
+    expected = hot_object()
+    if hashlib.sha256(expected).hexdigest() != plan.digest:
+        raise RuntimeError("this process built a different hot object than the parent dumped")
+    for phase in PHASES:
+        load = _loader(phase, plan)
+        load()  # connect and register scripts before the clock starts
+        loads = bad_loads = 0
+        first_error: str | None = None
+        start_together.wait(timeout=_START_TIMEOUT_SECONDS)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        deadline = started + plan.seconds
+        while time.perf_counter() < deadline:
+            try:
+                whole = load() == expected
+            except Exception as error:
+                whole = False
+                first_error = first_error or f"{type(error).__name__}: {error}"
+            loads += 1
+            bad_loads += not whole
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        results.put(WorkerResult(phase, loads, bad_loads, elapsed, cpu, first_error))
+
+
+def _loader(phase: Variant | str, plan: WorkerPlan) -> Callable[[], object]:
+    if isinstance(phase, Variant):
+        return make_target(phase, plan.path, plan.redis).load
+    client = redis.Redis.from_url(plan.redis.url)
+    target = make_target(Variant.UNLOCKED, plan.path, plan.redis)
+
+    def pinged_load() -> object:
+        client.ping()
+        loaded = target.load()
+        client.ping()
+        return loaded
+
+    return pinged_load
+
+
+@dataclasses.dataclass(frozen=True)
+class Throughput:
+    """All workers' loads in one phase, and the CPU they and redis-server spent."""
+
+    loads_per_second: float
+    loads: int
+    bad_loads: int
+    worker_cpu_seconds: float
+    server_cpu_seconds: float
+    first_error: str | None
+
+
+def measure(directory: str, redis_address: RedisAddress, seconds: float) -> dict[Variant | str, Throughput]:
+    payload = hot_object()
+    path = os.path.join(directory, "hot.pkl")
+    make_target(Variant.UNLOCKED, path, redis_address).dump(payload)
+    plan = WorkerPlan(
+        path=path, redis=redis_address, seconds=seconds, digest=hashlib.sha256(payload).hexdigest()
+    )
+    start_together = _SPAWN.Barrier(PROCESSES + 1)
+    results: Queue[WorkerResult] = _SPAWN.Queue()
+    workers = [
+        _SPAWN.Process(target=work, args=(plan, start_together, results), name=f"bench-hot-{index}")
+        for index in range(PROCESSES)
+    ]
+    for worker in workers:
+        worker.start()
+    server = redis.Redis.from_url(redis_address.url)
+    try:
+        throughputs: dict[Variant | str, Throughput] = {}
+        for phase in PHASES:
+            start_together.wait(timeout=_START_TIMEOUT_SECONDS)
+            server_cpu_started = _server_cpu_seconds(server)
+            phase_results = [results.get(timeout=_START_TIMEOUT_SECONDS) for _ in workers]
+            throughputs[phase] = _total(phase_results, _server_cpu_seconds(server) - server_cpu_started)
+        for worker in workers:
+            worker.join(timeout=_START_TIMEOUT_SECONDS)
+        return throughputs
+    finally:
+        server.close()
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+
+
+def _server_cpu_seconds(client: redis.Redis) -> float:
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+def _total(phase: list[WorkerResult], server_cpu_seconds: float) -> Throughput:
+    return Throughput(
+        loads_per_second=sum(result.loads / result.seconds for result in phase),
+        loads=sum(result.loads for result in phase),
+        bad_loads=sum(result.bad_loads for result in phase),
+        worker_cpu_seconds=sum(result.cpu_seconds for result in phase),
+        server_cpu_seconds=server_cpu_seconds,
+        first_error=next((result.first_error for result in phase if result.first_error), None),
+    )
+
+
+def slowdown(throughputs: dict[Variant | str, Throughput], variant: Variant) -> float:
+    """How many times fewer loads per second ``variant`` made than unlocked gokart."""
+    return throughputs[Variant.UNLOCKED].loads_per_second / throughputs[variant].loads_per_second
+
+
+def report(throughputs: dict[Variant | str, Throughput], seconds: float) -> str:
+    unlocked = throughputs[Variant.UNLOCKED].loads_per_second
+    rows = [
+        [
+            phase_title(phase),
+            f"{result.loads_per_second:,.0f}",
+            f"{result.loads:,}",
+            f"{result.bad_loads:,}",
+            f"{unlocked / result.loads_per_second:.2f}x",
+            f"{result.worker_cpu_seconds / result.loads * 1e6:,.0f}",
+            f"{result.server_cpu_seconds / result.loads * 1e6:,.1f}",
+        ]
+        for phase, result in throughputs.items()
+    ]
+    errors = [
+        f"  first error in {phase_title(phase)}: {result.first_error}"
+        for phase, result in throughputs.items()
+        if result.first_error
+    ]
+    locked_slowdown = slowdown(throughputs, Variant.LOCKED_TARGET)
+    return "\n".join(
+        [
+            heading(f"3. Hot target: {PROCESSES} processes load one {OBJECT_BYTES // 1024} KiB target"),
+            f"{PROCESSES} spawned OS processes, started together by a barrier, each loading the same "
+            f"pickled bytes object for {seconds:g} s per variant;",
+            "every load is compared byte for byte with the dumped object (bad = different or raised).",
+            "CPU per load: worker processes' CPU time (all their threads) and redis-server's, "
+            "divided by the loads; the (ref) row",
+            "adds two PINGs to each unlocked load: the floor for any lock that asks Redis twice per load.",
+            "",
+            table(
+                [
+                    "variant",
+                    "loads/s (all processes)",
+                    "loads",
+                    "bad loads",
+                    "slowdown (unlocked / row)",
+                    "worker CPU us/load",
+                    "redis CPU us/load",
+                ],
+                rows,
+            ),
+            *errors,
+            "",
+            f"unlocked / gokart's lock: {slowdown(throughputs, Variant.GOKART_LOCK):.2f}x",
+            f"unlocked / LockedTarget:  {locked_slowdown:.2f}x  (goal <= {SLOWDOWN_GOAL}x: "
+            f"{verdict(locked_slowdown <= SLOWDOWN_GOAL)})",
+        ]
+    )

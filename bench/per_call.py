@@ -1,0 +1,186 @@
+"""Scenario 2: the median time and the Redis requests of one exists, load and dump on a small object.
+
+Each variant works on its own files in one local temporary directory. Calls of the three
+variants, and a PING that gives the round trip of the moment, are interleaved, so drift in
+machine load touches all of them alike. A dump
+skips when its file exists, so every timed dump gets a fresh path (and a fresh target,
+built outside the timed call).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+import redis as redis_py
+from gokart.target import TargetOnKart
+
+from bench.request_count import RequestCount, count_requests
+from bench.tables import heading, table, verdict
+from bench.timing import call_seconds, median_ms
+from bench.variants import RedisAddress, Variant, make_target
+
+OPERATIONS = ("exists", "load", "dump")
+# Issue 2's goal: LockedTarget adds at most this many round trips per call.
+ROUND_TRIP_GOALS = {"exists": 2, "load": 2, "dump": 3}
+SMALL_OBJECT = {"name": "small", "values": list(range(10)), "ratio": 0.5}
+_WARM_UP_CALLS = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class PerCallResult:
+    """Median ms and requests per call, by operation and variant."""
+
+    median_ms: dict[tuple[str, Variant], float]
+    round_trip_ms: float
+    requests: dict[tuple[str, Variant], RequestCount]
+    calls: int
+    counted_calls: int
+
+
+class _Workbench:
+    """Makes the targets each operation works on: one existing file, or fresh paths for dumps."""
+
+    def __init__(self, directory: str, redis: RedisAddress) -> None:
+        self._directory = directory
+        self._redis = redis
+        self._fresh = 0
+        self._existing: dict[Variant, TargetOnKart] = {}
+        for variant in Variant:
+            path = os.path.join(directory, f"small-{variant.name.lower()}.pkl")
+            target = make_target(variant, path, redis)
+            target.dump(SMALL_OBJECT)
+            self._existing[variant] = target
+
+    def fresh_target(self, variant: Variant) -> TargetOnKart:
+        self._fresh += 1
+        path = os.path.join(self._directory, f"dump-{variant.name.lower()}-{self._fresh}.pkl")
+        return make_target(variant, path, self._redis)
+
+    def prepare(self, operation: str, variant: Variant) -> Callable[[], object]:
+        """The call to time, with everything it needs built beforehand."""
+        if operation == "dump":
+            target = self.fresh_target(variant)
+            return lambda: target.dump(SMALL_OBJECT)
+        existing = self._existing[variant]
+        return existing.exists if operation == "exists" else existing.load
+
+
+def measure(directory: str, redis: RedisAddress, calls: int, counted_calls: int) -> PerCallResult:
+    bench = _Workbench(directory, redis)
+    ping_client = redis_py.Redis.from_url(redis.url)
+    try:
+        times, round_trip_ms = _median_times(bench, ping_client, calls)
+    finally:
+        ping_client.close()
+    requests = {}
+    for operation in OPERATIONS:
+        for variant in Variant:
+            prepared_calls = [bench.prepare(operation, variant) for _ in range(counted_calls)]
+            requests[operation, variant] = count_requests(redis.url, prepared_calls)
+    return PerCallResult(
+        median_ms=times,
+        round_trip_ms=round_trip_ms,
+        requests=requests,
+        calls=calls,
+        counted_calls=counted_calls,
+    )
+
+
+def _median_times(
+    bench: _Workbench, ping_client: redis_py.Redis, calls: int
+) -> tuple[dict[tuple[str, Variant], float], float]:
+    """Median ms per (operation, variant), and of the PINGs interleaved with them."""
+    samples: dict[tuple[str, Variant], list[float]] = {
+        (operation, variant): [] for operation in OPERATIONS for variant in Variant
+    }
+    pings: list[float] = []
+    for operation in OPERATIONS:
+        for variant in Variant:
+            for _ in range(_WARM_UP_CALLS):
+                bench.prepare(operation, variant)()
+        for _ in range(calls):
+            pings.append(call_seconds(ping_client.ping))
+            for variant in Variant:
+                prepared = bench.prepare(operation, variant)
+                samples[operation, variant].append(call_seconds(prepared))
+    return {key: median_ms(values) for key, values in samples.items()}, median_ms(pings)
+
+
+def report(result: PerCallResult) -> str:
+    legend = "\n".join(f"  ({variant.value}) {variant.title}: {variant.recipe}" for variant in Variant)
+    times, round_trip_ms = result.median_ms, result.round_trip_ms
+    unlocked, gokart, locked = Variant.UNLOCKED, Variant.GOKART_LOCK, Variant.LOCKED_TARGET
+    timing_rows = []
+    for operation in OPERATIONS:
+        overhead = times[operation, locked] - times[operation, unlocked]
+        timing_rows.append(
+            [
+                operation,
+                f"{times[operation, unlocked]:.3f}",
+                f"{times[operation, gokart]:.3f}",
+                f"{times[operation, locked]:.3f}",
+                f"{overhead:+.3f}",
+                f"{overhead / round_trip_ms:.1f}",
+                f"{times[operation, locked] / times[operation, gokart]:.2f}",
+            ]
+        )
+    request_rows = []
+    for operation in OPERATIONS:
+        counted = result.requests[operation, locked]
+        goal = ROUND_TRIP_GOALS[operation]
+        request_rows.append(
+            [
+                operation,
+                *(_requests_cell(result.requests[operation, variant]) for variant in Variant),
+                ", ".join(counted.request_names) or "-",
+                f"{counted.script_commands:.1f}",
+                f"<= {goal}",
+                verdict(counted.client_requests <= goal),
+            ]
+        )
+    return "\n".join(
+        [
+            heading("2. One call on a small object (a pickled dict of 3 keys), local temp dir"),
+            f"median of {result.calls} calls per cell, the variants' calls interleaved; "
+            "dump writes a fresh path each call.",
+            f"RT = median PING interleaved with these calls: {round_trip_ms:.3f} ms.",
+            legend,
+            "  (b) takes no lock in exists and lets go of its lock before load reads; "
+            "(c) holds its lock for the whole call.",
+            "",
+            table(
+                [
+                    "op",
+                    "(a) ms",
+                    "(b) ms",
+                    "(c) ms",
+                    "c-a ms",
+                    "c-a in RTs",
+                    "c/b (<1: c faster)",
+                ],
+                timing_rows,
+            ),
+            "",
+            f"Redis requests per call, counted with MONITOR over {result.counted_calls} calls "
+            "(client requests = round trips, none are pipelined here):",
+            table(
+                [
+                    "op",
+                    "(a) requests",
+                    "(b) requests",
+                    "(c) requests",
+                    "(c) commands sent",
+                    "(c) commands run inside Lua",
+                    "goal for (c)",
+                    "met",
+                ],
+                request_rows,
+            ),
+        ]
+    )
+
+
+def _requests_cell(count: RequestCount) -> str:
+    return f"{count.client_requests:.1f}".removesuffix(".0")

@@ -1,0 +1,77 @@
+"""The three ways of reaching one gokart cache file that the benchmark compares."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+import gokart.target
+import luigi.configuration
+from gokart.conflict_prevention_lock.task_lock import make_task_lock_params
+from gokart.target import TargetOnKart
+
+import locked_targets
+
+# gokart's default lease (redis_timeout), which LockedTarget also uses by default.
+GOKART_REDIS_TIMEOUT_SECONDS = 180
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisAddress:
+    """Where the benchmark's private Redis listens, in the forms each variant wants."""
+
+    url: str
+    host: str
+    port: int
+
+
+class Variant(enum.Enum):
+    """A target as a user would build it: unlocked, under gokart's lock, or a LockedTarget."""
+
+    UNLOCKED = "a"
+    GOKART_LOCK = "b"
+    LOCKED_TARGET = "c"
+
+    @property
+    def title(self) -> str:
+        return {
+            Variant.UNLOCKED: "unlocked gokart",
+            Variant.GOKART_LOCK: "gokart's lock",
+            Variant.LOCKED_TARGET: "LockedTarget",
+        }[self]
+
+    @property
+    def recipe(self) -> str:
+        """How the target is made, for the legend of each table."""
+        return {
+            Variant.UNLOCKED: "gokart.target.make_target(path)",
+            Variant.GOKART_LOCK: (
+                "gokart.target.make_target(path, task_lock_params=make_task_lock_params("
+                f"path, None, redis_host, redis_port, redis_timeout={GOKART_REDIS_TIMEOUT_SECONDS}))"
+            ),
+            Variant.LOCKED_TARGET: "locked_targets.make_target(path), [locked_targets] redis_url set",
+        }[self]
+
+
+def use_redis_for_locked_targets(redis: RedisAddress) -> None:
+    """Point ``[locked_targets] redis_url`` of this process's luigi configuration at ``redis``."""
+    config = luigi.configuration.get_config()  # type: ignore[no-untyped-call]
+    if not config.has_section("locked_targets"):
+        config.add_section("locked_targets")
+    config.set("locked_targets", "redis_url", redis.url)
+
+
+def make_target(variant: Variant, path: str, redis: RedisAddress) -> TargetOnKart:
+    """The cache target at ``path`` as ``variant`` builds it."""
+    if variant is Variant.UNLOCKED:
+        return gokart.target.make_target(path)
+    if variant is Variant.GOKART_LOCK:
+        lock_params = make_task_lock_params(
+            file_path=path,
+            unique_id=None,
+            redis_host=redis.host,
+            redis_port=redis.port,
+            redis_timeout=GOKART_REDIS_TIMEOUT_SECONDS,
+        )
+        return gokart.target.make_target(path, task_lock_params=lock_params)
+    return locked_targets.make_target(path)

@@ -1,0 +1,7 @@
+"""A runnable demonstration: several applications share one gokart cache through locked_targets.
+
+``python -m demo`` (or ``make demo``) starts a private redis-server, runs the pipeline of
+``demo.pipeline`` in several concurrent application processes (``demo.app``) on one
+cache directory, and prints, per task, how often it was computed, how often its output
+was written, and whether every load of it was whole.
+"""

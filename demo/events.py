@@ -1,0 +1,68 @@
+"""The demo's side log: what every application did, appended to one shared file.
+
+Each line is ``<kind> <task> <application> [<detail>]``, written by a single ``write``
+to a file opened for appending, so lines of concurrent applications never interleave.
+The parent process counts these lines; nothing in the pipeline reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+
+EVENTS_LOG_VARIABLE = "DEMO_EVENTS_LOG"
+APPLICATION_VARIABLE = "DEMO_APPLICATION"
+
+
+class EventKind(enum.Enum):
+    """What happened to a task's output in one application."""
+
+    RUN = "run"  # the task's run() body executed: it computed its output
+    WRITE = "write"  # the output reached the cache: LockedTarget let this dump through
+    LOAD = "load"  # the output was loaded; the detail says whether it was whole
+
+
+WHOLE = "whole"
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One line of the side log."""
+
+    kind: EventKind
+    task: str
+    application: str
+    detail: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class EventLog:
+    """The side log as one application writes to it."""
+
+    path: str
+    application: str
+
+    @classmethod
+    def of_this_process(cls) -> EventLog:
+        """The log and application name the demo's parent gave this process in its environment."""
+        return cls(path=os.environ[EVENTS_LOG_VARIABLE], application=os.environ[APPLICATION_VARIABLE])
+
+    def record(self, kind: EventKind, task: str, detail: str = "") -> None:
+        words = [kind.value, task, self.application]
+        if detail:
+            words.append(" ".join(detail.split()))  # one line, whatever the detail holds
+        with open(self.path, "a", encoding="utf-8") as log:
+            log.write(" ".join(words) + "\n")
+
+
+def read_events(path: str) -> list[Event]:
+    """Every event recorded so far, in the order the lines were appended."""
+    if not os.path.exists(path):
+        return []
+    events = []
+    with open(path, encoding="utf-8") as log:
+        for line in log:
+            kind, task, application, *detail = line.rstrip("\n").split(" ", 3)
+            events.append(Event(EventKind(kind), task, application, detail[0] if detail else ""))
+    return events

@@ -1,0 +1,130 @@
+"""What the demo prints: per application and per task, from the side log and the applications' results."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from demo.events import WHOLE, Event, EventKind
+from demo.launcher import ApplicationResult
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskCounts:
+    """What happened to one task's output across all applications."""
+
+    task: str
+    computed_by: list[str]
+    written_by: list[str]
+    load_verdicts: list[str]
+
+    @property
+    def broken_loads(self) -> int:
+        return sum(verdict != WHOLE for verdict in self.load_verdicts)
+
+
+def count_by_task(tasks: Sequence[str], events: Sequence[Event]) -> list[TaskCounts]:
+    def of(kind: EventKind, task: str) -> list[Event]:
+        return [event for event in events if event.kind is kind and event.task == task]
+
+    return [
+        TaskCounts(
+            task=task,
+            computed_by=[event.application for event in of(EventKind.RUN, task)],
+            written_by=[event.application for event in of(EventKind.WRITE, task)],
+            load_verdicts=[event.detail for event in of(EventKind.LOAD, task)],
+        )
+        for task in tasks
+    ]
+
+
+def times(count: int) -> str:
+    return {0: "never", 1: "once", 2: "twice"}.get(count, f"{count} times")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+def applications_table(results: Sequence[ApplicationResult], counts: Sequence[TaskCounts]) -> str:
+    rows = []
+    for result in results:
+        computed = [count.task for count in counts if result.application in count.computed_by]
+        wrote = [count.task for count in counts if result.application in count.written_by]
+        outcome = "succeeded" if result.succeeded else "FAILED"
+        rows.append(
+            [
+                result.application,
+                f"{outcome} in {result.seconds:.1f} s",
+                f"{len(computed)} of {len(counts)}",
+                ", ".join(wrote) or "-",
+            ]
+        )
+    return table(["application", "build and checks", "tasks computed", "outputs it wrote"], rows)
+
+
+def tasks_table(counts: Sequence[TaskCounts]) -> str:
+    rows = [
+        [
+            count.task,
+            times(len(count.computed_by)),
+            times(len(count.written_by))
+            + (f" (by {', '.join(count.written_by)})" if count.written_by else ""),
+            f"{len(count.load_verdicts) - count.broken_loads} of {len(count.load_verdicts)} whole",
+        ]
+        for count in counts
+    ]
+    return table(["task", "run() executed", "output written", "loads"], rows)
+
+
+def failures(results: Sequence[ApplicationResult], counts: Sequence[TaskCounts]) -> list[str]:
+    """One line per thing that went wrong, for the reader to follow up."""
+    lines = [
+        f"{result.application}: {shortened(result.error)} (its log has the details)"
+        for result in results
+        if result.error
+    ]
+    for count in counts:
+        lines += [f"{count.task}: {verdict}" for verdict in count.load_verdicts if verdict != WHOLE]
+    return lines
+
+
+def shortened(text: str, limit: int = 160) -> str:
+    """``text`` on one line, cut to ``limit`` characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def summary(
+    results: Sequence[ApplicationResult], counts: Sequence[TaskCounts], *, locked: bool, run_lock: bool
+) -> str:
+    succeeded = sum(result.succeeded for result in results)
+    loads = sum(len(count.load_verdicts) for count in counts)
+    broken = sum(count.broken_loads for count in counts)
+    runs = sum(len(count.computed_by) for count in counts)
+    written_once = sum(len(count.written_by) == 1 for count in counts)
+    writes = sum(len(count.written_by) for count in counts)
+    parts = [
+        f"{succeeded} of {len(results)} applications succeeded",
+        f"{written_once} of {len(counts)} outputs written exactly once ({writes} writes in all)",
+        f"{loads - broken} of {loads} loads whole",
+        f"run() executed {runs} times for {len(counts)} tasks",
+    ]
+    text = "Summary: " + "; ".join(parts) + "."
+    if not locked:
+        return text + " No Redis, no lock: nothing keeps two applications from writing the same output."
+    if run_lock and runs == len(counts):
+        return text + (
+            " The run lock let one application compute each task; the others waited for it, "
+            "then found the task complete and skipped it."
+        )
+    if not run_lock and runs > len(counts):
+        return text + (
+            " These tasks take no run lock (add it with --run-lock), so applications that start a task "
+            "together all compute it; the target lock lets only the first dump through and skips the others."
+        )
+    return text
