@@ -16,19 +16,18 @@ import functools
 import hashlib
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, ClassVar, TypedDict, cast
 
 import gokart
 import numpy as np
 import numpy.typing as npt
-from gokart.conflict_prevention_lock.task_lock import TaskLockParams
 from gokart.required_task_output import RequiredTaskOutput
 from gokart.target import TargetOnKart
 from gokart.utils import FlattenableItems
 
 import locked_targets
 from demo.events import WHOLE, EventKind, EventLog
+from locked_targets.wrapped_target import WrappedTarget
 
 ROWS = 250_000  # three to five float64/int64 columns: 6 to 10 MB per output
 USERS = 5_000
@@ -84,7 +83,7 @@ def checked_load(load: Callable[[], object], task: str, events: EventLog) -> Pay
     return cast(Payload, loaded) if verdict == WHOLE else None
 
 
-class WriteRecorder(TargetOnKart):
+class WriteRecorder(WrappedTarget):
     """A storage target that notes in the side log every write it performs, then delegates.
 
     It sits under the lock (``LockedTarget`` wraps it), so it sees only the dumps the
@@ -92,7 +91,7 @@ class WriteRecorder(TargetOnKart):
     """
 
     def __init__(self, target: TargetOnKart, task: str) -> None:
-        self._target = target
+        super().__init__(target)
         self._task = task
 
     def _dump(
@@ -102,31 +101,8 @@ class WriteRecorder(TargetOnKart):
         custom_labels: dict[str, str] | None = None,
         required_task_outputs: FlattenableItems[RequiredTaskOutput] | None = None,
     ) -> None:
-        self._target._dump(
-            obj,
-            task_params=task_params,
-            custom_labels=custom_labels,
-            required_task_outputs=required_task_outputs,
-        )
+        super()._dump(obj, task_params, custom_labels, required_task_outputs)
         EventLog.of_this_process().record(EventKind.WRITE, self._task)
-
-    def _exists(self) -> bool:
-        return self._target._exists()
-
-    def _get_task_lock_params(self) -> TaskLockParams:
-        return self._target._get_task_lock_params()
-
-    def _load(self) -> Any:
-        return self._target._load()
-
-    def _remove(self) -> None:
-        self._target._remove()
-
-    def _last_modification_time(self) -> datetime:
-        return self._target._last_modification_time()
-
-    def _path(self) -> str:
-        return self._target._path()
 
 
 class DemoTask(locked_targets.TaskOnKart[Payload]):

@@ -18,6 +18,9 @@ from locked_targets.storage import storage_kind_for
 
 TARGET_NAMESPACE = "target"
 RUN_NAMESPACE = "run"
+REVOKE_CHANNEL_SUFFIX = ":revoke"
+# Matches every lock's revoke channel: the hash tag's closing brace, then the suffix.
+REVOKE_CHANNEL_PATTERN = "*}" + REVOKE_CHANNEL_SUFFIX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,11 @@ class LockKeys:
     def released_channel(self) -> str:
         """Pub/sub channel on which a release wakes the waiters."""
         return f"{self.base}:released"
+
+    @property
+    def revoke_channel(self) -> str:
+        """Pub/sub channel on which a waiting writer asks readers to give back kept shared leases."""
+        return f"{self.base}{REVOKE_CHANNEL_SUFFIX}"
 
     @property
     def all_keys(self) -> tuple[str, str, str, str]:

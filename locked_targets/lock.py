@@ -34,8 +34,9 @@ import redis
 from locked_targets.errors import LockTimeout
 from locked_targets.keys import TARGET_NAMESPACE, LockKeys, lock_key_for
 from locked_targets.lease import HeldLock, lease_keeper
-from locked_targets.redis_backend import RedisBackend, backend_for
+from locked_targets.redis_backend import RedisBackend, await_subscription, backend_for
 from locked_targets.settings import Settings
+from locked_targets.shared_leases import shared_leases_for
 from locked_targets.waiting import WaitReporter
 
 logger = logging.getLogger("locked_targets")
@@ -97,9 +98,11 @@ return {1}
 """
     )
 
-    # KEYS and ARGV as ACQUIRE_SHARED; same return value.
+    # KEYS and ARGV[1..3] as ACQUIRE_SHARED, ARGV[4] the channel that asks readers to give
+    # their shared leases back; same return value.
     # A writer is admitted when there is no writer and no live reader; otherwise it
-    # (re)registers as waiting, with a lease, which shuts out new readers.
+    # (re)registers as waiting, with a lease, which shuts out new readers. When readers
+    # block it, it asks them (through ARGV[4]) to give back leases they keep between reads.
     ACQUIRE_EXCLUSIVE = (
         _LUA_HELPERS
         + """
@@ -115,6 +118,7 @@ else
   if #reader > 0 then
     blocker = reader[1]
     wait_ms = tonumber(reader[2]) - now
+    redis.call('PUBLISH', ARGV[4], 'writer waiting')
   end
 end
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
@@ -191,8 +195,10 @@ return 0
         renewal_interval: float,
         wait_timeout_seconds: float | None = None,
         task: str | None = None,
+        keep_shared_leases_seconds: float = 0.0,
     ) -> None:
         self._backend = backend
+        self._keep_shared_leases_seconds = keep_shared_leases_seconds
         self.keys = keys
         self._lease_ms = max(1, round(lease_seconds * 1000))
         self._renewal_interval = renewal_interval
@@ -221,15 +227,23 @@ return 0
             lock_key_for(path, settings, namespace),
             lease_seconds=settings.lease_seconds,
             renewal_interval=settings.renewal_interval,
-            wait_timeout_seconds=settings.wait_timeout_seconds
-            if wait_timeout_seconds is None
-            else wait_timeout_seconds,
+            wait_timeout_seconds=wait_timeout_seconds,
             task=task,
+            keep_shared_leases_seconds=settings.shared_lease_idle_seconds,
         )
 
     @contextmanager
     def shared(self) -> Iterator[HeldLock]:
-        """Hold the lock as one of possibly many readers for the duration of the block."""
+        """Hold the lock as one of possibly many readers for the duration of the block.
+
+        With ``keep_shared_leases_seconds``, the process keeps the shared lease between
+        reads (see ``shared_leases``), so repeated reads cost no round trip.
+        """
+        if self._keep_shared_leases_seconds > 0:
+            leases = shared_leases_for(self._backend, self._keep_shared_leases_seconds)
+            with leases.hold(self.keys.base, lambda: self.acquire(LockMode.SHARED)) as held:
+                yield held
+            return
         held = self.acquire(LockMode.SHARED)
         try:
             yield held
@@ -239,6 +253,8 @@ return 0
     @contextmanager
     def exclusive(self) -> Iterator[HeldLock]:
         """Hold the lock alone for the duration of the block."""
+        if self._keep_shared_leases_seconds > 0:  # a shared lease this process keeps would block us
+            shared_leases_for(self._backend, self._keep_shared_leases_seconds).revoke(self.keys.base)
         held = self.acquire(LockMode.EXCLUSIVE)
         try:
             yield held
@@ -261,7 +277,9 @@ return 0
     def _try_acquire(self, mode: LockMode, token: str, description: str) -> tuple[float, str] | None:
         """One attempt: None when acquired, else (seconds the blocker's lease has left, blocker)."""
         keys = self.keys.all_keys
-        reply: list[Any] = self._acquire_script[mode](keys=keys, args=[token, self._lease_ms, description])
+        reply: list[Any] = self._acquire_script[mode](
+            keys=keys, args=[token, self._lease_ms, description, self.keys.revoke_channel]
+        )
         if int(reply[0]) == 1:
             return None
         return max(0.001, int(reply[1]) / 1000), _readable_holder(reply[2], reply[3])
@@ -280,7 +298,7 @@ return 0
         pubsub = self._backend.client.pubsub()  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(self.keys.released_channel)
-            _await_subscription(pubsub)
+            await_subscription(pubsub)
             while True:
                 attempt_at = time.monotonic()
                 outcome = self._try_acquire(mode, token, description)
@@ -350,17 +368,6 @@ return 0
                 "since": time.time(),
             }
         )
-
-
-_SUBSCRIBE_CONFIRM_SECONDS = 10.0
-
-
-def _await_subscription(pubsub: Any) -> None:
-    """Block until the server confirms the subscription, so no release slips in before the retry."""
-    deadline = time.monotonic() + _SUBSCRIBE_CONFIRM_SECONDS
-    while pubsub.get_message(timeout=max(0.0, deadline - time.monotonic())) is None:
-        if time.monotonic() >= deadline:
-            raise redis.TimeoutError("Redis did not confirm a SUBSCRIBE in time")
 
 
 def _readable_holder(description: bytes, relation: bytes) -> str:

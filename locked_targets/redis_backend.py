@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import redis
+from redis.client import PubSub
 from redis.commands.core import Script
 
 from locked_targets.errors import BackendUnavailable
@@ -20,6 +22,7 @@ from locked_targets.settings import redis_address
 _CONNECT_TIMEOUT_SECONDS = 5.0
 # A stopped or wedged server must surface as an error, not hang a task forever.
 _SOCKET_TIMEOUT_SECONDS = 30.0
+_SUBSCRIBE_CONFIRM_SECONDS = 10.0
 
 
 class RedisBackend:
@@ -63,6 +66,14 @@ class RedisBackend:
                     address=self.address, reason="the server requires a password and redis_url has none"
                 ) from None
             raise
+
+
+def await_subscription(pubsub: PubSub) -> None:
+    """Block until the server confirms a (P)SUBSCRIBE, so no message published after it is missed."""
+    deadline = time.monotonic() + _SUBSCRIBE_CONFIRM_SECONDS
+    while pubsub.get_message(timeout=max(0.0, deadline - time.monotonic())) is None:
+        if time.monotonic() >= deadline:
+            raise redis.TimeoutError("Redis did not confirm a subscription in time")
 
 
 _backends: dict[str, RedisBackend] = {}

@@ -40,6 +40,7 @@ class Settings:
     wait_timeout_seconds: float | None = None
     run_wait_timeout_seconds: float | None = None
     fail_on_collision: bool = False
+    shared_lease_idle_seconds: float = 2.0
     s3_endpoint_url: str | None = None
     gcs_endpoint_url: str | None = None
     gcs_project: str | None = None
@@ -62,7 +63,7 @@ class Settings:
                 f"must be longer than the renewal interval ({self.renewal_interval} s), "
                 "or a lease could expire between two renewals",
             )
-        for name in ("wait_timeout_seconds", "run_wait_timeout_seconds"):
+        for name in ("wait_timeout_seconds", "run_wait_timeout_seconds", "shared_lease_idle_seconds"):
             value = getattr(self, name)
             if value is not None and not value >= 0:
                 raise ConfigurationError(name, value, "must be 0 or more")

@@ -14,7 +14,6 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any
 
-from gokart.conflict_prevention_lock.task_lock import TaskLockParams
 from gokart.required_task_output import RequiredTaskOutput
 from gokart.target import TargetOnKart
 from gokart.utils import FlattenableItems
@@ -23,26 +22,21 @@ from locked_targets.lease import HeldLock
 from locked_targets.lock import ReadWriteLock
 from locked_targets.run_lock import ensure_run_locks_held
 from locked_targets.settings import Settings
-from locked_targets.storage.base import unlocked_params
+from locked_targets.wrapped_target import WrappedTarget
 
 logger = logging.getLogger("locked_targets")
 _warned_unlocked = False
 
 
-class LockedTarget(TargetOnKart):
+class LockedTarget(WrappedTarget):
     """A cache file that applications sharing the cache can read, write and remove safely."""
 
     def __init__(
         self, target: TargetOnKart, *, settings: Settings | None = None, task: str | None = None
     ) -> None:
-        self._target = target
+        super().__init__(target)
         self._settings = settings if settings is not None else Settings.from_luigi_config()
         self._lock = file_lock(target.path(), self._settings, task=task)
-
-    @property
-    def wrapped(self) -> TargetOnKart:
-        """The gokart target that does the storage work."""
-        return self._target
 
     def exists(self) -> bool:
         with self._hold_shared():
@@ -97,40 +91,6 @@ class LockedTarget(TargetOnKart):
 
     def _hold_exclusive(self) -> AbstractContextManager[HeldLock | None]:
         return self._lock.exclusive() if self._lock is not None else nullcontext()
-
-    # gokart's TargetOnKart interface below: the storage work of the wrapped target, unlocked.
-
-    def _exists(self) -> bool:
-        return self._target._exists()
-
-    def _get_task_lock_params(self) -> TaskLockParams:
-        return unlocked_params(self.path())
-
-    def _load(self) -> Any:
-        return self._target._load()
-
-    def _dump(
-        self,
-        obj: Any,
-        task_params: dict[str, str] | None = None,
-        custom_labels: dict[str, str] | None = None,
-        required_task_outputs: FlattenableItems[RequiredTaskOutput] | None = None,
-    ) -> None:
-        self._target._dump(
-            obj,
-            task_params=task_params,
-            custom_labels=custom_labels,
-            required_task_outputs=required_task_outputs,
-        )
-
-    def _remove(self) -> None:
-        self._target._remove()
-
-    def _last_modification_time(self) -> datetime:
-        return self._target._last_modification_time()
-
-    def _path(self) -> str:
-        return self._target._path()
 
 
 def file_lock(path: str, settings: Settings, *, task: str | None = None) -> ReadWriteLock | None:

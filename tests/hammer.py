@@ -12,16 +12,15 @@ import hashlib
 import os
 import random
 import time
-from datetime import datetime
 from typing import Any
 
-from gokart.conflict_prevention_lock.task_lock import TaskLockParams
 from gokart.file_processor import make_file_processor
 from gokart.target import TargetOnKart
 
 from locked_targets.settings import Settings
 from locked_targets.storage import storage_kind_for
 from locked_targets.target import LockedTarget
+from locked_targets.wrapped_target import WrappedTarget
 
 OBJECT_BYTES = 2 * 1024 * 1024
 
@@ -52,11 +51,11 @@ def is_whole(loaded: Any) -> bool:
     )
 
 
-class AuditedTarget(TargetOnKart):
+class AuditedTarget(WrappedTarget):
     """Delegates to a storage target and logs every completed write and remove."""
 
     def __init__(self, target: TargetOnKart, audit_log: str) -> None:
-        self._target = target
+        super().__init__(target)
         self._audit_log = audit_log
 
     def _audit(self, line: str) -> None:
@@ -66,30 +65,15 @@ class AuditedTarget(TargetOnKart):
         finally:
             os.close(descriptor)
 
-    def _exists(self) -> bool:
-        return self._target._exists()
-
-    def _get_task_lock_params(self) -> TaskLockParams:
-        return self._target._get_task_lock_params()
-
-    def _load(self) -> Any:
-        return self._target._load()
-
     def _dump(
         self, obj: Any, task_params: Any = None, custom_labels: Any = None, required_task_outputs: Any = None
     ) -> None:
-        self._target._dump(obj)
+        super()._dump(obj)
         self._audit(f"W {obj['nonce']}")
 
     def _remove(self) -> None:
-        self._target._remove()
+        super()._remove()
         self._audit("R")
-
-    def _last_modification_time(self) -> datetime:
-        return self._target._last_modification_time()
-
-    def _path(self) -> str:
-        return self._target._path()
 
 
 def hammer(

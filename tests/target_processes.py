@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import time
 from typing import Any
 
 import pandas as pd
+import redis
+from conftest import locked_target
 
 from locked_targets.factories import build_model_target
 from locked_targets.keys import lock_key_for
@@ -60,3 +64,29 @@ def load_model_repeatedly(
         except Exception as error:
             failures.append(f"{type(error).__name__}: {error}")
     return whole, failures
+
+
+def read_repeatedly(
+    path: str, settings: Settings, seconds: float, started: multiprocessing.Queue[str]
+) -> int:
+    """Load the target at ``path`` in a loop for ``seconds``; say when the first load is done."""
+    target = locked_target(path, settings)
+    deadline = time.monotonic() + seconds
+    loads = 0
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError):
+            target.load()
+        loads += 1
+        if loads == 1:
+            started.put("reading")
+    return loads
+
+
+def read_and_exit(path: str, settings: Settings, kept: multiprocessing.Queue[int]) -> None:
+    """Load twice (the second keeps the shared lease), report how many readers Redis has, exit."""
+    target = locked_target(path, settings)
+    target.load()
+    time.sleep(0.3)  # the revocation listener subscribes
+    target.load()
+    assert settings.redis_url is not None
+    kept.put(redis.Redis.from_url(settings.redis_url).zcard(lock_key_for(path, settings).readers))

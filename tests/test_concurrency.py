@@ -25,8 +25,12 @@ def run_hammer(path: str, settings: Settings, locked: bool, audit_log: Path) -> 
     arguments = [
         (path, settings, locked, OPERATIONS_PER_PROCESS, str(audit_log), seed) for seed in range(PROCESSES)
     ]
-    with SPAWN.Pool(PROCESSES) as pool:
+    pool = SPAWN.Pool(PROCESSES)
+    try:
         return pool.starmap_async(hammer, arguments).get(timeout=240)
+    finally:
+        pool.close()  # workers exit normally, giving back the shared leases they keep
+        pool.join()
 
 
 def writes_per_generation(audit_log: Path) -> list[int]:

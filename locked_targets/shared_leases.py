@@ -1,0 +1,215 @@
+"""Shared leases a process keeps between reads, and gives back as soon as a writer asks.
+
+Once a process holds the shared lock of a target, further reads of it in that process
+need no Redis round trip: the shared lease stays registered in Redis, renewed like any
+other, and is lent to each local read. A writer that finds readers in its way publishes
+on the lock's revoke channel; this process's listener then stops lending that lease and
+releases it as soon as the local reads in progress end. Leases unused for
+``idle_seconds`` are released too, and every kept lease is released when the process
+exits (normally, or as a multiprocessing child).
+
+Safety never depends on the listener: a kept lease is a real reader registration, so no
+writer can get in while a local read uses it. The listener only bounds how long a
+writer waits. A lease is kept only if the listener was subscribed before the lease was
+acquired, so no revocation can have been published unseen; a listener that loses its
+connection gives back every kept lease before it listens again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing.util
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import redis
+
+from locked_targets.errors import LockError
+from locked_targets.keys import REVOKE_CHANNEL_PATTERN, REVOKE_CHANNEL_SUFFIX
+from locked_targets.lease import HeldLock
+from locked_targets.redis_backend import RedisBackend, await_subscription
+
+logger = logging.getLogger("locked_targets")
+
+_SWEEP_EVERY_SECONDS = 1.0
+_RECONNECT_AFTER_SECONDS = 1.0
+
+
+@dataclasses.dataclass
+class _KeptLease:
+    held: HeldLock
+    readers: int = 1
+    revoked: bool = False
+    idle_since: float = 0.0
+
+
+class SharedLeases:
+    """The shared leases this process keeps on one Redis server, and their revocation listener."""
+
+    def __init__(self, backend: RedisBackend, idle_seconds: float) -> None:
+        self._backend = backend
+        self._idle_seconds = idle_seconds
+        self._kept: dict[str, _KeptLease] = {}
+        self._mutex = threading.Lock()
+        self._listening = threading.Event()
+        self._listener: threading.Thread | None = None
+        self._failures_in_a_row = 0
+
+    @contextmanager
+    def hold(self, base: str, acquire: Callable[[], HeldLock]) -> Iterator[HeldLock]:
+        """Hold the shared lock ``base`` for the block: a kept lease if there is one, else ``acquire()``."""
+        kept = self._lend(base)
+        if kept is None:
+            listening = self._listening.is_set()  # before acquiring: then no revocation can be missed
+            held = acquire()
+            kept = self._keep(base, held) if listening else None
+            if kept is None:
+                try:
+                    yield held
+                finally:
+                    held.release()
+                return
+        try:
+            yield kept.held
+        finally:
+            self._give_back_after_read(base, kept)
+
+    def revoke(self, base: str) -> None:
+        """Stop lending the lease of ``base``; release it now if no local read uses it."""
+        with self._mutex:
+            kept = self._kept.get(base)
+            if kept is None:
+                return
+            kept.revoked = True
+            if kept.readers > 0:
+                return
+            del self._kept[base]
+        _release_quietly(kept.held)
+
+    def release_all(self) -> None:
+        """Give back every kept lease that no local read uses (at exit, or when revocations may be missed)."""
+        with self._mutex:
+            bases = list(self._kept)
+        for base in bases:
+            self.revoke(base)
+
+    def _lend(self, base: str) -> _KeptLease | None:
+        self._start_listener()
+        with self._mutex:
+            kept = self._kept.get(base)
+            if kept is None or kept.revoked or kept.held.lost:
+                return None
+            kept.readers += 1
+            return kept
+
+    def _keep(self, base: str, held: HeldLock) -> _KeptLease | None:
+        with self._mutex:
+            if base in self._kept:  # another thread keeps one already
+                return None
+            kept = self._kept[base] = _KeptLease(held)
+            return kept
+
+    def _give_back_after_read(self, base: str, kept: _KeptLease) -> None:
+        with self._mutex:
+            kept.readers -= 1
+            release_now = kept.readers == 0 and (kept.revoked or kept.held.lost)
+            if release_now and self._kept.get(base) is kept:
+                del self._kept[base]
+            kept.idle_since = time.monotonic()
+        if release_now:
+            kept.held.release()  # raises LockLost if the lease slipped away during the read
+        else:
+            kept.held.ensure_held()
+
+    def _start_listener(self) -> None:
+        if self._listener is None:
+            with self._mutex:
+                if self._listener is None:
+                    self._listener = threading.Thread(
+                        target=self._listen_forever, name="locked_targets-revocations", daemon=True
+                    )
+                    self._listener.start()
+
+    def _listen_forever(self) -> None:
+        while True:
+            try:
+                self._listen()
+            except (redis.RedisError, OSError) as error:
+                # One warning per outage: the listener retries every second until Redis is back.
+                log = logger.warning if self._failures_in_a_row == 0 else logger.debug
+                log("revocation listener lost Redis at %s, retrying: %s", self._backend.address, error)
+                self._failures_in_a_row += 1
+            self._listening.clear()
+            self.release_all()  # a revocation may have been published while we were not listening
+            time.sleep(_RECONNECT_AFTER_SECONDS)
+
+    def _listen(self) -> None:
+        pubsub = self._backend.client.pubsub()  # type: ignore[no-untyped-call]
+        try:
+            pubsub.psubscribe(REVOKE_CHANNEL_PATTERN)
+            await_subscription(pubsub)
+            self._listening.set()
+            self._failures_in_a_row = 0
+            swept_at = time.monotonic()
+            while True:
+                message = pubsub.get_message(timeout=_SWEEP_EVERY_SECONDS)
+                if message is not None and message["type"] == "pmessage":
+                    channel: bytes = message["channel"]
+                    self.revoke(channel.decode()[: -len(REVOKE_CHANNEL_SUFFIX)])
+                if time.monotonic() - swept_at >= _SWEEP_EVERY_SECONDS:
+                    self._release_idle()
+                    swept_at = time.monotonic()
+        finally:
+            pubsub.close()
+
+    def _release_idle(self) -> None:
+        idle_before = time.monotonic() - self._idle_seconds
+        with self._mutex:
+            idle = [
+                base
+                for base, kept in self._kept.items()
+                if kept.readers == 0 and kept.idle_since < idle_before
+            ]
+        for base in idle:
+            self.revoke(base)
+
+
+def _release_quietly(held: HeldLock) -> None:
+    try:
+        held.release()
+    except LockError as error:  # nobody is reading under it: a lost lease harms no one now
+        logger.debug("giving back the shared lease of %s: %s", held.keys.path, error)
+
+
+_registry: dict[tuple[RedisBackend, float], SharedLeases] = {}
+_registry_mutex = threading.Lock()
+
+
+def shared_leases_for(backend: RedisBackend, idle_seconds: float) -> SharedLeases:
+    """The process's kept shared leases on ``backend``, created on first use."""
+    with _registry_mutex:
+        if not _registry:
+            # Also runs at the end of multiprocessing children, which skip atexit.
+            multiprocessing.util.Finalize(None, _release_every_kept_lease, exitpriority=10)
+        key = (backend, idle_seconds)
+        leases = _registry.get(key)
+        if leases is None:
+            leases = _registry[key] = SharedLeases(backend, idle_seconds)
+        return leases
+
+
+def _release_every_kept_lease() -> None:
+    for leases in list(_registry.values()):
+        leases.release_all()
+
+
+def _forget_parent_leases() -> None:
+    # Leases kept by the parent are the parent's to give back; its listener does not exist here.
+    _registry.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parent_leases)

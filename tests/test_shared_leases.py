@@ -1,0 +1,105 @@
+"""Shared leases kept between reads: hot reads skip Redis, yet writers still get in promptly."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import locked_target
+from lock_processes import SPAWN
+from target_processes import read_and_exit, read_repeatedly
+
+from locked_targets.keys import lock_key_for
+from locked_targets.settings import Settings
+from locked_targets.testing import RedisServer
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A server of this test's own, so command counts are not disturbed by other tests."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+def script_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return sum(stats.get(name, {}).get("calls", 0) for name in ("cmdstat_evalsha", "cmdstat_eval"))
+
+
+def test_repeated_reads_in_one_process_ask_redis_about_once(
+    tmp_path: Path, private_redis: RedisServer
+) -> None:
+    settings = Settings(redis_url=private_redis.url)
+    target = locked_target(str(tmp_path / "hot.pkl"), settings)
+    target.dump("hot")
+    target.load()
+    client = private_redis.client()
+    before = script_calls(client)
+    for _ in range(200):
+        assert target.load() == "hot"
+    assert script_calls(client) - before <= 2
+
+
+def test_keeping_leases_can_be_switched_off(tmp_path: Path, private_redis: RedisServer) -> None:
+    settings = Settings(redis_url=private_redis.url, shared_lease_idle_seconds=0)
+    target = locked_target(str(tmp_path / "cold.pkl"), settings)
+    target.dump("cold")
+    client = private_redis.client()
+    before = script_calls(client)
+    for _ in range(20):
+        target.load()
+    assert script_calls(client) - before >= 40  # acquire and release for every load
+
+
+def test_a_writer_gets_in_while_another_process_keeps_reading(tmp_path: Path, settings: Settings) -> None:
+    path = str(tmp_path / "hot.pkl")
+    locked_target(path, settings).dump("before")
+    started = SPAWN.Queue()
+    reader = SPAWN.Process(target=read_repeatedly, args=(path, settings, 10.0, started))
+    reader.start()
+    assert started.get(timeout=30) == "reading"
+    time.sleep(0.5)  # the reader now keeps its shared lease across loads
+    began = time.monotonic()
+    writer = locked_target(path, settings)
+    writer.remove()
+    writer.dump("after")
+    took = time.monotonic() - began
+    reader.join(timeout=30)
+    print(f"the writer got in after {took * 1000:.0f} ms (lease {settings.lease_seconds:.0f} s)")
+    assert took < 2.0, "the reader's kept lease should be given back as soon as the writer asks"
+    assert locked_target(path, settings).load() == "after"
+
+
+def test_idle_kept_leases_are_given_back(
+    tmp_path: Path, settings: Settings, redis_client: redis.Redis
+) -> None:
+    quick = dataclasses.replace(settings, shared_lease_idle_seconds=0.5)
+    path = str(tmp_path / "idle.pkl")
+    target = locked_target(path, quick)
+    target.dump("x")
+    target.load()  # starts this process's revocation listener
+    time.sleep(0.2)
+    target.load()  # kept: the listener is subscribed
+    readers = lock_key_for(path, quick).readers
+    assert redis_client.zcard(readers) == 1
+    time.sleep(2.5)
+    assert redis_client.zcard(readers) == 0
+
+
+def test_a_process_that_exits_gives_back_its_kept_leases(
+    tmp_path: Path, settings: Settings, redis_client: redis.Redis
+) -> None:
+    path = str(tmp_path / "exit.pkl")
+    locked_target(path, settings).dump("x")
+    kept = SPAWN.Queue()
+    process = SPAWN.Process(target=read_and_exit, args=(path, settings, kept))
+    process.start()
+    assert kept.get(timeout=30) == 1, "the process kept its shared lease while it ran"
+    process.join(timeout=30)
+    assert process.exitcode == 0
+    assert redis_client.zcard(lock_key_for(path, settings).readers) == 0
