@@ -11,6 +11,8 @@ Invariants, all enforced atomically by the Lua scripts below:
   readers cannot starve a writer. A waiting writer's place also has a lease.
 - A release publishes on the lock's channel; waiters sleep on that channel (bounded by
   the blocking holder's remaining lease) instead of polling.
+- A writer blocked by readers publishes on the lock's revoke channel, so processes that
+  keep shared leases between reads (``shared_leases``) give them back at once.
 - Every key carries a TTL no shorter than the longest live lease in it.
 
 Time is the Redis server's (``TIME``), so clients on different machines agree on leases.

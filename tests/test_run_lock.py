@@ -12,8 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from run_lock_pipeline import TASK_FAMILIES
 
+import locked_targets
+from locked_targets import LockLost, RunWithLock
+from locked_targets.keys import RUN_NAMESPACE, lock_key_for
 from locked_targets.settings import Settings
 from locked_targets.testing import free_port
 
@@ -157,3 +161,27 @@ def test_a_run_longer_than_several_leases_keeps_its_lock(tmp_path: Path, setting
     applications = Applications(tmp_path, settings, lease_seconds="1.5")
     applications.run(str(tmp_path / "cache"), ["source"] * 3, task_seconds=6.0)
     assert applications.runs_per_task() == {"Source": 1}
+
+
+class ForgottenByRedis(locked_targets.TaskOnKart[str]):
+    """A run whose run lock Redis forgets midway (as after a restart), before it dumps."""
+
+    @RunWithLock
+    def run(self) -> None:
+        settings = Settings.for_task(self)
+        assert settings.redis_url is not None
+        run_lock = lock_key_for(self.make_target().path(), settings, RUN_NAMESPACE)
+        redis.Redis.from_url(settings.redis_url).delete(run_lock.writer)
+        time.sleep(1.5)  # a renewal (every 2/3 s here) finds the lock gone
+        self.dump("written without a run lock")
+
+
+def test_a_run_that_lost_its_run_lock_publishes_nothing(tmp_path: Path, settings: Settings) -> None:
+    assert settings.redis_url is not None
+    host, port = settings.redis_url.removeprefix("redis://").split("/")[0].split(":")
+    task = ForgottenByRedis(
+        workspace_directory=str(tmp_path), redis_host=host, redis_port=int(port), redis_timeout=2
+    )
+    with pytest.raises(LockLost, match=r":run:.*no longer knew this holder"):
+        task.run()
+    assert not task.make_target().exists()
