@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+import uuid
 from datetime import datetime
 from typing import Any, cast
 
@@ -119,6 +122,11 @@ class _AtomicGcsFile(AtomicLocalFile):
     def __init__(self, path: str, file_system: GcsFileSystem) -> None:
         self._file_system = file_system
         super().__init__(path)  # type: ignore[no-untyped-call]
+
+    def generate_tmp_path(self, path: str) -> str:
+        # luigi draws the name from ``random``, which gokart seeds per task: two processes of
+        # one task would draw the same name. uuid4 comes from os.urandom instead.
+        return os.path.join(tempfile.gettempdir(), f"locked_targets-gcs-{uuid.uuid4().hex}")
 
     def move_to_final_destination(self) -> None:
         self._file_system.put(self.tmp_path, self.path)
