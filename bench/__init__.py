@@ -1,1 +1,1 @@
-"""Benchmark of LockedTarget against unlocked gokart targets and gokart's own Redis lock (``make bench``)."""
+"""Benchmark of LockedTarget and its run lock against unlocked gokart and gokart's locks (``make bench``)."""

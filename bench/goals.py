@@ -1,49 +1,93 @@
-"""The goals of issue 2 next to what this run measured."""
+"""The goals of issues 2 and 3 next to what this run measured, each row naming the variant it judges."""
 
 from __future__ import annotations
 
-from bench import hot_target
+from bench import hot_target, per_call, run_lock
 from bench.hot_target import Throughput
-from bench.per_call import ROUND_TRIP_GOALS, PerCallResult
+from bench.per_call import OPERATIONS, ROUND_TRIP_GOALS, PerCallResult
+from bench.run_lock import RunLock, RunLockResult
 from bench.tables import heading, table, verdict
-from bench.variants import Variant
+from bench.variants import LOCKED_VARIANTS, Variant
 
 
-def report(per_call: PerCallResult, throughputs: dict[Variant | str, Throughput]) -> str:
-    times = per_call.median_ms
-    rows = []
-    for operation, goal in ROUND_TRIP_GOALS.items():
-        requests = per_call.requests[operation, Variant.LOCKED_TARGET].client_requests
-        overhead_round_trips = (
-            times[operation, Variant.LOCKED_TARGET] - times[operation, Variant.UNLOCKED]
-        ) / per_call.round_trip_ms
-        rows.append(
-            [
-                f"{operation}: LockedTarget adds <= {goal} round trips",
-                f"{requests:g} requests sent",
-                verdict(requests <= goal),
-            ]
-        )
-        rows.append(
-            [
-                f"{operation}: LockedTarget's added time <= {goal} RTs",
-                f"{overhead_round_trips:.1f} RTs",
-                verdict(overhead_round_trips <= goal),
-            ]
-        )
-    for operation in ("load", "dump"):
-        ratio = times[operation, Variant.LOCKED_TARGET] / times[operation, Variant.GOKART_LOCK]
-        rows.append(
-            [f"{operation}: LockedTarget faster than gokart's lock", f"c/b = {ratio:.2f}", verdict(ratio < 1)]
-        )
-    slowdown = hot_target.slowdown(throughputs, Variant.LOCKED_TARGET)
-    rows.append(
+def report(
+    per_call_result: PerCallResult,
+    throughputs: dict[Variant | str, Throughput],
+    run_locks: dict[RunLock, RunLockResult],
+) -> str:
+    return "\n".join(
         [
-            f"hot target: LockedTarget within {hot_target.SLOWDOWN_GOAL}x of unlocked",
-            f"{slowdown:.2f}x",
-            verdict(slowdown <= hot_target.SLOWDOWN_GOAL),
+            heading("Goals of issue 2"),
+            f"{Variant.LOCKED_TARGET.letter} = LockedTarget in its default configuration (a repeated read "
+            f"uses the kept shared lease); {Variant.LOCKED_TARGET_NO_KEPT_LEASES.letter} = kept leases off",
+            "(every read as a first, cold one: the worst case). A round trip is a request sent to Redis, "
+            "as counted in scenario 2;",
+            "the added time in RTs (scenario 2) is information, not the goal. The hot target's speed is "
+            "judged on (c) alone; (d) is in scenario 3.",
+            table(["goal", "measured", "met"], _issue_2_rows(per_call_result, throughputs)),
+            heading("Goals of issue 3"),
+            table(["goal", "measured", "met"], _issue_3_rows(run_locks[RunLock.LOCKED_TARGETS])),
         ]
     )
-    bad = throughputs[Variant.LOCKED_TARGET].bad_loads
-    rows.append(["hot target: every LockedTarget load whole", f"{bad} bad loads", verdict(bad == 0)])
-    return "\n".join([heading("Goals of issue 2"), table(["goal", "measured", "met"], rows)])
+
+
+def _issue_2_rows(
+    per_call_result: PerCallResult, throughputs: dict[Variant | str, Throughput]
+) -> list[list[str]]:
+    rows = []
+    for operation in OPERATIONS:
+        for locked in LOCKED_VARIANTS:
+            requests = per_call_result.requests[operation, locked].client_requests
+            rows.append(
+                [
+                    f"{operation}: {locked.letter} {locked.title} adds "
+                    f"<= {ROUND_TRIP_GOALS[operation]} round trips",
+                    f"{requests:g} requests sent",
+                    verdict(per_call.round_trip_goal_met(per_call_result, operation, locked)),
+                ]
+            )
+    for operation in ("load", "dump"):
+        for locked in LOCKED_VARIANTS:
+            ratio = per_call.against_gokart(per_call_result, operation, locked)
+            rows.append(
+                [
+                    f"{operation}: {locked.letter} {locked.title} faster than (b) gokart's lock",
+                    f"{locked.value}/b = {ratio:.2f}",
+                    verdict(ratio < 1),
+                ]
+            )
+    rows.append(
+        [
+            f"hot target: {Variant.LOCKED_TARGET.letter} {Variant.LOCKED_TARGET.title} "
+            f"within {hot_target.SLOWDOWN_GOAL}x of unlocked",
+            f"{hot_target.slowdown(throughputs, Variant.LOCKED_TARGET):.2f}x",
+            verdict(hot_target.slowdown_goal_met(throughputs, Variant.LOCKED_TARGET)),
+        ]
+    )
+    for locked in LOCKED_VARIANTS:
+        bad = throughputs[locked].bad_loads
+        rows.append(
+            [
+                f"hot target: every load of {locked.letter} {locked.title} whole",
+                f"{bad} bad loads",
+                verdict(bad == 0),
+            ]
+        )
+    return rows
+
+
+def _issue_3_rows(result: RunLockResult) -> list[list[str]]:
+    lags = result.together.follower_lags_ms("done")
+    runs = result.together.runs_per_step()
+    return [
+        [
+            f"run lock: each follower done < {run_lock.LAG_GOAL_MS:g} ms after the leader's output landed",
+            f"median / max {run_lock.lag_summary(lags)} ms",
+            verdict(max(lags) < run_lock.LAG_GOAL_MS),
+        ],
+        [
+            f"run lock: each step computed once by {run_lock.APPLICATIONS} applications",
+            f"runs per step {'/'.join(map(str, runs))}",
+            verdict(all(count == 1 for count in runs)),
+        ],
+    ]

@@ -1,4 +1,4 @@
-"""The three ways of reaching one gokart cache file that the benchmark compares."""
+"""The four ways of reaching one gokart cache file that the benchmark compares."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from gokart.conflict_prevention_lock.task_lock import make_task_lock_params
 from gokart.target import TargetOnKart
 
 import locked_targets
+from locked_targets.factories import build_single_file_target
+from locked_targets.settings import Settings
 
 # gokart's default lease (redis_timeout), which LockedTarget also uses by default.
 GOKART_REDIS_TIMEOUT_SECONDS = 180
@@ -26,11 +28,22 @@ class RedisAddress:
 
 
 class Variant(enum.Enum):
-    """A target as a user would build it: unlocked, under gokart's lock, or a LockedTarget."""
+    """A target as a user would build it: unlocked, under gokart's lock, or a LockedTarget.
+
+    (c) is LockedTarget as configured by default: a process keeps its shared lease between
+    reads, so a repeated read of one target asks Redis nothing. (d) switches keeping off,
+    so every read pays what a process's first (cold) read of a target pays.
+    """
 
     UNLOCKED = "a"
     GOKART_LOCK = "b"
     LOCKED_TARGET = "c"
+    LOCKED_TARGET_NO_KEPT_LEASES = "d"
+
+    @property
+    def letter(self) -> str:
+        """How the tables name the variant: ``(a)`` to ``(d)``."""
+        return f"({self.value})"
 
     @property
     def title(self) -> str:
@@ -38,6 +51,7 @@ class Variant(enum.Enum):
             Variant.UNLOCKED: "unlocked gokart",
             Variant.GOKART_LOCK: "gokart's lock",
             Variant.LOCKED_TARGET: "LockedTarget",
+            Variant.LOCKED_TARGET_NO_KEPT_LEASES: "LockedTarget, kept leases off",
         }[self]
 
     @property
@@ -49,8 +63,17 @@ class Variant(enum.Enum):
                 "gokart.target.make_target(path, task_lock_params=make_task_lock_params("
                 f"path, None, redis_host, redis_port, redis_timeout={GOKART_REDIS_TIMEOUT_SECONDS}))"
             ),
-            Variant.LOCKED_TARGET: "locked_targets.make_target(path), [locked_targets] redis_url set",
+            Variant.LOCKED_TARGET: (
+                "locked_targets.make_target(path), [locked_targets] redis_url set (default configuration)"
+            ),
+            Variant.LOCKED_TARGET_NO_KEPT_LEASES: (
+                "as (c), with [locked_targets] shared_lease_idle_seconds = 0"
+            ),
         }[self]
+
+
+# LockedTarget's two configurations, each judged against issue 2's goals.
+LOCKED_VARIANTS = (Variant.LOCKED_TARGET, Variant.LOCKED_TARGET_NO_KEPT_LEASES)
 
 
 def use_redis_for_locked_targets(redis: RedisAddress) -> None:
@@ -74,4 +97,9 @@ def make_target(variant: Variant, path: str, redis: RedisAddress) -> TargetOnKar
             redis_timeout=GOKART_REDIS_TIMEOUT_SECONDS,
         )
         return gokart.target.make_target(path, task_lock_params=lock_params)
-    return locked_targets.make_target(path)
+    if variant is Variant.LOCKED_TARGET:
+        return locked_targets.make_target(path)
+    settings = dataclasses.replace(Settings.from_luigi_config(), shared_lease_idle_seconds=0)
+    return build_single_file_target(
+        path, unique_id=None, processor=None, store_index_in_feather=True, settings=settings
+    )

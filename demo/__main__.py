@@ -2,8 +2,10 @@
 
 Starts a private redis-server, writes the luigi configuration into a fresh directory
 under ``demo-output/``, starts the applications (``demo.app``) as separate processes,
-releases them together, and prints per task how many times it was computed, how many
-times its output was written, and whether every load was whole. The redis-server and any
+releases them together, and prints per application the tasks it computed and those it
+skipped because another application computed them, then per task how many times it was
+computed, how many times its output was written, and whether every load was whole. By
+default the tasks take the run lock as well as the target lock. The redis-server and any
 application still running are stopped on the way out, also on Ctrl-C or SIGTERM.
 """
 
@@ -20,7 +22,7 @@ from types import FrameType
 from demo.events import read_events
 from demo.launcher import PROJECT_DIRECTORY, ApplicationFailed, ApplicationProcess, ApplicationResult
 from demo.pipeline import FINAL_TASK, tasks_needed_for
-from demo.report import TaskCounts, applications_table, count_by_task, failures, summary, tasks_table
+from demo.report import TaskCounts, applications_report, count_by_task, failures, summary, tasks_table
 from locked_targets.testing import RedisServer
 
 # Imports of gokart, luigi and pandas take a few seconds on a cold machine.
@@ -36,16 +38,20 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--applications", type=int, default=4, help="how many applications (default 4)")
     locking = parser.add_mutually_exclusive_group()
     locking.add_argument(
-        "--run-lock",
-        action="store_true",
-        help="also take the run lock ([TaskOnKart] should_lock_run = true), so each task is computed once",
+        "--no-run-lock",
+        dest="run_lock",
+        action="store_false",
+        help="lock the targets only, not the runs ([TaskOnKart] should_lock_run = false): "
+        "applications that start a task together all compute it, and one output is written",
     )
     locking.add_argument(
         "--unlocked",
         action="store_true",
-        help="configure no Redis, so nothing is locked: the same run without locked_targets' lock",
+        help="configure no Redis, so nothing is locked: the same run without locked_targets' locks",
     )
-    return parser.parse_args(argv)
+    arguments = parser.parse_args(argv)
+    arguments.run_lock = arguments.run_lock and not arguments.unlocked
+    return arguments
 
 
 def fresh_directory() -> str:
@@ -68,7 +74,7 @@ def write_luigi_config(directory: str, redis_url: str | None, *, run_lock: bool)
     if redis_url is not None:
         lines.append(f"redis_url = {redis_url}")
     # A locking bug then fails an application with LockTimeout instead of hanging the demo.
-    lines.append("wait_timeout_seconds = 30")
+    lines += ["wait_timeout_seconds = 30", "run_wait_timeout_seconds = 30"]
     path = os.path.join(directory, "luigi.cfg")
     with open(path, "w", encoding="utf-8") as config:
         config.write("\n".join(lines) + "\n")
@@ -107,6 +113,14 @@ def pipeline_shape() -> str:
     )
 
 
+def locks_in_use(*, locked: bool, run_lock: bool) -> str:
+    if not locked:
+        return "none (--unlocked)"
+    if run_lock:
+        return "run lock (should_lock_run) and target lock"
+    return "target lock only (--no-run-lock)"
+
+
 def shown(path: str) -> str:
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
@@ -128,6 +142,7 @@ def run_demo(arguments: argparse.Namespace) -> int:
         )
         print(f"  pipeline   {pipeline_shape()}")
         print(f"  Redis      {redis_url or 'none: nothing is locked (--unlocked)'}")
+        print(f"  locks      {locks_in_use(locked=locked, run_lock=arguments.run_lock)}")
         print(f"  directory  {shown(directory)} (luigi.cfg, cache/, events.log, one log per application)")
         started = time.monotonic()
         results = run_applications(arguments.applications, directory, luigi_config, cleanup)
@@ -135,7 +150,7 @@ def run_demo(arguments: argparse.Namespace) -> int:
     tasks = [task_class.__name__ for task_class in tasks_needed_for(FINAL_TASK)]
     counts = count_by_task(tasks, read_events(os.path.join(directory, "events.log")))
     print(f"\nAll applications finished in {elapsed:.1f} s (start-up included).\n")
-    print(applications_table(results, counts) + "\n")
+    print(applications_report(results, counts) + "\n")
     print(tasks_table(counts) + "\n")
     for line in failures(results, counts):
         print(f"  problem: {line}")

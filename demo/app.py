@@ -4,7 +4,9 @@
 configuration from ``LUIGI_CONFIG_PATH`` and its name and side log from the environment
 (``demo.events``). It prints ``READY`` once its imports are done, waits for a line on
 stdin so that all applications start together, runs ``gokart.build`` with its own local
-scheduler, and prints one ``RESULT`` line of JSON.
+scheduler, and prints one ``RESULT`` line of JSON. It notes in the side log each task
+luigi counts as done here, so that the demo can tell the tasks this application computed
+from those it skipped because another application computed them.
 """
 
 from __future__ import annotations
@@ -15,11 +17,27 @@ import sys
 import time
 
 import gokart
+import luigi
 from gokart.build import GokartBuildError
 
-from demo.events import EventLog
+from demo.events import EventKind, EventLog
 from demo.launcher import READY, RESULT
-from demo.pipeline import FINAL_TASK, checked_load, tasks_needed_for
+from demo.pipeline import FINAL_TASK, DemoTask, checked_load, tasks_needed_for
+
+
+def note_completions(events: EventLog) -> None:
+    """Note each task luigi counts as done in this application, whether or not its body ran here.
+
+    luigi reports SUCCESS when ``run()`` returned (also when the run lock found the task
+    complete and skipped its body) and DEPENDENCY_PRESENT when the output was already
+    there as it scheduled the task.
+    """
+
+    def completed(task: DemoTask) -> None:
+        events.record(EventKind.COMPLETE, task.name)
+
+    for event in (luigi.Event.SUCCESS, luigi.Event.DEPENDENCY_PRESENT):
+        DemoTask.event_handler(event)(completed)  # type: ignore[no-untyped-call]
 
 
 def build_and_check(events: EventLog) -> list[str]:
@@ -45,6 +63,7 @@ def cause_of(failure: Exception) -> str:
 
 def main() -> int:
     events = EventLog.of_this_process()
+    note_completions(events)
     print(READY, flush=True)
     sys.stdin.readline()
     started = time.monotonic()

@@ -19,6 +19,7 @@ class EventKind(enum.Enum):
     """What happened to a task's output in one application."""
 
     RUN = "run"  # the task's run() body executed: it computed its output
+    COMPLETE = "complete"  # luigi counted the task done in this application (computed here or not)
     WRITE = "write"  # the output reached the cache: LockedTarget let this dump through
     LOAD = "load"  # the output was loaded; the detail says whether it was whole
 

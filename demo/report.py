@@ -15,6 +15,7 @@ class TaskCounts:
 
     task: str
     computed_by: list[str]
+    completed_in: list[str]
     written_by: list[str]
     load_verdicts: list[str]
 
@@ -31,6 +32,7 @@ def count_by_task(tasks: Sequence[str], events: Sequence[Event]) -> list[TaskCou
         TaskCounts(
             task=task,
             computed_by=[event.application for event in of(EventKind.RUN, task)],
+            completed_in=[event.application for event in of(EventKind.COMPLETE, task)],
             written_by=[event.application for event in of(EventKind.WRITE, task)],
             load_verdicts=[event.detail for event in of(EventKind.LOAD, task)],
         )
@@ -50,21 +52,38 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     )
 
 
-def applications_table(results: Sequence[ApplicationResult], counts: Sequence[TaskCounts]) -> str:
-    rows = []
+def applications_report(results: Sequence[ApplicationResult], counts: Sequence[TaskCounts]) -> str:
+    """Per application: how its build went, the tasks it computed, and those it skipped.
+
+    A task is skipped in an application when luigi counted it done there but its
+    ``run()`` body did not execute there: another application computed it.
+    """
+    blocks = ["What each application computed, and what it skipped because another application computed it:"]
     for result in results:
-        computed = [count.task for count in counts if result.application in count.computed_by]
-        wrote = [count.task for count in counts if result.application in count.written_by]
+        name = result.application
+        computed = [count.task for count in counts if name in count.computed_by]
+        skipped = [count for count in counts if name in count.completed_in and name not in count.computed_by]
+        not_done = [count.task for count in counts if name not in count.completed_in]
         outcome = "succeeded" if result.succeeded else "FAILED"
-        rows.append(
-            [
-                result.application,
-                f"{outcome} in {result.seconds:.1f} s",
-                f"{len(computed)} of {len(counts)}",
-                ", ".join(wrote) or "-",
-            ]
-        )
-    return table(["application", "build and checks", "tasks computed", "outputs it wrote"], rows)
+        lines = [
+            f"{name}  {outcome} in {result.seconds:.1f} s",
+            f"  computed  {', '.join(computed) or 'nothing'}",
+            f"  skipped   {skipped_by_whom(skipped, name) or 'nothing'}",
+        ]
+        if not_done:
+            lines.append(f"  not done  {', '.join(not_done)}")
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)
+
+
+def skipped_by_whom(skipped: Sequence[TaskCounts], application: str) -> str:
+    """``A (by app-2), B (by app-3)``: each skipped task with the application that computed it."""
+    named = []
+    for count in skipped:
+        others = [other for other in count.computed_by if other != application]
+        who = f"by {', '.join(others)}" if others else "found in the cache"
+        named.append(f"{count.task} ({who})")
+    return ", ".join(named)
 
 
 def tasks_table(counts: Sequence[TaskCounts]) -> str:
@@ -119,12 +138,12 @@ def summary(
         return text + " No Redis, no lock: nothing keeps two applications from writing the same output."
     if run_lock and runs == len(counts):
         return text + (
-            " The run lock let one application compute each task; the others waited for it, "
-            "then found the task complete and skipped it."
+            " The run lock let one application compute each task; the others waited for it (or came "
+            "later), found the task complete and skipped it."
         )
     if not run_lock and runs > len(counts):
         return text + (
-            " These tasks take no run lock (add it with --run-lock), so applications that start a task "
+            " With --no-run-lock the tasks take no run lock, so applications that start a task "
             "together all compute it; the target lock lets only the first dump through and skips the others."
         )
     return text

@@ -58,15 +58,19 @@ class SharedLeases:
         self._listening = threading.Event()
         self._listener: threading.Thread | None = None
         self._failures_in_a_row = 0
+        self._subscription = 0  # counts the listener's subscriptions, so a kept lease can name its own
 
     @contextmanager
     def hold(self, base: str, acquire: Callable[[], HeldLock]) -> Iterator[HeldLock]:
         """Hold the shared lock ``base`` for the block: a kept lease if there is one, else ``acquire()``."""
         kept = self._lend(base)
         if kept is None:
-            listening = self._listening.is_set()  # before acquiring: then no revocation can be missed
+            # Noted before acquiring: a lease is kept only if the listener heard every
+            # revocation from then on (same subscription, never interrupted).
+            with self._mutex:
+                subscription = self._subscription if self._listening.is_set() else None
             held = acquire()
-            kept = self._keep(base, held) if listening else None
+            kept = self._keep(base, held, subscription) if subscription is not None else None
             if kept is None:
                 try:
                     yield held
@@ -106,10 +110,10 @@ class SharedLeases:
             kept.readers += 1
             return kept
 
-    def _keep(self, base: str, held: HeldLock) -> _KeptLease | None:
+    def _keep(self, base: str, held: HeldLock, subscription: int) -> _KeptLease | None:
         with self._mutex:
-            if base in self._kept:  # another thread keeps one already
-                return None
+            if base in self._kept or subscription != self._subscription or not self._listening.is_set():
+                return None  # another thread keeps one already, or the listener lost Redis meanwhile
             kept = self._kept[base] = _KeptLease(held)
             return kept
 
@@ -143,7 +147,9 @@ class SharedLeases:
                 log = logger.warning if self._failures_in_a_row == 0 else logger.debug
                 log("revocation listener lost Redis at %s, retrying: %s", self._backend.address, error)
                 self._failures_in_a_row += 1
-            self._listening.clear()
+            with self._mutex:
+                self._listening.clear()
+                self._subscription += 1
             self.release_all()  # a revocation may have been published while we were not listening
             time.sleep(_RECONNECT_AFTER_SECONDS)
 
