@@ -28,7 +28,7 @@ import secrets
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import redis
@@ -234,18 +234,22 @@ return 0
             keep_shared_leases_seconds=settings.shared_lease_idle_seconds,
         )
 
-    @contextmanager
-    def shared(self) -> Iterator[HeldLock]:
-        """Hold the lock as one of possibly many readers for the duration of the block.
+    def shared(self) -> AbstractContextManager[HeldLock]:
+        """Hold the lock as one of possibly many readers for the duration of a ``with`` block.
 
         With ``keep_shared_leases_seconds``, the process keeps the shared lease between
         reads (see ``shared_leases``), so repeated reads cost no round trip.
         """
         if self._keep_shared_leases_seconds > 0:
             leases = shared_leases_for(self._backend, self._keep_shared_leases_seconds)
-            with leases.hold(self.keys.base, lambda: self.acquire(LockMode.SHARED)) as held:
-                yield held
-            return
+            return leases.hold(self.keys.base, self._acquire_shared)
+        return self._shared_once()
+
+    def _acquire_shared(self) -> HeldLock:
+        return self.acquire(LockMode.SHARED)
+
+    @contextmanager
+    def _shared_once(self) -> Iterator[HeldLock]:
         held = self.acquire(LockMode.SHARED)
         try:
             yield held

@@ -23,8 +23,8 @@ import multiprocessing.util
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import redis
 
@@ -60,27 +60,20 @@ class SharedLeases:
         self._failures_in_a_row = 0
         self._subscription = 0  # counts the listener's subscriptions, so a kept lease can name its own
 
-    @contextmanager
-    def hold(self, base: str, acquire: Callable[[], HeldLock]) -> Iterator[HeldLock]:
-        """Hold the shared lock ``base`` for the block: a kept lease if there is one, else ``acquire()``."""
+    def hold(self, base: str, acquire: Callable[[], HeldLock]) -> AbstractContextManager[HeldLock]:
+        """Hold the shared lock ``base`` for a block: a kept lease if there is one, else ``acquire()``."""
+        return _SharedHold(self, base, acquire)
+
+    def _take(self, base: str, acquire: Callable[[], HeldLock]) -> tuple[HeldLock, _KeptLease | None]:
         kept = self._lend(base)
-        if kept is None:
-            # Noted before acquiring: a lease is kept only if the listener heard every
-            # revocation from then on (same subscription, never interrupted).
-            with self._mutex:
-                subscription = self._subscription if self._listening.is_set() else None
-            held = acquire()
-            kept = self._keep(base, held, subscription) if subscription is not None else None
-            if kept is None:
-                try:
-                    yield held
-                finally:
-                    held.release()
-                return
-        try:
-            yield kept.held
-        finally:
-            self._give_back_after_read(base, kept)
+        if kept is not None:
+            return kept.held, kept
+        # Noted before acquiring: a lease is kept only if the listener heard every
+        # revocation from then on (same subscription, never interrupted).
+        with self._mutex:
+            subscription = self._subscription if self._listening.is_set() else None
+        held = acquire()
+        return held, (self._keep(base, held, subscription) if subscription is not None else None)
 
     def revoke(self, base: str) -> None:
         """Stop lending the lease of ``base``; release it now if no local read uses it."""
@@ -182,6 +175,27 @@ class SharedLeases:
             ]
         for base in idle:
             self.revoke(base)
+
+
+class _SharedHold:
+    """One read under a shared lease: lent from the kept ones, or acquired (and kept if possible)."""
+
+    __slots__ = ("_acquire", "_base", "_held", "_kept", "_leases")
+
+    def __init__(self, leases: SharedLeases, base: str, acquire: Callable[[], HeldLock]) -> None:
+        self._leases = leases
+        self._base = base
+        self._acquire = acquire
+
+    def __enter__(self) -> HeldLock:
+        self._held, self._kept = self._leases._take(self._base, self._acquire)
+        return self._held
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._kept is None:
+            self._held.release()
+        else:
+            self._leases._give_back_after_read(self._base, self._kept)
 
 
 def _release_quietly(held: HeldLock) -> None:
