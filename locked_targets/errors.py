@@ -31,7 +31,7 @@ class LockTimeout(LockError):
         self.waited_seconds = waited_seconds
         super().__init__(
             f"gave up waiting for the {lock} of {path} after {waited_seconds:.1f} s "
-            f"(lock key {lock_key}); it is held by {holder}"
+            f"(lock key {lock_key}); blocked by {holder}"
         )
 
 

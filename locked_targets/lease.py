@@ -28,6 +28,14 @@ logger = logging.getLogger("locked_targets")
 
 # After a failed renewal, try again this soon (bounded by the renewal interval).
 _RETRY_AFTER_ERROR_SECONDS = 1.0
+# A lease is trusted locally a little less long than Redis grants it: the server rounds
+# its clock to the millisecond, and the two clocks may run at slightly different rates.
+_DRIFT_FACTOR = 0.01
+_DRIFT_MARGIN_SECONDS = 0.002
+
+
+def _trusted_until(sent_at: float, lease_seconds: float) -> float:
+    return sent_at + lease_seconds * (1 - _DRIFT_FACTOR) - _DRIFT_MARGIN_SECONDS
 
 
 class HeldLock:
@@ -52,11 +60,12 @@ class HeldLock:
         self.backend = backend
         self.lease_seconds = lease_seconds
         self.renewal_interval = renewal_interval
-        self.confirmed_until = lease_started + lease_seconds
+        self.confirmed_until = _trusted_until(lease_started, lease_seconds)
         self.next_renewal = time.monotonic() + renewal_interval
         self._release_script = release_script
         self._extend_script = extend_script
         self._lost: tuple[str, float] | None = None
+        self._released = False
 
     @property
     def lost(self) -> bool:
@@ -77,6 +86,7 @@ class HeldLock:
 
     def release(self) -> None:
         """Give the lock back; raise ``LockLost`` if it had already slipped away."""
+        self._released = True  # a renewal answered after this point says nothing about the lock
         lease_keeper().forget(self)
         with self.backend.errors_translated():
             released = self._release_script(
@@ -101,10 +111,12 @@ class HeldLock:
         )
 
     def extension_answered(self, reply: object, sent_at: float) -> None:
+        if self._released:
+            return
         if isinstance(reply, Exception):
             self.extension_failed(reply)
         elif reply == 1:
-            self.confirmed_until = sent_at + self.lease_seconds
+            self.confirmed_until = _trusted_until(sent_at, self.lease_seconds)
             self.next_renewal = sent_at + self.renewal_interval
         else:
             self.mark_lost(
@@ -112,6 +124,8 @@ class HeldLock:
             )
 
     def extension_failed(self, error: BaseException) -> None:
+        if self._released:
+            return
         now = time.monotonic()
         if now >= self.confirmed_until:
             self.mark_lost(f"could not renew its lease before it ended: {error}")
@@ -153,7 +167,11 @@ class LeaseKeeper:
             for held in due:
                 by_backend[held.backend].append(held)
             for backend, group in by_backend.items():
-                _renew_together(backend, group)
+                try:
+                    _renew_together(backend, group)
+                except Exception as error:
+                    for held in group:
+                        held.extension_failed(error)
 
     def _wait_for_due_leases(self) -> list[HeldLock]:
         with self._changed:
@@ -198,9 +216,11 @@ def lease_keeper() -> LeaseKeeper:
 
 
 def _forget_parent_keeper() -> None:
-    # The parent's renewal thread does not exist in a forked child.
-    global _keeper
+    # The parent's renewal thread does not exist in a forked child, and the parent's
+    # mutex may have been held by another thread at the fork.
+    global _keeper, _keeper_lock
     _keeper = None
+    _keeper_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_parent_keeper)

@@ -33,7 +33,7 @@ from typing import Any
 
 import redis
 
-from locked_targets.errors import LockTimeout
+from locked_targets.errors import BackendUnavailable, LockTimeout
 from locked_targets.keys import TARGET_NAMESPACE, LockKeys, lock_key_for
 from locked_targets.lease import HeldLock, lease_keeper
 from locked_targets.redis_backend import RedisBackend, await_subscription, backend_for
@@ -83,6 +83,11 @@ class ReadWriteLock:
         + """
 local now = now_ms()
 local lease = tonumber(ARGV[2])
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then  -- a retry of an attempt whose reply was lost
+  redis.call('ZADD', KEYS[2], now + lease, ARGV[1])
+  keep_alive(KEYS[2], lease)
+  return {1}
+end
 local writer = redis.call('GET', KEYS[1])
 if writer then
   return {0, redis.call('PTTL', KEYS[1]), redis.call('HGET', KEYS[4], writer) or '', 'holds'}
@@ -112,6 +117,10 @@ local now = now_ms()
 local lease = tonumber(ARGV[2])
 local blocker = redis.call('GET', KEYS[1])
 local wait_ms = 0
+if blocker == ARGV[1] then  -- a retry of an attempt whose reply was lost
+  redis.call('PEXPIRE', KEYS[1], lease)
+  return {1}
+end
 if blocker then
   wait_ms = redis.call('PTTL', KEYS[1])
 else
@@ -138,7 +147,9 @@ return {1}
 
     # KEYS[1] writer, KEYS[2] readers, KEYS[3] waiting_writers, KEYS[4] holders
     # ARGV[1] token, ARGV[2] channel to publish on when the lock may now be free
-    # Returns 1 if the token held the lock (as writer or live reader), 0 if it had lost it.
+    # Returns 1 if the token held the lock (as writer, or as a reader not yet pruned: no
+    # writer can have entered since), 0 if it had lost it. Also withdraws the token from
+    # the waiting writers, so it can abandon an attempt whose reply was lost.
     RELEASE = """
 local released = 0
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -148,6 +159,7 @@ elseif redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then
   released = 1
 end
 redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
 if released == 1 and redis.call('EXISTS', KEYS[1]) == 0 and redis.call('ZCARD', KEYS[2]) == 0 then
   redis.call('PUBLISH', ARGV[2], 'released')
 end
@@ -272,13 +284,26 @@ return 0
         token = secrets.token_hex(16)
         description = self._describe_holder(mode)
         started = time.monotonic()
-        with self._backend.errors_translated():
-            blocked = self._try_acquire(mode, token, description)
-            # The lease runs from when the winning attempt was sent, not from when waiting began.
-            granted_at = (
-                started if blocked is None else self._wait(mode, token, description, started, blocked)
-            )
+        try:
+            with self._backend.errors_translated():
+                blocked = self._try_acquire(mode, token, description)
+                # The lease runs from when the winning attempt was sent, not from when waiting began.
+                granted_at = (
+                    started if blocked is None else self._wait(mode, token, description, started, blocked)
+                )
+        except BackendUnavailable:
+            self._abandon(token)
+            raise
         return self._register(mode, token, granted_at)
+
+    def _abandon(self, token: str) -> None:
+        """Undo an attempt whose reply may have been lost, so it leaves no ghost holder for a lease."""
+        try:
+            self._backend.script(self.RELEASE)(
+                keys=self.keys.all_keys, args=[token, self.keys.released_channel]
+            )
+        except (redis.RedisError, OSError) as error:
+            logger.debug("could not abandon an attempt on %s: %s", self.keys.path, error)
 
     def _try_acquire(self, mode: LockMode, token: str, description: str) -> tuple[float, str] | None:
         """One attempt: None when acquired, else (seconds the blocker's lease has left, blocker)."""

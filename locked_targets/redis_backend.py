@@ -23,6 +23,9 @@ _CONNECT_TIMEOUT_SECONDS = 5.0
 # A stopped or wedged server must surface as an error, not hang a task forever.
 _SOCKET_TIMEOUT_SECONDS = 30.0
 _SUBSCRIBE_CONFIRM_SECONDS = 10.0
+# Error replies that mean the server cannot serve locks now (out of memory under
+# noeviction, a replica, still loading, master down), not that a request was wrong.
+_UNAVAILABLE_REPLIES = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "BUSY", "TRYAGAIN", "CLUSTERDOWN")
 
 
 class RedisBackend:
@@ -35,6 +38,7 @@ class RedisBackend:
             socket_connect_timeout=_CONNECT_TIMEOUT_SECONDS,
             socket_timeout=_SOCKET_TIMEOUT_SECONDS,
             health_check_interval=30,
+            socket_keepalive=True,
         )
         self._scripts: dict[str, Script] = {}
         self._scripts_lock = threading.Lock()
@@ -61,10 +65,13 @@ class RedisBackend:
                 address=self.address, reason=str(error) or type(error).__name__
             ) from None
         except redis.ResponseError as error:
-            if str(error).startswith("NOAUTH"):
+            message = str(error)
+            if message.startswith("NOAUTH"):
                 raise BackendUnavailable(
                     address=self.address, reason="the server requires a password and redis_url has none"
                 ) from None
+            if message.startswith(_UNAVAILABLE_REPLIES):
+                raise BackendUnavailable(address=self.address, reason=message) from None
             raise
 
 
@@ -90,8 +97,10 @@ def backend_for(redis_url: str) -> RedisBackend:
 
 
 def _forget_parent_backends() -> None:
-    # A forked child must not share sockets with its parent.
+    # A forked child must not share sockets with its parent, nor inherit a held mutex.
+    global _backends_lock
     _backends.clear()
+    _backends_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_parent_backends)

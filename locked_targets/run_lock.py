@@ -4,14 +4,17 @@ A task's run lock is the set of its outputs' lock keys in the ``run`` namespace 
 per-storage prefixes apply). It is taken all or none, in sorted key order, so two
 tasks whose outputs overlap cannot deadlock. Once held, a task that another
 application completed meanwhile is skipped (single flight). The locks are renewed
-for as long as ``run()`` runs; a dump checks them before it writes, so a run that lost
-its lock publishes nothing and fails with ``LockLost``.
+for as long as ``run()`` runs; a dump checks them before it writes, so a run that has
+lost its lock by then writes nothing and fails with ``LockLost``. (A loss during the
+write itself is reported at release; issue 4's write-once commit will refuse it.)
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
@@ -59,9 +62,18 @@ def run_under_lock(task: luigi.Task, run: Callable[[], _Result]) -> _Result | No
             return None
         outer = _tasks_under_run_lock.set(locked_tasks | {task.task_id})
         try:
-            return run()
+            result = run()
         finally:
             _tasks_under_run_lock.reset(outer)
+        if inspect.isgenerator(result):
+            # The body has not run yet: refusing now leaves nothing half done.
+            result.close()
+            raise TypeError(
+                f"cannot hold the run lock of {task.task_id} across a run() that yields dynamic "
+                "dependencies: luigi resumes such a run later, outside the lock. Move the dynamic "
+                "dependencies into requires(), or do not lock this task's run."
+            )
+        return result
 
 
 def ensure_run_locks_held() -> None:
@@ -133,3 +145,12 @@ def _output_paths(task: luigi.Task) -> list[str]:
         else:
             raise TypeError(f"cannot take the run lock of {task.task_id}: its output {target!r} has no path")
     return sorted(set(paths))
+
+
+def _forget_parent_run_locks() -> None:
+    # A child forked inside run() cannot renew its parent's run locks: it must not trust them.
+    _held_run_locks.set(())
+    _tasks_under_run_lock.set(frozenset())
+
+
+os.register_at_fork(after_in_child=_forget_parent_run_locks)

@@ -26,8 +26,6 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-import redis
-
 from locked_targets.errors import LockError
 from locked_targets.keys import REVOKE_CHANNEL_PATTERN, REVOKE_CHANNEL_SUFFIX
 from locked_targets.lease import HeldLock
@@ -59,6 +57,7 @@ class SharedLeases:
         self._listener: threading.Thread | None = None
         self._failures_in_a_row = 0
         self._subscription = 0  # counts the listener's subscriptions, so a kept lease can name its own
+        self._revocations_heard = 0  # a revocation heard while a lease was being acquired forbids keeping it
 
     def hold(self, base: str, acquire: Callable[[], HeldLock]) -> AbstractContextManager[HeldLock]:
         """Hold the shared lock ``base`` for a block: a kept lease if there is one, else ``acquire()``."""
@@ -72,8 +71,11 @@ class SharedLeases:
         # revocation from then on (same subscription, never interrupted).
         with self._mutex:
             subscription = self._subscription if self._listening.is_set() else None
+            heard = self._revocations_heard
         held = acquire()
-        return held, (self._keep(base, held, subscription) if subscription is not None else None)
+        if subscription is None:
+            return held, None
+        return held, self._keep(base, held, subscription, heard)
 
     def revoke(self, base: str) -> None:
         """Stop lending the lease of ``base``; release it now if no local read uses it."""
@@ -103,10 +105,15 @@ class SharedLeases:
             kept.readers += 1
             return kept
 
-    def _keep(self, base: str, held: HeldLock, subscription: int) -> _KeptLease | None:
+    def _keep(self, base: str, held: HeldLock, subscription: int, heard: int) -> _KeptLease | None:
         with self._mutex:
-            if base in self._kept or subscription != self._subscription or not self._listening.is_set():
-                return None  # another thread keeps one already, or the listener lost Redis meanwhile
+            if (
+                base in self._kept  # another thread keeps one already
+                or subscription != self._subscription  # the listener lost Redis meanwhile
+                or not self._listening.is_set()
+                or heard != self._revocations_heard  # a writer may have asked for this very lease
+            ):
+                return None
             kept = self._kept[base] = _KeptLease(held)
             return kept
 
@@ -135,7 +142,7 @@ class SharedLeases:
         while True:
             try:
                 self._listen()
-            except (redis.RedisError, OSError) as error:
+            except Exception as error:
                 # One warning per outage: the listener retries every second until Redis is back.
                 log = logger.warning if self._failures_in_a_row == 0 else logger.debug
                 log("revocation listener lost Redis at %s, retrying: %s", self._backend.address, error)
@@ -158,7 +165,10 @@ class SharedLeases:
                 message = pubsub.get_message(timeout=_SWEEP_EVERY_SECONDS)
                 if message is not None and message["type"] == "pmessage":
                     channel: bytes = message["channel"]
-                    self.revoke(channel.decode()[: -len(REVOKE_CHANNEL_SUFFIX)])
+                    base = channel.decode(errors="replace")[: -len(REVOKE_CHANNEL_SUFFIX)]
+                    with self._mutex:
+                        self._revocations_heard += 1
+                    self.revoke(base)
                 if time.monotonic() - swept_at >= _SWEEP_EVERY_SECONDS:
                     self._release_idle()
                     swept_at = time.monotonic()
@@ -229,7 +239,9 @@ def _release_every_kept_lease() -> None:
 
 def _forget_parent_leases() -> None:
     # Leases kept by the parent are the parent's to give back; its listener does not exist here.
+    global _registry_mutex
     _registry.clear()
+    _registry_mutex = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_parent_leases)

@@ -217,3 +217,14 @@ def test_a_lock_granted_after_a_long_wait_gets_a_whole_lease(holders: Holders, r
     held = patient.acquire(LockMode.SHARED)  # waits about 4 s, longer than its own lease
     held.ensure_held()
     held.release()
+
+
+def test_an_attempt_retried_after_a_lost_reply_is_granted_not_blocked_by_itself(
+    redis_url: str, key_prefix: str
+) -> None:
+    lock = make_lock(redis_url, f"{key_prefix}{{retried}}")
+    for mode in (LockMode.EXCLUSIVE, LockMode.SHARED):
+        token = f"token-{mode.value}"
+        assert lock._try_acquire(mode, token, "{}") is None
+        assert lock._try_acquire(mode, token, "{}") is None  # the same attempt, sent again
+        lock._abandon(token)

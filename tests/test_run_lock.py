@@ -11,9 +11,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import luigi
 import pytest
 import redis
-from run_lock_pipeline import TASK_FAMILIES
+from run_lock_pipeline import TASK_FAMILIES, Source
 
 import locked_targets
 from locked_targets import LockLost, RunWithLock
@@ -183,5 +184,21 @@ def test_a_run_that_lost_its_run_lock_publishes_nothing(tmp_path: Path, settings
         workspace_directory=str(tmp_path), redis_host=host, redis_port=int(port), redis_timeout=2
     )
     with pytest.raises(LockLost, match=r":run:.*no longer knew this holder"):
+        task.run()
+    assert not task.make_target().exists()
+
+
+class YieldsDynamicDependencies(locked_targets.TaskOnKart[str]):
+    @RunWithLock
+    def run(self) -> Iterator[luigi.Task]:
+        yield Source(workspace_directory=self.workspace_directory)
+        self.dump("done")
+
+
+def test_a_run_with_dynamic_dependencies_is_refused(tmp_path: Path, settings: Settings) -> None:
+    assert settings.redis_url is not None
+    host, port = settings.redis_url.removeprefix("redis://").split("/")[0].split(":")
+    task = YieldsDynamicDependencies(workspace_directory=str(tmp_path), redis_host=host, redis_port=int(port))
+    with pytest.raises(TypeError, match="dynamic dependencies"):
         task.run()
     assert not task.make_target().exists()

@@ -103,3 +103,22 @@ def test_a_process_that_exits_gives_back_its_kept_leases(
     process.join(timeout=30)
     assert process.exitcode == 0
     assert redis_client.zcard(lock_key_for(path, settings).readers) == 0
+
+
+def test_a_malformed_revocation_does_not_stop_the_listener(
+    tmp_path: Path, settings: Settings, redis_client: redis.Redis
+) -> None:
+    path = str(tmp_path / "hot.pkl")
+    locked_target(path, settings).dump("before")
+    started = SPAWN.Queue()
+    reader = SPAWN.Process(target=read_repeatedly, args=(path, settings, 10.0, started))
+    reader.start()
+    assert started.get(timeout=30) == "reading"
+    time.sleep(0.5)  # the reader now keeps its shared lease across loads
+    redis_client.publish(b"junk\xff}:revoke", b"anyone on this Redis may publish this")
+    time.sleep(0.2)
+    began = time.monotonic()
+    locked_target(path, settings).remove()
+    took = time.monotonic() - began
+    reader.join(timeout=30)
+    assert took < 2.0, "the reader's listener should still hear the writer's revocation"
