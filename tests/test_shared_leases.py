@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,16 @@ def private_redis() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.stop()
+
+
+def start_keeping_reader(path: str, settings: Settings) -> multiprocessing.process.BaseProcess:
+    """Another process that loads ``path`` in a loop for 6 s, keeping its shared lease between loads."""
+    started: multiprocessing.Queue[str] = SPAWN.Queue()
+    reader = SPAWN.Process(target=read_repeatedly, args=(path, settings, 6.0, started))
+    reader.start()
+    assert started.get(timeout=30) == "reading"
+    time.sleep(0.5)  # its listener has subscribed: the lease is now kept across loads
+    return reader
 
 
 def script_calls(client: redis.Redis) -> int:
@@ -59,11 +70,7 @@ def test_keeping_leases_can_be_switched_off(tmp_path: Path, private_redis: Redis
 def test_a_writer_gets_in_while_another_process_keeps_reading(tmp_path: Path, settings: Settings) -> None:
     path = str(tmp_path / "hot.pkl")
     locked_target(path, settings).dump("before")
-    started = SPAWN.Queue()
-    reader = SPAWN.Process(target=read_repeatedly, args=(path, settings, 10.0, started))
-    reader.start()
-    assert started.get(timeout=30) == "reading"
-    time.sleep(0.5)  # the reader now keeps its shared lease across loads
+    reader = start_keeping_reader(path, settings)
     began = time.monotonic()
     writer = locked_target(path, settings)
     writer.remove()
@@ -110,11 +117,7 @@ def test_a_malformed_revocation_does_not_stop_the_listener(
 ) -> None:
     path = str(tmp_path / "hot.pkl")
     locked_target(path, settings).dump("before")
-    started = SPAWN.Queue()
-    reader = SPAWN.Process(target=read_repeatedly, args=(path, settings, 10.0, started))
-    reader.start()
-    assert started.get(timeout=30) == "reading"
-    time.sleep(0.5)  # the reader now keeps its shared lease across loads
+    reader = start_keeping_reader(path, settings)
     redis_client.publish(b"junk\xff}:revoke", b"anyone on this Redis may publish this")
     time.sleep(0.2)
     began = time.monotonic()
