@@ -1,0 +1,66 @@
+"""The commit of a dump: the moment a finished object becomes visible under the target's name.
+
+Storages publish create-if-absent (S3 ``If-None-Match: *``, GCS ``ifGenerationMatch=0``,
+a local hard link that refuses to replace) and, just before, ask the dump's guard whether
+its locks still hold. So a holder that lost its lease without noticing can never replace
+another holder's object: its commit is refused (``CommitRefused``), and ``LockedTarget``
+then tells a stale holder (``LockLost``) from a current one (the object is already there).
+The guard also carries the write lock's fencing token, which storages record in the
+object's metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+FENCING_TOKEN_METADATA_KEY = "locked-targets-fencing-token"
+
+
+class CommitRefused(Exception):  # noqa: N818 -- a refusal, not an error of the caller
+    """The storage refused to publish: an object of that name appeared since the dump began."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path} already exists: the storage refused to replace it")
+
+
+@dataclasses.dataclass(frozen=True)
+class CommitGuard:
+    """What a dump in progress must satisfy when it publishes."""
+
+    check: Callable[[], None]
+    """Raises (``LockLost``) if the locks that protect the dump no longer hold."""
+
+    fencing_token: int | None
+    """The write lock's fencing token: grows with every acquisition of that lock."""
+
+
+_guard: ContextVar[CommitGuard | None] = ContextVar("locked_targets_commit_guard", default=None)
+
+
+@contextmanager
+def guarded_by(guard: CommitGuard) -> Iterator[None]:
+    """Make ``guard`` the one that commits inside the block check."""
+    token = _guard.set(guard)
+    try:
+        yield
+    finally:
+        _guard.reset(token)
+
+
+def before_commit() -> None:
+    """Called by a storage right before it publishes: raises if the dump's locks are gone."""
+    guard = _guard.get()
+    if guard is not None:
+        guard.check()
+
+
+def commit_metadata() -> dict[str, str]:
+    """Object metadata a storage records with the commit: the fencing token, when locked."""
+    guard = _guard.get()
+    if guard is None or guard.fencing_token is None:
+        return {}
+    return {FENCING_TOKEN_METADATA_KEY: str(guard.fencing_token)}
