@@ -19,7 +19,7 @@ from contextvars import ContextVar
 FENCING_TOKEN_METADATA_KEY = "locked-targets-fencing-token"
 
 
-class CommitRefused(Exception):  # noqa: N818 -- a refusal, not an error of the caller
+class CommitRefused(Exception):
     """The storage refused to publish: an object of that name appeared since the dump began."""
 
     def __init__(self, path: str) -> None:
