@@ -52,6 +52,11 @@ class LockKeys:
         return f"{self.base}:holders"
 
     @property
+    def fence(self) -> str:
+        """String: the last fencing token granted with this lock; outlives the lock (long TTL)."""
+        return f"{self.base}:fence"
+
+    @property
     def released_channel(self) -> str:
         """Pub/sub channel on which a release wakes the waiters."""
         return f"{self.base}:released"

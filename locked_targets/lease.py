@@ -23,6 +23,7 @@ from redis.commands.core import Script
 from locked_targets.errors import LockLost
 from locked_targets.keys import LockKeys
 from locked_targets.redis_backend import RedisBackend
+from locked_targets.redis_retry import with_redis_retries
 
 logger = logging.getLogger("locked_targets")
 
@@ -53,8 +54,13 @@ class HeldLock:
         lease_started: float,
         release_script: Script,
         extend_script: Script,
+        fencing_token: int | None = None,
+        redis_retry_seconds: float | None = None,
     ) -> None:
         self.keys = keys
+        self._redis_retry_seconds = redis_retry_seconds
+        self.fencing_token = fencing_token
+        """Grows with every exclusive grant of this lock; None for a shared hold."""
         self.mode = mode
         self.token = token
         self.backend = backend
@@ -88,14 +94,32 @@ class HeldLock:
         """Give the lock back; raise ``LockLost`` if it had already slipped away."""
         self._released = True  # a renewal answered after this point says nothing about the lock
         lease_keeper().forget(self)
-        with self.backend.errors_translated():
-            released = self._release_script(
-                keys=self.keys.all_keys, args=[self.token, self.keys.released_channel]
-            )
+        released = with_redis_retries(
+            self._release_once,
+            what=f"releasing the lock of {self.keys.path}",
+            deadline_seconds=self._redis_retry_seconds,
+        )
         if not released and self._lost is None:
             self.mark_lost(
                 "Redis no longer knew this holder at release: its lease had expired or Redis restarted"
             )
+        self.ensure_held()
+
+    def _release_once(self) -> Any:
+        with self.backend.errors_translated():
+            return self._release_script(
+                keys=self.keys.all_keys, args=[self.token, self.keys.released_channel]
+            )
+
+    def verify(self, why: str) -> None:
+        """Ask Redis (one round trip) whether this holder still owns the lock; mark it lost if not."""
+        with self.backend.errors_translated():
+            owned = self._extend_script(
+                keys=[self.keys.writer, self.keys.readers, self.keys.holders],
+                args=[self.token, round(self.lease_seconds * 1000)],
+            )
+        if owned != 1:
+            self.mark_lost(why)
         self.ensure_held()
 
     def mark_lost(self, reason: str) -> None:

@@ -20,6 +20,7 @@ Time is the Redis server's (``TIME``), so clients on different machines agree on
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import logging
@@ -37,6 +38,7 @@ from locked_targets.errors import BackendUnavailable, LockTimeout
 from locked_targets.keys import TARGET_NAMESPACE, LockKeys, lock_key_for
 from locked_targets.lease import HeldLock, lease_keeper
 from locked_targets.redis_backend import RedisBackend, await_subscription, backend_for
+from locked_targets.redis_retry import with_redis_retries
 from locked_targets.settings import Settings
 from locked_targets.shared_leases import shared_leases_for
 from locked_targets.waiting import WaitReporter
@@ -61,6 +63,20 @@ local function prune(zset, holders, now)
   end
 end
 """
+
+
+# The fencing counter outlives the lock by this long, so tokens keep growing across uses.
+_FENCE_KEPT_MS = 30 * 24 * 3600 * 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class _Attempt:
+    """The outcome of one acquisition attempt."""
+
+    blocked: tuple[float, str] | None = None
+    """None when granted; else (seconds the blocker's lease has left, who blocks)."""
+
+    fencing_token: int | None = None
 
 
 class LockMode(enum.Enum):
@@ -105,8 +121,10 @@ return {1}
 """
     )
 
-    # KEYS and ARGV[1..3] as ACQUIRE_SHARED, ARGV[4] the channel that asks readers to give
-    # their shared leases back; same return value.
+    # KEYS[1..4] and ARGV[1..3] as ACQUIRE_SHARED; KEYS[5] the fencing counter;
+    # ARGV[4] the channel that asks readers to give their shared leases back; ARGV[5] how
+    # long the fencing counter outlives its last grant (ms).
+    # Returns {1, fencing token} when acquired, else as ACQUIRE_SHARED.
     # A writer is admitted when there is no writer and no live reader; otherwise it
     # (re)registers as waiting, with a lease, which shuts out new readers. When readers
     # block it, it asks them (through ARGV[4]) to give back leases they keep between reads.
@@ -119,7 +137,7 @@ local blocker = redis.call('GET', KEYS[1])
 local wait_ms = 0
 if blocker == ARGV[1] then  -- a retry of an attempt whose reply was lost
   redis.call('PEXPIRE', KEYS[1], lease)
-  return {1}
+  return {1, tonumber(redis.call('GET', KEYS[5]) or '0')}
 end
 if blocker then
   wait_ms = redis.call('PTTL', KEYS[1])
@@ -141,7 +159,13 @@ if blocker then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', lease)
 redis.call('ZREM', KEYS[3], ARGV[1])
-return {1}
+-- The fencing token grows with every grant, and across a Redis restart that lost the
+-- counter too, as long as the server clock does: it is at least the server time in µs.
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local fence = math.max(tonumber(redis.call('GET', KEYS[5]) or '0') + 1, now_us)
+redis.call('SET', KEYS[5], string.format('%d', fence), 'PX', ARGV[5])
+return {1, fence}
 """
     )
 
@@ -210,8 +234,10 @@ return 0
         wait_timeout_seconds: float | None = None,
         task: str | None = None,
         keep_shared_leases_seconds: float = 0.0,
+        redis_retry_seconds: float | None = None,
     ) -> None:
         self._backend = backend
+        self._redis_retry_seconds = redis_retry_seconds
         self._keep_shared_leases_seconds = keep_shared_leases_seconds
         self.keys = keys
         self._lease_ms = max(1, round(lease_seconds * 1000))
@@ -244,6 +270,7 @@ return 0
             wait_timeout_seconds=wait_timeout_seconds,
             task=task,
             keep_shared_leases_seconds=settings.shared_lease_idle_seconds,
+            redis_retry_seconds=settings.redis_retry_seconds,
         )
 
     def shared(self) -> AbstractContextManager[HeldLock]:
@@ -280,21 +307,31 @@ return 0
             held.release()
 
     def acquire(self, mode: LockMode) -> HeldLock:
-        """Take the lock in ``mode``, waiting (woken by releases) up to the wait timeout."""
+        """Take the lock in ``mode``, waiting (woken by releases) up to the wait timeout.
+
+        With ``on_redis_error = wait``, a failing Redis is retried up to its deadline.
+        """
+        return with_redis_retries(
+            lambda: self._acquire_once(mode),
+            what=f"acquiring the {self._label(mode)} of {self.keys.path}",
+            deadline_seconds=self._redis_retry_seconds,
+        )
+
+    def _acquire_once(self, mode: LockMode) -> HeldLock:
         token = secrets.token_hex(16)
         description = self._describe_holder(mode)
         started = time.monotonic()
         try:
             with self._backend.errors_translated():
-                blocked = self._try_acquire(mode, token, description)
-                # The lease runs from when the winning attempt was sent, not from when waiting began.
-                granted_at = (
-                    started if blocked is None else self._wait(mode, token, description, started, blocked)
-                )
+                attempt = self._try_acquire(mode, token, description)
+                granted_at = started
+                if attempt.blocked is not None:
+                    # The lease runs from when the winning attempt was sent, not from when waiting began.
+                    granted_at, attempt = self._wait(mode, token, description, started, attempt.blocked)
         except BackendUnavailable:
             self._abandon(token)
             raise
-        return self._register(mode, token, granted_at)
+        return self._register(mode, token, granted_at, attempt.fencing_token)
 
     def _abandon(self, token: str) -> None:
         """Undo an attempt whose reply may have been lost, so it leaves no ghost holder for a lease."""
@@ -305,15 +342,15 @@ return 0
         except (redis.RedisError, OSError) as error:
             logger.debug("could not abandon an attempt on %s: %s", self.keys.path, error)
 
-    def _try_acquire(self, mode: LockMode, token: str, description: str) -> tuple[float, str] | None:
-        """One attempt: None when acquired, else (seconds the blocker's lease has left, blocker)."""
-        keys = self.keys.all_keys
+    def _try_acquire(self, mode: LockMode, token: str, description: str) -> _Attempt:
+        """One attempt: granted (with the fencing token of an exclusive grant), or who blocks it."""
         reply: list[Any] = self._acquire_script[mode](
-            keys=keys, args=[token, self._lease_ms, description, self.keys.revoke_channel]
+            keys=[*self.keys.all_keys, self.keys.fence],
+            args=[token, self._lease_ms, description, self.keys.revoke_channel, _FENCE_KEPT_MS],
         )
         if int(reply[0]) == 1:
-            return None
-        return max(0.001, int(reply[1]) / 1000), _readable_holder(reply[2], reply[3])
+            return _Attempt(fencing_token=int(reply[1]) if len(reply) > 1 else None)
+        return _Attempt(blocked=(max(0.001, int(reply[1]) / 1000), _readable_holder(reply[2], reply[3])))
 
     def _wait(
         self,
@@ -322,8 +359,8 @@ return 0
         description: str,
         started: float,
         blocked: tuple[float, str],
-    ) -> float:
-        """Retry each time a release is published; return when the winning attempt was sent."""
+    ) -> tuple[float, _Attempt]:
+        """Retry each time a release is published; return when the winning attempt was sent, and it."""
         kind = self._label(mode)
         reporter = WaitReporter(path=self.keys.path, lock=kind, started=started)
         pubsub = self._backend.client.pubsub()  # type: ignore[no-untyped-call]
@@ -332,10 +369,10 @@ return 0
             await_subscription(pubsub)
             while True:
                 attempt_at = time.monotonic()
-                outcome = self._try_acquire(mode, token, description)
-                if outcome is None:
-                    return attempt_at
-                lease_left, holder = outcome
+                attempt = self._try_acquire(mode, token, description)
+                if attempt.blocked is None:
+                    return attempt_at, attempt
+                lease_left, holder = attempt.blocked
                 reporter.still_waiting(holder)
                 timeout = min(lease_left, self._renewal_interval, reporter.seconds_to_next_report())
                 if self._wait_timeout is not None:
@@ -368,8 +405,10 @@ return 0
         except (redis.RedisError, OSError) as error:
             logger.debug("could not withdraw a waiting writer of %s: %s", self.keys.path, error)
 
-    def _register(self, mode: LockMode, token: str, started: float) -> HeldLock:
+    def _register(self, mode: LockMode, token: str, started: float, fencing_token: int | None) -> HeldLock:
         held = HeldLock(
+            fencing_token=fencing_token,
+            redis_retry_seconds=self._redis_retry_seconds,
             keys=self.keys,
             mode=mode.value,
             token=token,

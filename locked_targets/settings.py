@@ -41,6 +41,8 @@ class Settings:
     run_wait_timeout_seconds: float | None = None
     fail_on_collision: bool = False
     shared_lease_idle_seconds: float = 2.0
+    on_redis_error: str = "fail"
+    redis_retry_deadline_seconds: float = 600.0
     s3_endpoint_url: str | None = None
     gcs_endpoint_url: str | None = None
     gcs_project: str | None = None
@@ -53,6 +55,9 @@ class Settings:
             prefix = getattr(self, name)
             if "{" in prefix or "}" in prefix:
                 raise ConfigurationError(name, prefix, "braces are reserved for the Redis Cluster hash tag")
+        if self.on_redis_error not in ("fail", "wait"):
+            raise ConfigurationError("on_redis_error", self.on_redis_error, "must be fail or wait")
+        _require_positive("redis_retry_deadline_seconds", self.redis_retry_deadline_seconds)
         _require_positive("lease_seconds", self.lease_seconds)
         if self.renewal_interval_seconds is not None:
             _require_positive("renewal_interval_seconds", self.renewal_interval_seconds)
@@ -71,6 +76,11 @@ class Settings:
     @property
     def locking_enabled(self) -> bool:
         return self.redis_url is not None
+
+    @property
+    def redis_retry_seconds(self) -> float | None:
+        """How long to retry a failing Redis (``on_redis_error = wait``), or None to fail at once."""
+        return self.redis_retry_deadline_seconds if self.on_redis_error == "wait" else None
 
     @property
     def renewal_interval(self) -> float:

@@ -2,13 +2,15 @@
 
 ``exists`` and ``load`` hold the shared lock for the whole call, ``dump`` and ``remove``
 the exclusive one. ``dump`` checks existence again under the lock and skips when
-another application already produced the file, as gokart does. The wrapped target's
+another application already produced the file, as gokart does; its storage commit
+checks the locks again and publishes create-if-absent (see ``commit``). The wrapped target's
 own gokart lock is bypassed (its ``_exists``/``_load``/``_dump``/``_remove`` are called
 directly), so nothing is locked twice.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
@@ -18,6 +20,7 @@ from gokart.required_task_output import RequiredTaskOutput
 from gokart.target import TargetOnKart
 from gokart.utils import FlattenableItems
 
+from locked_targets.commit import CommitGuard, CommitRefused, guarded_by
 from locked_targets.lease import HeldLock
 from locked_targets.lock import ReadWriteLock
 from locked_targets.run_lock import ensure_run_locks_held
@@ -65,15 +68,26 @@ class LockedTarget(WrappedTarget):
                     "%s already exists: another application produced it, skipping the dump", self.path()
                 )
                 return
-            if held is not None:
-                held.ensure_held()
-            ensure_run_locks_held()
-            self._target._dump(
-                obj,
-                task_params=task_params,
-                custom_labels=custom_labels,
-                required_task_outputs=required_task_outputs,
+            guard = CommitGuard(
+                check=functools.partial(_ensure_locks_held, held),
+                fencing_token=held.fencing_token if held is not None else None,
             )
+            guard.check()
+            try:
+                with guarded_by(guard):
+                    self._target._dump(
+                        obj,
+                        task_params=task_params,
+                        custom_labels=custom_labels,
+                        required_task_outputs=required_task_outputs,
+                    )
+            except CommitRefused:
+                # Someone published while we wrote, so someone else held this lock: if it was
+                # us who lost it, say so; if we hold it, a stale holder got there first and
+                # the object is there (gokart's skip).
+                if held is not None:
+                    held.verify("the storage refused its commit: another holder had published first")
+                logger.info("%s appeared while this dump was writing; keeping the existing one", self.path())
 
     def remove(self) -> None:
         with self._hold_exclusive() as held:
@@ -93,6 +107,13 @@ class LockedTarget(WrappedTarget):
 
     def _hold_exclusive(self) -> AbstractContextManager[HeldLock | None]:
         return self._lock.exclusive() if self._lock is not None else nullcontext()
+
+
+def _ensure_locks_held(held: HeldLock | None) -> None:
+    """The file lock (if any) and the run locks of the current run still hold, or LockLost."""
+    if held is not None:
+        held.ensure_held()
+    ensure_run_locks_held()
 
 
 def file_lock(path: str, settings: Settings, *, task: str | None = None) -> ReadWriteLock | None:

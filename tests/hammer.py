@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from gokart.file_processor import make_file_processor
-from gokart.target import TargetOnKart
+from gokart.target import TargetOnKart, make_target
 
 from locked_targets.settings import Settings
 from locked_targets.storage import storage_kind_for
@@ -79,11 +79,12 @@ class AuditedTarget(WrappedTarget):
 def hammer(
     path: str, settings: Settings, locked: bool, operations: int, audit_log: str, seed: int
 ) -> HammerReport:
-    """Run ``operations`` random operations on ``path``; with ``locked`` False, bypass the lock."""
-    audited = AuditedTarget(
-        storage_kind_for(path).single_file_target(path, make_file_processor(path), settings), audit_log
-    )
-    target: TargetOnKart = LockedTarget(audited, settings=settings) if locked else audited
+    """Run ``operations`` random operations on ``path``; with ``locked`` False, as plain gokart."""
+    if locked:
+        storage = storage_kind_for(path).single_file_target(path, make_file_processor(path), settings)
+        target: TargetOnKart = LockedTarget(AuditedTarget(storage, audit_log), settings=settings)
+    else:  # plain gokart: no lock, and no write-once commit behind it either
+        target = AuditedTarget(make_target(path), audit_log)
     rng = random.Random(seed)
     report = HammerReport()
     for number in range(operations):

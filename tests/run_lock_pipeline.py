@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import gokart
 import luigi
@@ -75,12 +76,18 @@ class Report(locked_targets.TaskOnKart[str]):
         self.dump(f"left={joined['left']} right={joined['right']}")
 
 
-def pipeline(workspace: str) -> Report:
+def pipeline_tasks(workspace: str) -> dict[str, locked_targets.TaskOnKart[Any]]:
+    """Every task of the pipeline on ``workspace``, by family; ``Report`` is the last."""
     source = Source(workspace_directory=workspace)
     left = Left(source=source, workspace_directory=workspace)
     right = Right(source=source, workspace_directory=workspace)
     join = Join(left=left, right=right, workspace_directory=workspace, should_lock_run=True)
-    return Report(join=join, workspace_directory=workspace)
+    report = Report(join=join, workspace_directory=workspace)
+    return {"Source": source, "Left": left, "Right": right, "Join": join, "Report": report}
+
+
+def pipeline(workspace: str) -> locked_targets.TaskOnKart[Any]:
+    return pipeline_tasks(workspace)["Report"]
 
 
 TASK_FAMILIES = ("Source", "Left", "Right", "Join", "Report")

@@ -1,7 +1,7 @@
 """Eight OS processes hammer one target on each storage kind: nothing torn, nothing written twice.
 
-The last test runs the same harness with the lock off and shows that it does see
-damage then, so the assertions above can fail.
+The last test runs the same harness as plain gokart (no lock, no write-once commit) and
+shows that it does see damage then, so the assertions above can fail.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def test_locked_target_is_never_torn_or_written_twice(
     assert max(generations) <= 1, f"a generation was written more than once: {generations}"
     assert loaded <= written_nonces(audit_log), "a load returned an object nobody wrote"
     assert keys_without_ttl(redis_client, key_prefix) == []
-    assert redis_client.keys(f"{key_prefix}*") == [], "every lock was released"
+    lock_keys = [key for key in redis_client.keys(f"{key_prefix}*") if b":fence" not in key]
+    assert lock_keys == [], "every lock was released (only fencing counters outlive their locks)"
 
 
 def test_the_harness_detects_double_writes_without_the_lock(tmp_path: Path, settings: Settings) -> None:

@@ -225,6 +225,28 @@ def test_an_attempt_retried_after_a_lost_reply_is_granted_not_blocked_by_itself(
     lock = make_lock(redis_url, f"{key_prefix}{{retried}}")
     for mode in (LockMode.EXCLUSIVE, LockMode.SHARED):
         token = f"token-{mode.value}"
-        assert lock._try_acquire(mode, token, "{}") is None
-        assert lock._try_acquire(mode, token, "{}") is None  # the same attempt, sent again
+        assert lock._try_acquire(mode, token, "{}").blocked is None
+        assert lock._try_acquire(mode, token, "{}").blocked is None  # the same attempt, sent again
         lock._abandon(token)
+
+
+def test_each_exclusive_grant_gets_a_larger_fencing_token(
+    redis_url: str, key_prefix: str, redis_client: redis.Redis
+) -> None:
+    lock = make_lock(redis_url, f"{key_prefix}{{fenced}}")
+    tokens: list[int] = []
+    for _ in range(3):
+        held = lock.acquire(LockMode.EXCLUSIVE)
+        assert held.fencing_token is not None
+        tokens.append(held.fencing_token)
+        held.release()
+    redis_client.delete(lock.keys.fence)  # as if Redis restarted without persistence
+    held = lock.acquire(LockMode.EXCLUSIVE)
+    assert held.fencing_token is not None
+    tokens.append(held.fencing_token)
+    held.release()
+    assert tokens == sorted(set(tokens)), f"fencing tokens must only grow: {tokens}"
+    assert redis_client.pttl(lock.keys.fence) > 0
+    shared = lock.acquire(LockMode.SHARED)
+    assert shared.fencing_token is None
+    shared.release()

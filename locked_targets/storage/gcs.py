@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-import uuid
 from datetime import datetime
 from typing import Any, cast
 
@@ -17,11 +14,13 @@ from gokart.required_task_output import RequiredTaskOutput
 from gokart.target import SingleFileTarget, TargetOnKart
 from gokart.utils import FlattenableItems
 from gokart.zip_client import ZipClient
-from luigi.target import AtomicLocalFile, FileSystem, FileSystemTarget
+from luigi.target import FileSystem, FileSystemTarget
 
+from locked_targets.commit import CommitRefused, before_commit, commit_metadata
 from locked_targets.settings import Settings
 from locked_targets.storage.base import StorageKind, unlocked_params
 from locked_targets.storage.remote_zip import RemoteZipClient
+from locked_targets.storage.write_once import WriteOnceFile
 
 
 def gcs_file_system(settings: Settings) -> GcsFileSystem:
@@ -67,9 +66,20 @@ class GcsFileSystem(FileSystem):
             return False
         return True
 
-    def put(self, local_path: str, destination_path: str) -> None:
-        """Upload a local file; a large one goes as a resumable upload, which GCS publishes when finalized."""
-        self._gcs.put_file(local_path, destination_path)
+    def publish(self, local_path: str, destination_path: str) -> None:
+        """Upload a local file create-if-absent (``ifGenerationMatch=0``), with the commit's metadata.
+
+        A large file goes as a resumable upload, which GCS publishes only when finalized. GCS
+        answers 412 if the object exists, and gcsfs raises ``FileExistsError``: ``CommitRefused``.
+        gcp-storage-emulator ignores the precondition; the tests check that it is sent.
+        """
+        before_commit()
+        try:
+            self._gcs.put_file(
+                local_path, destination_path, metadata=commit_metadata() or None, mode="create"
+            )
+        except FileExistsError as error:
+            raise CommitRefused(destination_path) from error
 
     def get(self, path: str, destination_local_path: str) -> None:
         self._gcs.get_file(path, destination_local_path)
@@ -95,7 +105,7 @@ class GcsFileSystem(FileSystem):
 
 
 class GcsTarget(FileSystemTarget):
-    """One GCS object as a luigi file target; what is written appears only when closed without error."""
+    """One GCS object as a luigi file target; a written object appears only complete, never over another."""
 
     def __init__(
         self, path: str, file_system: GcsFileSystem, file_format: luigi.format.Format | None = None
@@ -112,24 +122,8 @@ class GcsTarget(FileSystemTarget):
         if mode == "r":
             return self.format.pipe_reader(self._file_system.open_for_reading(self.path))
         if mode == "w":
-            return self.format.pipe_writer(_AtomicGcsFile(self.path, self._file_system))
+            return self.format.pipe_writer(WriteOnceFile(self.path, self._file_system.publish))
         raise ValueError(f"Unsupported open mode {mode!r}: use 'r' or 'w'")
-
-
-class _AtomicGcsFile(AtomicLocalFile):
-    """Written to a local temporary file and uploaded when closed; a write that raises uploads nothing."""
-
-    def __init__(self, path: str, file_system: GcsFileSystem) -> None:
-        self._file_system = file_system
-        super().__init__(path)  # type: ignore[no-untyped-call]
-
-    def generate_tmp_path(self, path: str) -> str:
-        # luigi draws the name from ``random``, which gokart seeds per task: two processes of
-        # one task would draw the same name. uuid4 comes from os.urandom instead.
-        return os.path.join(tempfile.gettempdir(), f"locked_targets-gcs-{uuid.uuid4().hex}")
-
-    def move_to_final_destination(self) -> None:
-        self._file_system.put(self.tmp_path, self.path)
 
 
 class GcsFileTarget(SingleFileTarget):
@@ -154,11 +148,13 @@ class GcsFileTarget(SingleFileTarget):
             self._processor.dump(obj, file)
         if GCSObjectMetadataClient._is_log_related_path(self._path()):
             return
-        # The object was just replaced, so its metadata starts empty, as in gokart's patch.
+        # The object was just created with the commit's metadata only. The patch repeats it:
+        # GCS merges a patch's keys, but the emulator replaces them all.
+        committed = commit_metadata()
         labels = GCSObjectMetadataClient._get_patched_obj_metadata(
-            {}, task_params, custom_labels, required_task_outputs
+            committed, task_params, custom_labels, required_task_outputs
         )
-        if labels:
+        if labels != committed:
             self._file_system.add_metadata(self._path(), labels)
 
     def _last_modification_time(self) -> datetime:
@@ -184,7 +180,8 @@ class GcsStorage(StorageKind):
         return GcsTarget(path, gcs_file_system(settings), file_format)
 
     def zip_client(self, path: str, temporary_directory: str, settings: Settings) -> ZipClient:
-        return RemoteZipClient(path, temporary_directory, gcs_file_system(settings))
+        file_system = gcs_file_system(settings)
+        return RemoteZipClient(path, temporary_directory, file_system, file_system.publish)
 
     def last_modification_time(self, path: str, settings: Settings) -> datetime:
         return gcs_file_system(settings).modification_time(path)

@@ -1,22 +1,41 @@
-"""Local disk or NFS: files named by their absolute, normalized path."""
+"""Local disk or NFS: files named by their absolute, normalized path, published by hard link.
+
+A hard link never replaces: ``link(2)`` fails with ``EEXIST`` if the name is taken, atomically,
+on local file systems and on NFS alike. Where a file system has no hard links (some FUSE,
+SMB or object-store mounts), the publish falls back to an existence check and a rename, and a
+warning says that write-once is not enforced there: a writer whose rename comes between
+another's check and rename can replace that other's file.
+"""
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import shutil
 import tempfile
 from datetime import datetime
+from typing import Any
 
 import luigi
 import luigi.format
 from gokart.zip_client import ZipClient, _unzip_file
 
+from locked_targets.commit import CommitRefused, before_commit
 from locked_targets.settings import Settings
 from locked_targets.storage.base import StorageKind
+from locked_targets.storage.write_once import WriteOnceFile
+
+logger = logging.getLogger(__name__)
+
+# errno values of link(2) on a file system that has no hard links (ENOTSUP is EOPNOTSUPP on Linux).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS})
+# devices (st_dev) already warned about, so each file system is named once per process
+_unenforced_devices: set[int] = set()
 
 
 class LocalStorage(StorageKind):
-    """Files on a local or network file system; luigi writes them to a temporary file and renames."""
+    """Files on a local or network file system, written to a temporary file and linked into place."""
 
     name = "local"
     key_prefix_setting = "local_key_prefix"
@@ -27,7 +46,7 @@ class LocalStorage(StorageKind):
     def file_system_target(
         self, path: str, file_format: luigi.format.Format, settings: Settings
     ) -> luigi.target.FileSystemTarget:
-        return luigi.LocalTarget(path, format=file_format)  # type: ignore[no-untyped-call]
+        return WriteOnceLocalTarget(path, format=file_format)  # type: ignore[no-untyped-call]
 
     def zip_client(self, path: str, temporary_directory: str, settings: Settings) -> ZipClient:
         return LocalZipArchive(path, temporary_directory)
@@ -36,8 +55,61 @@ class LocalStorage(StorageKind):
         return datetime.fromtimestamp(os.path.getmtime(path))
 
 
+def link_into_place(source: str, destination: str) -> None:
+    """Publish ``source`` as ``destination`` unless that name is taken; the caller removes ``source``.
+
+    ``CommitRefused`` if ``destination`` exists, unless it is ``source`` itself (an NFS client
+    can retransmit a ``link`` whose reply was lost, and hear ``EEXIST`` from its own success).
+    """
+    before_commit()
+    try:
+        os.link(source, destination)
+    except FileExistsError as error:
+        if not _same_file(source, destination):
+            raise CommitRefused(destination) from error
+    except OSError as error:
+        if error.errno not in _NO_HARD_LINKS:
+            raise
+        _warn_write_once_not_enforced(destination, error)
+        if os.path.lexists(destination):
+            raise CommitRefused(destination) from error
+        os.rename(source, destination)
+
+
+def _same_file(first: str, second: str) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except FileNotFoundError:
+        return False
+
+
+def _warn_write_once_not_enforced(destination: str, error: OSError) -> None:
+    device = os.stat(os.path.dirname(os.path.abspath(destination))).st_dev
+    if device in _unenforced_devices:
+        return
+    _unenforced_devices.add(device)
+    logger.warning(
+        "the file system of %s has no hard links (%s): files there are published by rename after "
+        "an existence check, so write-once is not enforced (a stale writer can replace a file)",
+        destination,
+        error,
+    )
+
+
+class WriteOnceLocalTarget(luigi.LocalTarget):
+    """A local file target whose written file never replaces an existing one (``CommitRefused`` instead)."""
+
+    def open(self, mode: str = "r") -> Any:
+        if mode.replace("b", "").replace("t", "") != "w":
+            return super().open(mode)  # type: ignore[no-untyped-call]
+        self.makedirs()  # type: ignore[no-untyped-call]
+        # The temporary file sits beside the final one: a hard link cannot cross file systems.
+        directory = os.path.dirname(os.path.abspath(self.path))
+        return self.format.pipe_writer(WriteOnceFile(self.path, link_into_place, directory))
+
+
 class LocalZipArchive(ZipClient):
-    """A directory zipped into one local file that appears whole or not at all.
+    """A directory zipped into one local file that appears whole or not at all, and never over another.
 
     gokart's ``LocalZipClient`` writes the archive in place (a crash leaves half a zip)
     and its ``remove`` leaves the file behind (it calls ``rmtree`` on a file).
@@ -60,7 +132,7 @@ class LocalZipArchive(ZipClient):
                 format=extension[1:],
                 root_dir=self._temporary_directory,
             )
-            os.replace(archive, self._file_path)
+            link_into_place(archive, self._file_path)
 
     def unpack_archive(self) -> None:
         _unzip_file(fp=self._file_path, extract_dir=self._temporary_directory)

@@ -9,13 +9,13 @@ from typing import Protocol
 
 from gokart.zip_client import ZipClient
 
+from locked_targets.storage.write_once import Publish
+
 
 class ObjectStoreClient(Protocol):
-    """The calls a remote zip client makes: luigi's ``S3Client`` and ``GcsFileSystem`` both answer them."""
+    """What a remote zip client asks of its store: luigi's ``S3Client`` and ``GcsFileSystem`` answer it."""
 
     def exists(self, path: str, /) -> bool: ...
-
-    def put(self, local_path: str, destination_path: str, /) -> None: ...
 
     def get(self, path: str, destination_local_path: str, /) -> None: ...
 
@@ -26,14 +26,17 @@ class RemoteZipClient(ZipClient):
     """A model or large-DataFrame target on an object store, uploaded and downloaded as one archive.
 
     As in gokart, the archive sits beside the caller's temporary directory (``<directory>.zip``),
-    so it is as private as that directory; unlike gokart, it is deleted once moved. The store
-    publishes the upload only when it is complete.
+    so it is as private as that directory; unlike gokart, it is deleted once moved. ``publish``
+    uploads it create-if-absent, so the archive appears only complete, and never over another.
     """
 
-    def __init__(self, path: str, temporary_directory: str, store: ObjectStoreClient) -> None:
+    def __init__(
+        self, path: str, temporary_directory: str, store: ObjectStoreClient, publish: Publish
+    ) -> None:
         self._path = path
         self._temporary_directory = temporary_directory.rstrip("/")
         self._store = store
+        self._publish = publish
         self._extension = os.path.splitext(path)[1]
 
     @property
@@ -53,7 +56,7 @@ class RemoteZipClient(ZipClient):
             root_dir=self._temporary_directory,
         )
         try:
-            self._store.put(archive, self._path)
+            self._publish(archive, self._path)
         finally:
             os.remove(archive)
 

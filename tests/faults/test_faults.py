@@ -1,0 +1,154 @@
+"""Fault injection with real processes and signals: nothing torn, nothing lost.
+
+Each scenario prints one line of counts: operations, faults injected, torn reads, and
+dumps lost or overwritten. The last two must be 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import locked_target
+from fault_processes import dump_stalling, payload_of, whole_writer
+from lock_processes import SPAWN
+
+from locked_targets.keys import lock_key_for
+from locked_targets.settings import Settings
+
+
+@pytest.fixture(params=["local", "s3"])
+def target_and_settings(
+    request: pytest.FixtureRequest, tmp_path: Path, settings: Settings
+) -> tuple[str, Settings]:
+    """A target on a storage that enforces create-if-absent, and settings that reach it."""
+    if request.param == "local":
+        return str(tmp_path / "cache" / "faulted.pkl"), settings
+    s3_settings: Settings = request.getfixturevalue("s3_settings")
+    root: str = request.getfixturevalue("s3_root")
+    merged = dataclasses.replace(settings, s3_endpoint_url=s3_settings.s3_endpoint_url)
+    return f"{root}/cache/faulted.pkl", merged
+
+
+def counts(scenario: str, *, operations: int, faults: int, torn: int, lost: int) -> None:
+    print(
+        f"{scenario}: {operations} operations, {faults} faults injected, "
+        f"{torn} torn reads, {lost} lost or overwritten dumps"
+    )
+
+
+def test_a_writer_paused_past_its_lease_cannot_overwrite_its_successor(
+    target_and_settings: tuple[str, Settings],
+) -> None:
+    path, settings = target_and_settings
+    short = dataclasses.replace(settings, lease_seconds=2.0)
+    events = SPAWN.Queue()
+    paused = SPAWN.Process(target=dump_stalling, args=(path, short, "paused", events, 1.0))
+    paused.start()
+    assert events.get(timeout=60) == "written, not yet committed"
+    assert paused.pid is not None
+    os.kill(paused.pid, signal.SIGSTOP)
+    time.sleep(3.0)  # past its lease: the lock is free for the next application
+    locked_target(path, short).dump(payload_of("successor"))
+    os.kill(paused.pid, signal.SIGCONT)
+    outcome = events.get(timeout=60)
+    paused.join(timeout=30)
+    survivor = whole_writer(locked_target(path, short).load())
+    counts(
+        "SIGSTOP past the lease",
+        operations=3,
+        faults=1,
+        torn=int(survivor is None),
+        lost=int(survivor != "successor"),
+    )
+    assert outcome.startswith("LockLost")
+    assert survivor == "successor"
+
+
+def test_a_commit_after_redis_forgot_the_lock_is_refused_by_the_storage(
+    target_and_settings: tuple[str, Settings], redis_client: redis.Redis
+) -> None:
+    path, settings = target_and_settings
+    events = SPAWN.Queue()
+    stale = SPAWN.Process(target=dump_stalling, args=(path, settings, "stale", events, 3.0))
+    stale.start()
+    assert events.get(timeout=60) == "written, not yet committed"
+    redis_client.delete(lock_key_for(path, settings).writer)  # Redis forgot it, as after a restart
+    locked_target(path, settings).dump(payload_of("successor"))
+    outcome = events.get(timeout=60)
+    stale.join(timeout=30)
+    survivor = whole_writer(locked_target(path, settings).load())
+    counts(
+        "Redis forgot a writer's lock",
+        operations=3,
+        faults=1,
+        torn=int(survivor is None),
+        lost=int(survivor != "successor"),
+    )
+    assert outcome.startswith("LockLost"), outcome
+    assert "refused its commit" in outcome
+    assert survivor == "successor"
+
+
+def test_a_writer_killed_mid_dump_leaves_nothing_torn_and_frees_the_lock(
+    target_and_settings: tuple[str, Settings],
+) -> None:
+    path, settings = target_and_settings
+    short = dataclasses.replace(settings, lease_seconds=2.0)
+    events = SPAWN.Queue()
+    doomed = SPAWN.Process(target=dump_stalling, args=(path, short, "doomed", events, 30.0))
+    doomed.start()
+    assert events.get(timeout=60) == "written, not yet committed"
+    doomed.kill()
+    killed_at = time.monotonic()
+    doomed.join(timeout=30)
+    visible = locked_target(path, short).exists()
+    locked_target(path, short).dump(payload_of("survivor"))
+    took = time.monotonic() - killed_at
+    survivor = whole_writer(locked_target(path, short).load())
+    counts(
+        "kill -9 mid-dump",
+        operations=4,
+        faults=1,
+        torn=int(visible or survivor is None),
+        lost=int(survivor != "survivor"),
+    )
+    assert not visible, "a dump that never committed must not be visible"
+    assert survivor == "survivor"
+    assert took < 2.0 + 2.0, "the lock frees within the dead writer's lease"
+
+
+def test_killed_connections_during_renewal_never_let_two_writers_commit(
+    target_and_settings: tuple[str, Settings], redis_client: redis.Redis
+) -> None:
+    path, settings = target_and_settings
+    short = dataclasses.replace(settings, lease_seconds=3.0)  # renewed every second
+    events = SPAWN.Queue()
+    writer = SPAWN.Process(target=dump_stalling, args=(path, short, "first", events, 4.0))
+    writer.start()
+    assert events.get(timeout=60) == "written, not yet committed"
+    kills = 0
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline:  # every connection but ours, again and again
+        kills += int(redis_client.client_kill_filter(_type="normal", skipme=True))
+        time.sleep(0.2)
+    second = locked_target(path, short)
+    second.dump(payload_of("second"))
+    outcome = events.get(timeout=60)
+    writer.join(timeout=30)
+    survivor = whole_writer(locked_target(path, short).load())
+    expected = "first" if outcome == "dumped" else "second"  # a writer that lost its lock published nothing
+    counts(
+        "CLIENT KILL during renewal",
+        operations=3,
+        faults=kills,
+        torn=int(survivor is None),
+        lost=int(survivor != expected),
+    )
+    assert outcome == "dumped" or outcome.startswith("LockLost"), outcome
+    assert survivor == expected
