@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import gokart
 import luigi
 import pandas as pd
 import pytest
+import redis
 from conftest import locked_target
+from gokart.file_processor import FileProcessor, make_file_processor
 from lock_processes import SPAWN
 from target_processes import hold_lock_of, load_frame, load_model_repeatedly, save_frame
 
 import locked_targets
 import locked_targets.target
-from locked_targets import LockedTarget, Settings
-from locked_targets.factories import build_model_target
+from locked_targets import LockedTarget, LockLost, Settings
+from locked_targets.factories import build_model_target, build_single_file_target
+from locked_targets.keys import lock_key_for
 
 
 def hold_in_another_process(path: str, settings: Settings, mode: str, seconds: float) -> float:
@@ -183,3 +189,36 @@ def test_task_on_kart_builds_with_locked_targets(tmp_path: Path, settings: Setti
     )
     assert isinstance(consumer.output(), LockedTarget)
     assert gokart.build(consumer, reset_register=False) == 10
+
+
+class ForgottenWhileLoading(FileProcessor):
+    """Loads through another processor, after making Redis forget the reader (as a restart would)."""
+
+    def __init__(self, inner: FileProcessor, forget: Callable[[], object]) -> None:
+        self._inner = inner
+        self._forget = forget
+
+    def format(self) -> Any:
+        return self._inner.format()
+
+    def load(self, file: Any) -> Any:
+        self._forget()
+        return self._inner.load(file)
+
+    def dump(self, obj: Any, file: Any) -> None:
+        self._inner.dump(obj, file)
+
+
+def test_a_load_whose_lease_was_lost_raises_lock_lost(
+    tmp_path: Path, settings: Settings, redis_client: redis.Redis
+) -> None:
+    cold = dataclasses.replace(settings, shared_lease_idle_seconds=0)
+    path = str(tmp_path / "x.pkl")
+    locked_target(path, cold).dump("x")
+    readers = lock_key_for(path, cold).readers
+    processor = ForgottenWhileLoading(make_file_processor(path), lambda: redis_client.delete(readers))
+    target = build_single_file_target(
+        path, unique_id=None, processor=processor, store_index_in_feather=True, settings=cold
+    )
+    with pytest.raises(LockLost, match="no longer knew this holder"):
+        target.load()
