@@ -83,3 +83,27 @@ def test_keys_are_stable_short_and_have_one_hash_tag(path: str) -> None:
     assert len(key) < 100
     assert key.count("{") == 1
     assert key.count("}") == 1
+
+
+segments = st.one_of(
+    st.sampled_from(["..", ".", "", " ", "a b", "{tag}", "}{", "line\nbreak", "ünïcödé", "x" * 255]),
+    st.text(min_size=1, max_size=20).filter(lambda text: "\0" not in text),
+)
+local_paths = st.builds(
+    lambda parts, trailing: "/cache/" + "/".join(parts) + ("/" if trailing else ""),
+    st.lists(segments, min_size=1, max_size=8),
+    st.booleans(),
+)
+
+
+@given(local_paths)
+def test_a_local_path_and_its_normalized_form_share_one_lock(path: str) -> None:
+    assert base(path) == base(os.path.normpath(path))
+    key = base(path)
+    assert key.count("{") == 1
+    assert key.count("}") == 1
+
+
+@given(local_paths, local_paths)
+def test_local_paths_share_a_lock_exactly_when_they_normalize_alike(first: str, second: str) -> None:
+    assert (base(first) == base(second)) == (os.path.normpath(first) == os.path.normpath(second))
