@@ -7,6 +7,7 @@ dumps lost or overwritten. The last two must be 0.
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
 import signal
 import time
@@ -35,6 +36,17 @@ def target_and_settings(
     return f"{root}/cache/faulted.pkl", merged
 
 
+def start_stalling_writer(
+    path: str, settings: Settings, writer: str, *, stall_seconds: float
+) -> tuple[multiprocessing.process.BaseProcess, multiprocessing.Queue[str]]:
+    """A process that dumps ``writer``'s payload and stalls before the commit; returns once it stalls."""
+    events: multiprocessing.Queue[str] = SPAWN.Queue()
+    process = SPAWN.Process(target=dump_stalling, args=(path, settings, writer, events, stall_seconds))
+    process.start()
+    assert events.get(timeout=60) == "written, not yet committed"
+    return process, events
+
+
 def counts(scenario: str, *, operations: int, faults: int, torn: int, lost: int) -> None:
     print(
         f"{scenario}: {operations} operations, {faults} faults injected, "
@@ -47,10 +59,7 @@ def test_a_writer_paused_past_its_lease_cannot_overwrite_its_successor(
 ) -> None:
     path, settings = target_and_settings
     short = dataclasses.replace(settings, lease_seconds=2.0)
-    events = SPAWN.Queue()
-    paused = SPAWN.Process(target=dump_stalling, args=(path, short, "paused", events, 1.0))
-    paused.start()
-    assert events.get(timeout=60) == "written, not yet committed"
+    paused, events = start_stalling_writer(path, short, "paused", stall_seconds=1.0)
     assert paused.pid is not None
     os.kill(paused.pid, signal.SIGSTOP)
     time.sleep(3.0)  # past its lease: the lock is free for the next application
@@ -74,10 +83,7 @@ def test_a_commit_after_redis_forgot_the_lock_is_refused_by_the_storage(
     target_and_settings: tuple[str, Settings], redis_client: redis.Redis
 ) -> None:
     path, settings = target_and_settings
-    events = SPAWN.Queue()
-    stale = SPAWN.Process(target=dump_stalling, args=(path, settings, "stale", events, 3.0))
-    stale.start()
-    assert events.get(timeout=60) == "written, not yet committed"
+    stale, events = start_stalling_writer(path, settings, "stale", stall_seconds=3.0)
     redis_client.delete(lock_key_for(path, settings).writer)  # Redis forgot it, as after a restart
     locked_target(path, settings).dump(payload_of("successor"))
     outcome = events.get(timeout=60)
@@ -100,10 +106,7 @@ def test_a_writer_killed_mid_dump_leaves_nothing_torn_and_frees_the_lock(
 ) -> None:
     path, settings = target_and_settings
     short = dataclasses.replace(settings, lease_seconds=2.0)
-    events = SPAWN.Queue()
-    doomed = SPAWN.Process(target=dump_stalling, args=(path, short, "doomed", events, 30.0))
-    doomed.start()
-    assert events.get(timeout=60) == "written, not yet committed"
+    doomed, _ = start_stalling_writer(path, short, "doomed", stall_seconds=30.0)
     doomed.kill()
     killed_at = time.monotonic()
     doomed.join(timeout=30)
@@ -128,10 +131,7 @@ def test_killed_connections_during_renewal_never_let_two_writers_commit(
 ) -> None:
     path, settings = target_and_settings
     short = dataclasses.replace(settings, lease_seconds=3.0)  # renewed every second
-    events = SPAWN.Queue()
-    writer = SPAWN.Process(target=dump_stalling, args=(path, short, "first", events, 4.0))
-    writer.start()
-    assert events.get(timeout=60) == "written, not yet committed"
+    writer, events = start_stalling_writer(path, short, "first", stall_seconds=4.0)
     kills = 0
     deadline = time.monotonic() + 4.0
     while time.monotonic() < deadline:  # every connection but ours, again and again
