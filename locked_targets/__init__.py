@@ -1,5 +1,6 @@
 """locked_targets: Redis read/write locks around gokart cache targets shared by several applications."""
 
+from locked_targets.commit import current_fencing_token
 from locked_targets.errors import (
     BackendUnavailable,
     ConfigurationError,
@@ -26,6 +27,7 @@ __all__ = [
     "RunWithLock",
     "Settings",
     "TaskOnKart",
+    "current_fencing_token",
     "lock_key_for",
     "make_large_data_frame_target",
     "make_model_target",

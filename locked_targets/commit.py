@@ -58,9 +58,17 @@ def before_commit() -> None:
         guard.check()
 
 
+def current_fencing_token() -> int | None:
+    """The fencing token of the write lock held by the dump in progress (None outside a locked dump).
+
+    A custom ``FileProcessor`` can record it, or send it to a store of its own that
+    refuses writers with a smaller token.
+    """
+    guard = _guard.get()
+    return guard.fencing_token if guard is not None else None
+
+
 def commit_metadata() -> dict[str, str]:
     """Object metadata a storage records with the commit: the fencing token, when locked."""
-    guard = _guard.get()
-    if guard is None or guard.fencing_token is None:
-        return {}
-    return {FENCING_TOKEN_METADATA_KEY: str(guard.fencing_token)}
+    token = current_fencing_token()
+    return {} if token is None else {FENCING_TOKEN_METADATA_KEY: str(token)}

@@ -222,3 +222,37 @@ def test_a_load_whose_lease_was_lost_raises_lock_lost(
     )
     with pytest.raises(LockLost, match="no longer knew this holder"):
         target.load()
+
+
+class RecordsFencingToken(FileProcessor):
+    """Dumps through another processor and records the fencing token it was given."""
+
+    def __init__(self, inner: FileProcessor) -> None:
+        self._inner = inner
+        self.tokens: list[int | None] = []
+
+    def format(self) -> Any:
+        return self._inner.format()
+
+    def load(self, file: Any) -> Any:
+        return self._inner.load(file)
+
+    def dump(self, obj: Any, file: Any) -> None:
+        self.tokens.append(locked_targets.current_fencing_token())
+        self._inner.dump(obj, file)
+
+
+def test_a_dump_can_read_its_growing_fencing_token(tmp_path: Path, settings: Settings) -> None:
+    path = str(tmp_path / "x.pkl")
+    processor = RecordsFencingToken(make_file_processor(path))
+    target = build_single_file_target(
+        path, unique_id=None, processor=processor, store_index_in_feather=True, settings=settings
+    )
+    target.dump("first")
+    target.remove()
+    target.dump("second")
+    first, second = processor.tokens
+    assert first is not None
+    assert second is not None
+    assert second > first
+    assert locked_targets.current_fencing_token() is None
