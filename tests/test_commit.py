@@ -158,10 +158,10 @@ def s3_object(endpoint: str, path: str) -> dict[str, Any]:
     bucket, key = path.removeprefix("s3://").split("/", 1)
     client = boto3.client("s3", endpoint_url=endpoint)
     try:
-        found: dict[str, Any] = client.get_object(Bucket=bucket, Key=key)
+        found = client.get_object(Bucket=bucket, Key=key)
     except client.exceptions.NoSuchKey as error:
         raise FileNotFoundError(path) from error
-    return found
+    return dict(found)
 
 
 @pytest.fixture
