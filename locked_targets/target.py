@@ -92,8 +92,7 @@ class LockedTarget(WrappedTarget):
     def remove(self) -> None:
         with self._hold_exclusive() as held:
             if self._target._exists():
-                if held is not None:
-                    held.ensure_held()
+                _ensure_locks_held(held)
                 self._target._remove()
 
     def path(self) -> str:
