@@ -49,11 +49,30 @@ class StorageKind(abc.ABC):
 
     def single_file_target(self, path: str, processor: FileProcessor, settings: Settings) -> TargetOnKart:
         """gokart's single-file target on this storage, with gokart's own lock off."""
-        return SingleFileTarget(
-            target=self.file_system_target(path, processor.format(), settings),
-            processor=processor,
-            task_lock_params=unlocked_params(path),
+        return StorageFileTarget(
+            self.file_system_target(path, processor.format(), settings), processor, self, settings
         )
+
+
+class StorageFileTarget(SingleFileTarget):
+    """gokart's single-file target, its modification time asked of the storage kind that holds it.
+
+    gokart asks its own default clients, which know nothing of the configured endpoints.
+    """
+
+    def __init__(
+        self,
+        target: luigi.target.FileSystemTarget,
+        processor: FileProcessor,
+        kind: StorageKind,
+        settings: Settings,
+    ) -> None:
+        super().__init__(target=target, processor=processor, task_lock_params=unlocked_params(target.path))
+        self._kind = kind
+        self._settings = settings
+
+    def _last_modification_time(self) -> datetime:
+        return self._kind.last_modification_time(self._path(), self._settings)
 
 
 def unlocked_params(path: str) -> TaskLockParams:

@@ -11,14 +11,14 @@ import luigi.format
 from gokart.file_processor import FileProcessor
 from gokart.gcs_obj_metadata_client import GCSObjectMetadataClient
 from gokart.required_task_output import RequiredTaskOutput
-from gokart.target import SingleFileTarget, TargetOnKart
+from gokart.target import TargetOnKart
 from gokart.utils import FlattenableItems
 from gokart.zip_client import ZipClient
 from luigi.target import FileSystem, FileSystemTarget
 
 from locked_targets.commit import CommitRefused, before_commit, commit_metadata
 from locked_targets.settings import Settings
-from locked_targets.storage.base import StorageKind, unlocked_params
+from locked_targets.storage.base import StorageFileTarget, StorageKind
 from locked_targets.storage.remote_zip import RemoteZipClient
 from locked_targets.storage.write_once import WriteOnceFile
 
@@ -126,15 +126,17 @@ class GcsTarget(FileSystemTarget):
         raise ValueError(f"Unsupported open mode {mode!r}: use 'r' or 'w'")
 
 
-class GcsFileTarget(SingleFileTarget):
-    """gokart's single-file target on GCS, with gokart's labels and timestamps read and written through gcsfs.
+class GcsFileTarget(StorageFileTarget):
+    """gokart's single-file target on GCS, with gokart's labels written through gcsfs.
 
     gokart does both with its google-api client, which cannot reach an emulator. The labels are
     the object metadata gokart would write, added just after the upload as gokart does.
     """
 
-    def __init__(self, target: GcsTarget, processor: FileProcessor) -> None:
-        super().__init__(target=target, processor=processor, task_lock_params=unlocked_params(target.path))
+    def __init__(
+        self, target: GcsTarget, processor: FileProcessor, kind: StorageKind, settings: Settings
+    ) -> None:
+        super().__init__(target, processor, kind, settings)
         self._file_system = target.fs
 
     def _dump(
@@ -156,9 +158,6 @@ class GcsFileTarget(SingleFileTarget):
         )
         if labels != committed:
             self._file_system.add_metadata(self._path(), labels)
-
-    def _last_modification_time(self) -> datetime:
-        return self._file_system.modification_time(self._path())
 
 
 class GcsStorage(StorageKind):
@@ -187,4 +186,5 @@ class GcsStorage(StorageKind):
         return gcs_file_system(settings).modification_time(path)
 
     def single_file_target(self, path: str, processor: FileProcessor, settings: Settings) -> TargetOnKart:
-        return GcsFileTarget(GcsTarget(path, gcs_file_system(settings), processor.format()), processor)
+        target = GcsTarget(path, gcs_file_system(settings), processor.format())
+        return GcsFileTarget(target, processor, self, settings)

@@ -23,15 +23,13 @@ from urllib.parse import urlsplit
 import luigi
 import luigi.format
 from botocore.exceptions import ClientError
-from gokart.file_processor import FileProcessor
 from gokart.s3_config import S3Config
-from gokart.target import SingleFileTarget, TargetOnKart
 from gokart.zip_client import ZipClient
 from luigi.contrib.s3 import S3Client, S3Target
 
 from locked_targets.commit import CommitRefused, before_commit, commit_metadata
 from locked_targets.settings import Settings
-from locked_targets.storage.base import StorageKind, unlocked_params
+from locked_targets.storage.base import StorageKind
 from locked_targets.storage.remote_zip import RemoteZipClient
 from locked_targets.storage.write_once import WriteOnceFile
 
@@ -85,23 +83,6 @@ class S3Storage(StorageKind):
 
     def last_modification_time(self, path: str, settings: Settings) -> datetime:
         return last_modified(s3_client(settings), path)
-
-    def single_file_target(self, path: str, processor: FileProcessor, settings: Settings) -> TargetOnKart:
-        return S3FileTarget(
-            target=self.file_system_target(path, processor.format(), settings),
-            processor=processor,
-            task_lock_params=unlocked_params(path),
-        )
-
-
-class S3FileTarget(SingleFileTarget):
-    """gokart's single-file target on S3, its modification time asked of the client that wrote it.
-
-    gokart asks its default client, which does not know about ``s3_endpoint_url``.
-    """
-
-    def _last_modification_time(self) -> datetime:
-        return last_modified(self._target.fs, self._path())
 
 
 def last_modified(client: S3Client, path: str) -> datetime:
