@@ -47,11 +47,25 @@ def start_stalling_writer(
     return process, events
 
 
-def counts(scenario: str, *, operations: int, faults: int, torn: int, lost: int) -> None:
+def load_survivor(
+    scenario: str,
+    path: str,
+    settings: Settings,
+    *,
+    expected: str,
+    operations: int,
+    faults: int,
+    torn_before: bool = False,
+) -> str | None:
+    """Load what the target holds now, print the scenario's counts, and return its writer (None if torn)."""
+    survivor = whole_writer(locked_target(path, settings).load())
+    torn = int(torn_before or survivor is None)
+    lost = int(survivor != expected)
     print(
         f"{scenario}: {operations} operations, {faults} faults injected, "
         f"{torn} torn reads, {lost} lost or overwritten dumps"
     )
+    return survivor
 
 
 def test_a_writer_paused_past_its_lease_cannot_overwrite_its_successor(
@@ -67,13 +81,8 @@ def test_a_writer_paused_past_its_lease_cannot_overwrite_its_successor(
     os.kill(paused.pid, signal.SIGCONT)
     outcome = events.get(timeout=60)
     paused.join(timeout=30)
-    survivor = whole_writer(locked_target(path, short).load())
-    counts(
-        "SIGSTOP past the lease",
-        operations=3,
-        faults=1,
-        torn=int(survivor is None),
-        lost=int(survivor != "successor"),
+    survivor = load_survivor(
+        "SIGSTOP past the lease", path, short, expected="successor", operations=3, faults=1
     )
     assert outcome.startswith("LockLost")
     assert survivor == "successor"
@@ -88,13 +97,8 @@ def test_a_commit_after_redis_forgot_the_lock_is_refused_by_the_storage(
     locked_target(path, settings).dump(payload_of("successor"))
     outcome = events.get(timeout=60)
     stale.join(timeout=30)
-    survivor = whole_writer(locked_target(path, settings).load())
-    counts(
-        "Redis forgot a writer's lock",
-        operations=3,
-        faults=1,
-        torn=int(survivor is None),
-        lost=int(survivor != "successor"),
+    survivor = load_survivor(
+        "Redis forgot a writer's lock", path, settings, expected="successor", operations=3, faults=1
     )
     assert outcome.startswith("LockLost"), outcome
     assert "refused its commit" in outcome
@@ -113,13 +117,8 @@ def test_a_writer_killed_mid_dump_leaves_nothing_torn_and_frees_the_lock(
     visible = locked_target(path, short).exists()
     locked_target(path, short).dump(payload_of("survivor"))
     took = time.monotonic() - killed_at
-    survivor = whole_writer(locked_target(path, short).load())
-    counts(
-        "kill -9 mid-dump",
-        operations=4,
-        faults=1,
-        torn=int(visible or survivor is None),
-        lost=int(survivor != "survivor"),
+    survivor = load_survivor(
+        "kill -9 mid-dump", path, short, expected="survivor", operations=4, faults=1, torn_before=visible
     )
     assert not visible, "a dump that never committed must not be visible"
     assert survivor == "survivor"
@@ -141,14 +140,9 @@ def test_killed_connections_during_renewal_never_let_two_writers_commit(
     second.dump(payload_of("second"))
     outcome = events.get(timeout=60)
     writer.join(timeout=30)
-    survivor = whole_writer(locked_target(path, short).load())
     expected = "first" if outcome == "dumped" else "second"  # a writer that lost its lock published nothing
-    counts(
-        "CLIENT KILL during renewal",
-        operations=3,
-        faults=kills,
-        torn=int(survivor is None),
-        lost=int(survivor != expected),
+    survivor = load_survivor(
+        "CLIENT KILL during renewal", path, short, expected=expected, operations=3, faults=kills
     )
     assert outcome == "dumped" or outcome.startswith("LockLost"), outcome
     assert survivor == expected
