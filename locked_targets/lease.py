@@ -114,10 +114,7 @@ class HeldLock:
     def verify(self, why: str) -> None:
         """Ask Redis (one round trip) whether this holder still owns the lock; mark it lost if not."""
         with self.backend.errors_translated():
-            owned = self._extend_script(
-                keys=[self.keys.writer, self.keys.readers, self.keys.holders],
-                args=[self.token, round(self.lease_seconds * 1000)],
-            )
+            owned = self.extend(self.backend.client)
         if owned != 1:
             self.mark_lost(why)
         self.ensure_held()
@@ -127,11 +124,12 @@ class HeldLock:
             self._lost = (reason, time.time())
             logger.warning("lost the %s lock of %s: %s", self.mode, self.keys.path, reason)
 
-    def queue_extension(self, pipeline: Any) -> None:
-        self._extend_script(
+    def extend(self, client: Any) -> Any:
+        """Run the EXTEND script on ``client`` (a pipeline only queues it): 1 while still owned."""
+        return self._extend_script(
             keys=[self.keys.writer, self.keys.readers, self.keys.holders],
             args=[self.token, round(self.lease_seconds * 1000)],
-            client=pipeline,
+            client=client,
         )
 
     def extension_answered(self, reply: object, sent_at: float) -> None:
@@ -216,7 +214,7 @@ def _renew_together(backend: RedisBackend, group: list[HeldLock]) -> None:
     try:
         pipeline = backend.client.pipeline(transaction=False)
         for held in group:
-            held.queue_extension(pipeline)
+            held.extend(pipeline)
         replies = pipeline.execute(raise_on_error=False)
     except (redis.RedisError, OSError) as error:
         for held in group:
