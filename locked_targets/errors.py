@@ -1,19 +1,48 @@
 """Every exception locked_targets raises, in one place.
 
 ``LockError`` is the base of everything that concerns a lock; a caller that wants
-to fail a task on any locking problem catches that alone. ``ConfigurationError``
-is separate: it is raised once, when settings are read, and means a setting is wrong.
+to fail a task on any locking problem catches that alone. ``LockTimeout`` is also a
+``TimeoutError`` and ``BackendUnavailable`` a ``ConnectionError``, so generic handlers
+of those catch them too. ``ConfigurationError`` is separate: it is raised when settings
+are read, and means a setting is wrong. ``CommitRefused`` is the storage's signal to the
+target that publication was refused; ``LockedTarget`` turns it into an outcome.
+
+Every error keeps each constructor argument as an attribute and survives pickling
+(so it crosses a process pool whole).
 """
 
 from __future__ import annotations
 
+from typing import Any
 
-class ConfigurationError(ValueError):
+
+def _rebuild(error_class: type[BaseException], arguments: dict[str, Any]) -> BaseException:
+    return error_class(**arguments)
+
+
+class _KeepsArguments(Exception):
+    """Pickles by its constructor arguments: Python's default pickles only the message."""
+
+    _arguments: dict[str, Any]
+
+    def _keep(self, **arguments: Any) -> None:
+        """Keep each constructor argument as an attribute, and for pickling."""
+        self._arguments = arguments
+        self.__dict__.update(arguments)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self._arguments))
+
+
+class ConfigurationError(_KeepsArguments, ValueError):
     """A ``[locked_targets]`` setting (or a gokart redis setting) has an invalid value."""
 
+    setting: str
+    value: object
+    expectation: str
+
     def __init__(self, setting: str, value: object, expectation: str) -> None:
-        self.setting = setting
-        self.value = value
+        self._keep(setting=setting, value=value, expectation=expectation)
         super().__init__(f"invalid setting {setting}={value!r}: {expectation}")
 
 
@@ -21,41 +50,48 @@ class LockError(Exception):
     """Base class of every locking failure."""
 
 
-class LockTimeout(LockError):
+class LockTimeout(_KeepsArguments, LockError, TimeoutError):
     """The lock was not acquired within the configured wait timeout."""
 
+    path: str
+    lock_key: str
+    lock: str
+    holder: str
+    waited_seconds: float
+
     def __init__(self, *, path: str, lock_key: str, lock: str, holder: str, waited_seconds: float) -> None:
-        self.path = path
-        self.lock_key = lock_key
-        self.holder = holder
-        self.waited_seconds = waited_seconds
+        self._keep(path=path, lock_key=lock_key, lock=lock, holder=holder, waited_seconds=waited_seconds)
         super().__init__(
             f"gave up waiting for the {lock} of {path} after {waited_seconds:.1f} s "
             f"(lock key {lock_key}); blocked by {holder}"
         )
 
 
-class LockLost(LockError):
+class LockLost(_KeepsArguments, LockError):
     """A held lock ended before the operation it protects finished: its result is not trusted."""
 
+    lock_key: str
+    path: str
+    reason: str
+    lost_at: str
+
     def __init__(self, *, lock_key: str, path: str, reason: str, lost_at: str) -> None:
-        self.lock_key = lock_key
-        self.path = path
-        self.reason = reason
-        self.lost_at = lost_at
+        self._keep(lock_key=lock_key, path=path, reason=reason, lost_at=lost_at)
         super().__init__(f"lost the lock of {path} (lock key {lock_key}) at {lost_at}: {reason}")
 
 
-class BackendUnavailable(LockError):
+class BackendUnavailable(_KeepsArguments, LockError, ConnectionError):
     """Redis could not be reached or refused us; nothing was read or written unlocked."""
 
+    address: str
+    reason: str
+
     def __init__(self, *, address: str, reason: str) -> None:
-        self.address = address
-        self.reason = reason
+        self._keep(address=address, reason=reason)
         super().__init__(f"Redis at {address} is unavailable: {reason}")
 
 
-class RunCollision(LockError):
+class RunCollision(_KeepsArguments, LockError):
     """Another application holds this task's run lock, and ``fail_on_collision`` says not to wait.
 
     luigi marks the task failed, runs other independent tasks, and retries it later
@@ -63,11 +99,23 @@ class RunCollision(LockError):
     usually produced the output, and the retry finds the task complete.
     """
 
+    task: str
+    lock_key: str
+    holder: str
+
     def __init__(self, *, task: str, lock_key: str, holder: str) -> None:
-        self.task = task
-        self.lock_key = lock_key
-        self.holder = holder
+        self._keep(task=task, lock_key=lock_key, holder=holder)
         super().__init__(
             f"task {task} is already being computed by {holder} (run lock {lock_key}); "
             "fail_on_collision is set, so this application does not wait: luigi will retry it"
         )
+
+
+class CommitRefused(_KeepsArguments):
+    """The storage refused to publish: an object of that name appeared since the dump began."""
+
+    path: str
+
+    def __init__(self, path: str) -> None:
+        self._keep(path=path)
+        super().__init__(f"{path} already exists: the storage refused to replace it")

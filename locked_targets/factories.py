@@ -9,9 +9,9 @@ from typing import Any
 from gokart.file_processor import FileProcessor, make_file_processor
 from gokart.target import LargeDataFrameProcessor
 
-from locked_targets.model_target import ModelTarget
 from locked_targets.settings import Settings
 from locked_targets.storage import storage_kind_for
+from locked_targets.storage.model_target import ModelTarget
 from locked_targets.target import LockedTarget
 
 DEFAULT_MAX_BYTE = 2**26  # gokart's split size for large DataFrames

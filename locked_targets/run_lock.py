@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
@@ -25,12 +24,12 @@ import luigi.task
 from gokart.target import TargetOnKart
 
 from locked_targets.errors import LockTimeout, RunCollision
-from locked_targets.keys import RUN_NAMESPACE
-from locked_targets.lease import HeldLock
-from locked_targets.lock import LockMode, ReadWriteLock
+from locked_targets.locks import LockNamespace, lock_for
+from locked_targets.process_state import after_fork
+from locked_targets.rwlock import HeldLock, LockMode, ReadWriteLock
 from locked_targets.settings import Settings
 
-logger = logging.getLogger("locked_targets")
+logger = logging.getLogger(__name__)
 
 _Result = TypeVar("_Result")
 _Decorated = TypeVar("_Decorated", bound=Callable[..., Any])
@@ -105,8 +104,12 @@ def _run_lock_of(task: luigi.Task) -> Iterator[bool]:
     wait_timeout = 0.0 if settings.fail_on_collision else settings.run_wait_timeout_seconds
     locks = sorted(
         (
-            ReadWriteLock.for_path(
-                path, settings, namespace=RUN_NAMESPACE, task=task.task_id, wait_timeout_seconds=wait_timeout
+            lock_for(
+                path,
+                settings,
+                namespace=LockNamespace.RUN,
+                task=task.task_id,
+                wait_timeout_seconds=wait_timeout,
             )
             for path in paths
         ),
@@ -153,4 +156,4 @@ def _forget_parent_run_locks() -> None:
     _tasks_under_run_lock.set(frozenset())
 
 
-os.register_at_fork(after_in_child=_forget_parent_run_locks)
+after_fork(_forget_parent_run_locks)

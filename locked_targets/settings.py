@@ -12,16 +12,15 @@ import dataclasses
 import math
 from collections.abc import Callable
 from typing import TypeVar
-from urllib.parse import SplitResult, urlsplit
 
 import luigi.configuration
 
 from locked_targets.errors import ConfigurationError
+from locked_targets.rwlock import redis_address
 
 SECTION = "locked_targets"
 GOKART_SECTION = "TaskOnKart"
 DEFAULT_LEASE_SECONDS = 180.0  # gokart's redis_timeout default
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 _Value = TypeVar("_Value")
 
@@ -61,11 +60,11 @@ class Settings:
         _require_positive("lease_seconds", self.lease_seconds)
         if self.renewal_interval_seconds is not None:
             _require_positive("renewal_interval_seconds", self.renewal_interval_seconds)
-        if self.renewal_interval >= self.lease_seconds:
+        if self.effective_renewal_interval_seconds >= self.lease_seconds:
             raise ConfigurationError(
                 "lease_seconds",
                 self.lease_seconds,
-                f"must be longer than the renewal interval ({self.renewal_interval} s), "
+                f"must be longer than the renewal interval ({self.effective_renewal_interval_seconds} s), "
                 "or a lease could expire between two renewals",
             )
         for name in ("wait_timeout_seconds", "run_wait_timeout_seconds", "shared_lease_idle_seconds"):
@@ -78,12 +77,7 @@ class Settings:
         return self.redis_url is not None
 
     @property
-    def redis_retry_seconds(self) -> float | None:
-        """How long to retry a failing Redis (``on_redis_error = wait``), or None to fail at once."""
-        return self.redis_retry_deadline_seconds if self.on_redis_error == "wait" else None
-
-    @property
-    def renewal_interval(self) -> float:
+    def effective_renewal_interval_seconds(self) -> float:
         """How often held leases are renewed: a third of the lease unless set."""
         if self.renewal_interval_seconds is not None:
             return self.renewal_interval_seconds
@@ -149,43 +143,6 @@ class Settings:
         if "fail_on_collision" not in overrides and gokart_fail_on_collision is not None:
             overrides["fail_on_collision"] = gokart_fail_on_collision
         return cls(**overrides)  # type: ignore[arg-type]
-
-
-def redis_address(redis_url: str) -> str:
-    """The ``host:port/db`` a Redis URL points at, without its credentials.
-
-    Raises ``ConfigurationError`` for a URL redis-py could not use.
-    """
-    shown = _without_password(redis_url)
-    try:
-        parts = urlsplit(redis_url)
-        port = parts.port
-    except ValueError as error:
-        raise ConfigurationError("redis_url", shown, f"not a valid URL ({error})") from None
-    if parts.scheme not in _REDIS_SCHEMES:
-        raise ConfigurationError("redis_url", shown, "must start with redis://, rediss:// or unix://")
-    if parts.scheme == "unix":
-        if not parts.path:
-            raise ConfigurationError("redis_url", shown, "a unix:// URL needs a socket path")
-        return parts.path
-    if not parts.hostname:
-        raise ConfigurationError("redis_url", shown, "needs a host, as in redis://localhost:6379/0")
-    database = parts.path.strip("/") or "0"
-    if not database.isdigit():
-        raise ConfigurationError("redis_url", shown, f"the database {database!r} must be a number")
-    return f"{parts.hostname}:{port or 6379}/{database}"
-
-
-def _without_password(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-    except ValueError:
-        return "<unparsable URL>"
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return SplitResult(parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment).geturl()
 
 
 def _require_positive(name: str, value: float) -> None:

@@ -20,15 +20,17 @@ from gokart.required_task_output import RequiredTaskOutput
 from gokart.target import TargetOnKart
 from gokart.utils import FlattenableItems
 
-from locked_targets.commit import CommitGuard, CommitRefused, guarded_by
-from locked_targets.lease import HeldLock
-from locked_targets.lock import ReadWriteLock
+from locked_targets.errors import CommitRefused
+from locked_targets.locks import lock_for
+from locked_targets.process_state import Once
 from locked_targets.run_lock import ensure_run_locks_held
+from locked_targets.rwlock import HeldLock, ReadWriteLock
 from locked_targets.settings import Settings
+from locked_targets.storage.commit import CommitGuard, guarded_by
 from locked_targets.wrapped_target import WrappedTarget
 
-logger = logging.getLogger("locked_targets")
-_warned_unlocked = False
+logger = logging.getLogger(__name__)
+_warned = Once()
 
 
 class LockedTarget(WrappedTarget):
@@ -120,15 +122,11 @@ def file_lock(path: str, settings: Settings, *, task: str | None = None) -> Read
     if settings.redis_url is None:
         warn_unlocked_once()
         return None
-    return ReadWriteLock.for_path(
-        path, settings, task=task, wait_timeout_seconds=settings.wait_timeout_seconds
-    )
+    return lock_for(path, settings, task=task, wait_timeout_seconds=settings.wait_timeout_seconds)
 
 
 def warn_unlocked_once() -> None:
-    global _warned_unlocked
-    if not _warned_unlocked:
-        _warned_unlocked = True
+    if _warned.first_time("unlocked"):
         logger.warning(
             "locked_targets: no Redis configured ([locked_targets] redis_url, or [TaskOnKart] "
             "redis_host and redis_port): cache targets are NOT locked"

@@ -5,19 +5,21 @@ from __future__ import annotations
 import multiprocessing
 import time
 
-from locked_targets.keys import LockKeys
-from locked_targets.lock import LockMode, ReadWriteLock
-from locked_targets.redis_backend import backend_for
+from locked_targets.locks import connection_for
+from locked_targets.rwlock import LockKeys, LockMode, ReadWriteLock
 
 SPAWN = multiprocessing.get_context("spawn")
 
 
-def make_lock(redis_url: str, base: str, lease_seconds: float = 30) -> ReadWriteLock:
+def make_lock(
+    redis_url: str, base: str, lease_seconds: float = 30, wait_timeout_seconds: float | None = None
+) -> ReadWriteLock:
     return ReadWriteLock(
-        backend_for(redis_url),
+        connection_for(redis_url),
         LockKeys(path=f"/cache/{base}", base=base),
         lease_seconds=lease_seconds,
-        renewal_interval=lease_seconds / 3,
+        renewal_interval_seconds=lease_seconds / 3,
+        wait_timeout_seconds=wait_timeout_seconds,
         task="TestTask_0123",
     )
 

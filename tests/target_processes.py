@@ -12,9 +12,8 @@ import redis
 from conftest import locked_target
 
 from locked_targets.factories import build_model_target
-from locked_targets.keys import lock_key_for
-from locked_targets.lock import LockMode, ReadWriteLock
-from locked_targets.redis_backend import backend_for
+from locked_targets.locks import connection_for, lock_key_for
+from locked_targets.rwlock import LockMode, ReadWriteLock
 from locked_targets.settings import Settings
 
 
@@ -22,10 +21,10 @@ def hold_lock_of(path: str, settings: Settings, mode: str, seconds: float) -> No
     """Hold the lock of the target at ``path`` for ``seconds``, as another application would."""
     assert settings.redis_url is not None
     lock = ReadWriteLock(
-        backend_for(settings.redis_url),
+        connection_for(settings.redis_url),
         lock_key_for(path, settings),
         lease_seconds=settings.lease_seconds,
-        renewal_interval=settings.renewal_interval,
+        renewal_interval_seconds=settings.effective_renewal_interval_seconds,
         task="OtherApplication_0",
     )
     held = lock.acquire(LockMode(mode))

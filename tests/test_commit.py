@@ -32,10 +32,11 @@ from gokart.file_processor import make_file_processor
 from object_stores import GCS_PROJECT, GCS_TOKEN, HOST, independent_gcs
 
 import locked_targets.storage.local
-from locked_targets.commit import FENCING_TOKEN_METADATA_KEY, CommitGuard, CommitRefused, guarded_by
-from locked_targets.errors import LockLost
+from locked_targets.errors import CommitRefused, LockLost
+from locked_targets.process_state import Once
 from locked_targets.settings import Settings
 from locked_targets.storage import storage_kind_for
+from locked_targets.storage.commit import FENCING_TOKEN_METADATA_KEY, CommitGuard, guarded_by
 
 MEBIBYTE = 2**20
 LARGE_OBJECT_BYTES = 12 * MEBIBYTE  # an S3 multipart upload, a GCS resumable upload
@@ -399,7 +400,7 @@ def without_hard_links(monkeypatch: pytest.MonkeyPatch) -> None:
         raise OSError(errno.EPERM, "Operation not permitted", source)
 
     monkeypatch.setattr(os, "link", refuse)
-    monkeypatch.setattr(locked_targets.storage.local, "_unenforced_devices", set())
+    monkeypatch.setattr(locked_targets.storage.local, "_warned_devices", Once())
 
 
 @pytest.mark.usefixtures("without_hard_links")

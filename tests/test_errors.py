@@ -9,9 +9,8 @@ import pytest
 from conftest import locked_target
 
 from locked_targets import BackendUnavailable, LockTimeout, Settings
-from locked_targets.keys import lock_key_for
-from locked_targets.lock import ReadWriteLock
-from locked_targets.redis_backend import backend_for
+from locked_targets.locks import connection_for, lock_key_for
+from locked_targets.rwlock import ReadWriteLock
 from locked_targets.testing import RedisServer, free_port
 
 
@@ -59,10 +58,10 @@ def test_a_lock_that_never_frees_times_out_naming_path_key_and_holder(
     )
     assert settings.redis_url is not None
     holder = ReadWriteLock(
-        backend_for(settings.redis_url),
+        connection_for(settings.redis_url),
         lock_key_for(path, settings),
         lease_seconds=30,
-        renewal_interval=10,
+        renewal_interval_seconds=10,
         task="Producer_abc123",
     )
     with holder.exclusive():

@@ -8,13 +8,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from locked_targets.keys import TARGET_NAMESPACE, lock_key_for
+from locked_targets.locks import LockNamespace, lock_key_for
 from locked_targets.settings import Settings
 
 SETTINGS = Settings()
 
 
-def base(path: str, settings: Settings = SETTINGS, namespace: str = TARGET_NAMESPACE) -> str:
+def base(
+    path: str, settings: Settings = SETTINGS, namespace: LockNamespace | str = LockNamespace.TARGET
+) -> str:
     return lock_key_for(path, settings, namespace).base
 
 
@@ -53,9 +55,12 @@ def test_run_namespace_is_separate_from_targets() -> None:
     assert base("/cache/x.pkl", namespace="run") != base("/cache/x.pkl")
 
 
-def test_all_keys_of_one_lock_share_a_cluster_hash_slot() -> None:
+def test_every_key_and_channel_of_one_lock_share_a_cluster_hash_slot() -> None:
     keys = lock_key_for("s3://bucket/deep/path/x.pkl", SETTINGS)
-    slots = {key_slot(key.encode()) for key in (*keys.all_keys, keys.released_channel)}
+    names = (*keys.every_key, *keys.channels)
+    assert keys.fence in names
+    assert keys.revoke_channel in names
+    slots = {key_slot(name.encode()) for name in names}
     assert len(slots) == 1
 
 

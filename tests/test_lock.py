@@ -15,7 +15,8 @@ from conftest import keys_without_ttl
 from lock_processes import SPAWN, hold, make_lock
 
 from locked_targets.errors import LockLost, LockTimeout
-from locked_targets.lock import LockMode
+from locked_targets.locks import connection_for
+from locked_targets.rwlock import LockMode, scripts
 
 
 class Holders:
@@ -137,8 +138,7 @@ def test_a_killed_holder_frees_the_lock_when_its_lease_ends(holders: Holders) ->
 def test_wait_timeout_names_path_key_holder_and_wait(holders: Holders, redis_url: str) -> None:
     holders.start("writer", "write")
     holders.expect("writer", "acquired")
-    lock = make_lock(redis_url, holders.base)
-    lock._wait_timeout = 0.5
+    lock = make_lock(redis_url, holders.base, wait_timeout_seconds=0.5)
     with pytest.raises(LockTimeout) as raised:
         lock.acquire(LockMode.SHARED)
     message = str(raised.value)
@@ -152,8 +152,7 @@ def test_wait_timeout_names_path_key_holder_and_wait(holders: Holders, redis_url
 def test_a_writer_that_gives_up_lets_readers_in(holders: Holders, redis_url: str) -> None:
     holders.start("reader-1", "read")
     holders.expect("reader-1", "acquired")
-    impatient = make_lock(redis_url, holders.base)
-    impatient._wait_timeout = 0.3
+    impatient = make_lock(redis_url, holders.base, wait_timeout_seconds=0.3)
     with pytest.raises(LockTimeout):
         impatient.acquire(LockMode.EXCLUSIVE)
     holders.start("reader-2", "read")
@@ -165,8 +164,7 @@ def test_lease_is_renewed_while_held(redis_url: str, key_prefix: str) -> None:
     held = lock.acquire(LockMode.EXCLUSIVE)
     time.sleep(4.0)
     held.ensure_held()
-    other = make_lock(redis_url, f"{key_prefix}{{renewed}}")
-    other._wait_timeout = 0.2
+    other = make_lock(redis_url, f"{key_prefix}{{renewed}}", wait_timeout_seconds=0.2)
     with pytest.raises(LockTimeout):
         other.acquire(LockMode.SHARED)
     held.release()
@@ -188,8 +186,7 @@ def test_a_lock_taken_away_is_reported_lost(
 def test_only_the_owner_can_release(redis_url: str, key_prefix: str, redis_client: redis.Redis) -> None:
     lock = make_lock(redis_url, f"{key_prefix}{{owned}}")
     held = lock.acquire(LockMode.EXCLUSIVE)
-    stranger = lock._backend.script(lock.RELEASE)
-    assert stranger(keys=lock.keys.all_keys, args=["not-the-token", lock.keys.released_channel]) == 0
+    assert not scripts.release(connection_for(redis_url), lock.keys, "not-the-token")
     assert redis_client.get(lock.keys.writer) == held.token.encode()
     held.release()
     assert redis_client.get(lock.keys.writer) is None
@@ -225,8 +222,9 @@ def test_an_attempt_retried_after_a_lost_reply_is_granted_not_blocked_by_itself(
     lock = make_lock(redis_url, f"{key_prefix}{{retried}}")
     for mode in (LockMode.EXCLUSIVE, LockMode.SHARED):
         token = f"token-{mode.value}"
-        assert lock._try_acquire(mode, token, "{}").blocked is None
-        assert lock._try_acquire(mode, token, "{}").blocked is None  # the same attempt, sent again
+        assert isinstance(lock._try_acquire(mode, token, "{}"), scripts.Granted)
+        # the same attempt, sent again
+        assert isinstance(lock._try_acquire(mode, token, "{}"), scripts.Granted)
         lock._abandon(token)
 
 

@@ -18,7 +18,7 @@ from run_lock_pipeline import TASK_FAMILIES, Source
 
 import locked_targets
 from locked_targets import LockLost, RunWithLock
-from locked_targets.keys import RUN_NAMESPACE, lock_key_for
+from locked_targets.locks import LockNamespace, lock_key_for
 from locked_targets.settings import Settings
 from locked_targets.testing import free_port
 
@@ -118,7 +118,7 @@ class ForgottenByRedis(locked_targets.TaskOnKart[str]):
     def run(self) -> None:
         settings = Settings.for_task(self)
         assert settings.redis_url is not None
-        run_lock = lock_key_for(self.make_target().path(), settings, RUN_NAMESPACE)
+        run_lock = lock_key_for(self.make_target().path(), settings, LockNamespace.RUN)
         redis.Redis.from_url(settings.redis_url).delete(run_lock.writer)
         time.sleep(1.5)  # a renewal (every 2/3 s here) finds the lock gone
         self.dump("written without a run lock")

@@ -42,7 +42,7 @@ def test_defaults_lock_nothing() -> None:
     settings = Settings()
     assert not settings.locking_enabled
     assert settings.lease_seconds == 180
-    assert settings.renewal_interval == 60
+    assert settings.effective_renewal_interval_seconds == 60
 
 
 def test_section_values_are_read(luigi_config: luigi.configuration.LuigiConfigParser) -> None:
@@ -150,7 +150,7 @@ def test_any_lease_text_is_accepted_or_refused_clearly(raw: str) -> None:
         config.remove_option("locked_targets", "lease_seconds")
     if refusal is None:
         assert settings is not None
-        assert settings.lease_seconds > settings.renewal_interval > 0
+        assert settings.lease_seconds > settings.effective_renewal_interval_seconds > 0
     else:
         assert "lease_seconds" in refusal
 

@@ -14,7 +14,7 @@ from conftest import locked_target
 from lock_processes import SPAWN
 from target_processes import read_and_exit, read_repeatedly
 
-from locked_targets.keys import lock_key_for
+from locked_targets.locks import lock_key_for
 from locked_targets.settings import Settings
 from locked_targets.testing import RedisServer
 

@@ -23,7 +23,8 @@ import locked_targets
 import locked_targets.target
 from locked_targets import LockedTarget, LockLost, Settings
 from locked_targets.factories import build_model_target, build_single_file_target
-from locked_targets.keys import lock_key_for
+from locked_targets.locks import lock_key_for
+from locked_targets.process_state import Once
 
 
 def hold_in_another_process(path: str, settings: Settings, mode: str, seconds: float) -> float:
@@ -153,7 +154,7 @@ def test_large_data_frame_target_round_trips(tmp_path: Path, settings: Settings)
 def test_without_redis_nothing_is_locked_and_one_warning_says_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(locked_targets.target, "_warned_unlocked", False)
+    monkeypatch.setattr(locked_targets.target, "_warned", Once())
     with caplog.at_level(logging.WARNING, logger="locked_targets"):
         for name in ("a.pkl", "b.pkl"):
             target = locked_target(str(tmp_path / name), Settings())

@@ -16,9 +16,10 @@ from gokart.utils import FlattenableItems
 from gokart.zip_client import ZipClient
 from luigi.target import FileSystem, FileSystemTarget
 
-from locked_targets.commit import CommitRefused, before_commit, commit_metadata
+from locked_targets.errors import CommitRefused
 from locked_targets.settings import Settings
 from locked_targets.storage.base import StorageFileTarget, StorageKind
+from locked_targets.storage.commit import before_commit, commit_metadata
 from locked_targets.storage.remote_zip import RemoteZipClient
 from locked_targets.storage.write_once import WriteOnceFile
 

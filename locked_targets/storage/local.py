@@ -21,17 +21,19 @@ import luigi
 import luigi.format
 from gokart.zip_client import ZipClient, _unzip_file
 
-from locked_targets.commit import CommitRefused, before_commit
+from locked_targets.errors import CommitRefused
+from locked_targets.process_state import Once
 from locked_targets.settings import Settings
 from locked_targets.storage.base import StorageKind
+from locked_targets.storage.commit import before_commit
 from locked_targets.storage.write_once import WriteOnceFile
 
 logger = logging.getLogger(__name__)
 
 # errno values of link(2) on a file system that has no hard links (ENOTSUP is EOPNOTSUPP on Linux).
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS})
-# devices (st_dev) already warned about, so each file system is named once per process
-_unenforced_devices: set[int] = set()
+# Each file system without hard links (by st_dev) is named once per process.
+_warned_devices = Once()
 
 
 class LocalStorage(StorageKind):
@@ -85,9 +87,8 @@ def _same_file(first: str, second: str) -> bool:
 
 def _warn_write_once_not_enforced(destination: str, error: OSError) -> None:
     device = os.stat(os.path.dirname(os.path.abspath(destination))).st_dev
-    if device in _unenforced_devices:
+    if not _warned_devices.first_time(device):
         return
-    _unenforced_devices.add(device)
     logger.warning(
         "the file system of %s has no hard links (%s): files there are published by rename after "
         "an existence check, so write-once is not enforced (a stale writer can replace a file)",

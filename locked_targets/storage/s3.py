@@ -27,9 +27,11 @@ from gokart.s3_config import S3Config
 from gokart.zip_client import ZipClient
 from luigi.contrib.s3 import S3Client, S3Target
 
-from locked_targets.commit import CommitRefused, before_commit, commit_metadata
+from locked_targets.errors import CommitRefused
+from locked_targets.process_state import ProcessLocalMap
 from locked_targets.settings import Settings
 from locked_targets.storage.base import StorageKind
+from locked_targets.storage.commit import before_commit, commit_metadata
 from locked_targets.storage.remote_zip import RemoteZipClient
 from locked_targets.storage.write_once import WriteOnceFile
 
@@ -42,7 +44,8 @@ _PART_UPLOADERS = 8
 _CONFLICT_ATTEMPTS = 5
 _CONFLICT_BACKOFF_SECONDS = 0.2
 
-_clients: dict[tuple[int, str], S3Client] = {}
+# boto3 clients do not survive a fork: one per endpoint and process.
+_clients: ProcessLocalMap[str, S3Client] = ProcessLocalMap()
 
 
 def s3_client(settings: Settings) -> S3Client:
@@ -53,11 +56,8 @@ def s3_client(settings: Settings) -> S3Client:
     """
     if settings.s3_endpoint_url is None:
         return S3Config().get_s3_client()
-    key = (os.getpid(), settings.s3_endpoint_url)
-    client = _clients.get(key)
-    if client is None:
-        client = _clients.setdefault(key, S3Client(endpoint_url=settings.s3_endpoint_url))  # type: ignore[no-untyped-call]
-    return client
+    endpoint_url = settings.s3_endpoint_url
+    return _clients.get(endpoint_url, lambda: S3Client(endpoint_url=endpoint_url))  # type: ignore[no-untyped-call]
 
 
 class S3Storage(StorageKind):

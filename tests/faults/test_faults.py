@@ -19,7 +19,7 @@ from conftest import locked_target
 from fault_processes import dump_stalling, payload_of, whole_writer
 from lock_processes import SPAWN
 
-from locked_targets.keys import lock_key_for
+from locked_targets.locks import lock_key_for
 from locked_targets.settings import Settings
 
 

@@ -3,7 +3,7 @@
 Storages publish create-if-absent (S3 ``If-None-Match: *``, GCS ``ifGenerationMatch=0``,
 a local hard link that refuses to replace) and, just before, ask the dump's guard whether
 its locks still hold. So a holder that lost its lease without noticing can never replace
-another holder's object: its commit is refused (``CommitRefused``), and ``LockedTarget``
+another holder's object: its commit is refused (``errors.CommitRefused``), and ``LockedTarget``
 then tells a stale holder (``LockLost``) from a current one (the object is already there).
 The guard also carries the write lock's fencing token, which storages record in the
 object's metadata.
@@ -17,14 +17,6 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 FENCING_TOKEN_METADATA_KEY = "locked-targets-fencing-token"
-
-
-class CommitRefused(Exception):
-    """The storage refused to publish: an object of that name appeared since the dump began."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        super().__init__(f"{path} already exists: the storage refused to replace it")
 
 
 @dataclasses.dataclass(frozen=True)

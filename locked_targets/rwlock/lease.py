@@ -9,34 +9,44 @@ checks ``ensure_held()`` before it commits, and ``release()`` reports a lost loc
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
-import os
 import threading
 import time
 from collections import defaultdict
 from typing import Any
 
 import redis
-from redis.commands.core import Script
 
 from locked_targets.errors import LockLost
-from locked_targets.keys import LockKeys
-from locked_targets.redis_backend import RedisBackend
-from locked_targets.redis_retry import with_redis_retries
+from locked_targets.process_state import ProcessLocal
+from locked_targets.rwlock import scripts
+from locked_targets.rwlock.clock import SYSTEM_CLOCK, Clock
+from locked_targets.rwlock.connection import RedisConnection
+from locked_targets.rwlock.keys import LockKeys
+from locked_targets.rwlock.retry import with_redis_retries
 
-logger = logging.getLogger("locked_targets")
+logger = logging.getLogger(__name__)
 
 # After a failed renewal, try again this soon (bounded by the renewal interval).
-_RETRY_AFTER_ERROR_SECONDS = 1.0
+RETRY_AFTER_ERROR_SECONDS = 1.0
 # A lease is trusted locally a little less long than Redis grants it: the server rounds
 # its clock to the millisecond, and the two clocks may run at slightly different rates.
-_DRIFT_FACTOR = 0.01
-_DRIFT_MARGIN_SECONDS = 0.002
+DRIFT_FACTOR = 0.01
+DRIFT_MARGIN_SECONDS = 0.002
 
 
-def _trusted_until(sent_at: float, lease_seconds: float) -> float:
-    return sent_at + lease_seconds * (1 - _DRIFT_FACTOR) - _DRIFT_MARGIN_SECONDS
+def trusted_until(sent_at: float, lease_seconds: float) -> float:
+    """Until when a lease granted or renewed by a request sent at ``sent_at`` is trusted here."""
+    return sent_at + lease_seconds * (1 - DRIFT_FACTOR) - DRIFT_MARGIN_SECONDS
+
+
+class LockMode(enum.Enum):
+    """Shared holders may overlap each other; an exclusive holder overlaps nobody."""
+
+    SHARED = "read"
+    EXCLUSIVE = "write"
 
 
 class HeldLock:
@@ -45,41 +55,39 @@ class HeldLock:
     def __init__(
         self,
         *,
+        connection: RedisConnection,
         keys: LockKeys,
-        mode: str,
+        mode: LockMode,
         token: str,
-        backend: RedisBackend,
         lease_seconds: float,
-        renewal_interval: float,
+        renewal_interval_seconds: float,
         lease_started: float,
-        release_script: Script,
-        extend_script: Script,
         fencing_token: int | None = None,
-        redis_retry_seconds: float | None = None,
+        redis_retry_deadline_seconds: float | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self.connection = connection
         self.keys = keys
-        self._redis_retry_seconds = redis_retry_seconds
-        self.fencing_token = fencing_token
-        """Grows with every exclusive grant of this lock; None for a shared hold."""
         self.mode = mode
         self.token = token
-        self.backend = backend
+        self.fencing_token = fencing_token
+        """Grows with every exclusive grant of this lock; None for a shared hold."""
         self.lease_seconds = lease_seconds
-        self.renewal_interval = renewal_interval
-        self.confirmed_until = _trusted_until(lease_started, lease_seconds)
-        self.next_renewal = time.monotonic() + renewal_interval
-        self._release_script = release_script
-        self._extend_script = extend_script
+        self.renewal_interval_seconds = renewal_interval_seconds
+        self._redis_retry_deadline_seconds = redis_retry_deadline_seconds
+        self._clock = clock
+        self.confirmed_until = trusted_until(lease_started, lease_seconds)
+        self.next_renewal = clock.monotonic() + renewal_interval_seconds
         self._lost: tuple[str, float] | None = None
         self._released = False
 
     @property
     def lost(self) -> bool:
-        return self._lost is not None or time.monotonic() >= self.confirmed_until
+        return self._lost is not None or self._clock.monotonic() >= self.confirmed_until
 
     def ensure_held(self) -> None:
         """Raise ``LockLost`` unless the lease is still confirmed."""
-        if self._lost is None and time.monotonic() >= self.confirmed_until:
+        if self._lost is None and self._clock.monotonic() >= self.confirmed_until:
             self.mark_lost("its lease ended before it could be renewed")
         if self._lost is not None:
             reason, wall_time = self._lost
@@ -87,7 +95,7 @@ class HeldLock:
                 lock_key=self.keys.base,
                 path=self.keys.path,
                 reason=reason,
-                lost_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall_time)),
+                lost_at=_utc(wall_time),
             )
 
     def release(self) -> None:
@@ -97,7 +105,8 @@ class HeldLock:
         released = with_redis_retries(
             self._release_once,
             what=f"releasing the lock of {self.keys.path}",
-            deadline_seconds=self._redis_retry_seconds,
+            redis_retry_deadline_seconds=self._redis_retry_deadline_seconds,
+            clock=self._clock,
         )
         if not released and self._lost is None:
             self.mark_lost(
@@ -105,32 +114,26 @@ class HeldLock:
             )
         self.ensure_held()
 
-    def _release_once(self) -> Any:
-        with self.backend.errors_translated():
-            return self._release_script(
-                keys=self.keys.all_keys, args=[self.token, self.keys.released_channel]
-            )
+    def _release_once(self) -> bool:
+        with self.connection.errors_translated():
+            return scripts.release(self.connection, self.keys, self.token)
 
     def verify(self, why: str) -> None:
         """Ask Redis (one round trip) whether this holder still owns the lock; mark it lost if not."""
-        with self.backend.errors_translated():
-            owned = self.extend(self.backend.client)
+        with self.connection.errors_translated():
+            owned = self.extend()
         if owned != 1:
             self.mark_lost(why)
         self.ensure_held()
 
     def mark_lost(self, reason: str) -> None:
         if self._lost is None:
-            self._lost = (reason, time.time())
-            logger.warning("lost the %s lock of %s: %s", self.mode, self.keys.path, reason)
+            self._lost = (reason, self._clock.wall())
+            logger.warning("lost the %s lock of %s: %s", self.mode.value, self.keys.path, reason)
 
-    def extend(self, client: Any) -> Any:
-        """Run the EXTEND script on ``client`` (a pipeline only queues it): 1 while still owned."""
-        return self._extend_script(
-            keys=[self.keys.writer, self.keys.readers, self.keys.holders],
-            args=[self.token, round(self.lease_seconds * 1000)],
-            client=client,
-        )
+    def extend(self, pipeline: redis.client.Pipeline | None = None) -> Any:
+        """Renew the lease (with ``pipeline``, only queue the renewal): 1 while still owned."""
+        return scripts.extend(self.connection, self.keys, self.token, self.lease_seconds, pipeline)
 
     def extension_answered(self, reply: object, sent_at: float) -> None:
         if self._released:
@@ -138,8 +141,8 @@ class HeldLock:
         if isinstance(reply, Exception):
             self.extension_failed(reply)
         elif reply == 1:
-            self.confirmed_until = _trusted_until(sent_at, self.lease_seconds)
-            self.next_renewal = sent_at + self.renewal_interval
+            self.confirmed_until = trusted_until(sent_at, self.lease_seconds)
+            self.next_renewal = sent_at + self.renewal_interval_seconds
         else:
             self.mark_lost(
                 "Redis no longer knew this holder at renewal: its lease had expired or Redis restarted"
@@ -148,16 +151,20 @@ class HeldLock:
     def extension_failed(self, error: BaseException) -> None:
         if self._released:
             return
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if now >= self.confirmed_until:
             self.mark_lost(f"could not renew its lease before it ended: {error}")
         else:
             logger.warning("could not renew the lease of %s, retrying: %s", self.keys.path, error)
-            self.next_renewal = now + min(_RETRY_AFTER_ERROR_SECONDS, self.renewal_interval)
+            self.next_renewal = now + min(RETRY_AFTER_ERROR_SECONDS, self.renewal_interval_seconds)
+
+
+def _utc(wall_time: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall_time))
 
 
 class LeaseKeeper:
-    """Renews every held lease of this process, from a single daemon thread."""
+    """Renews every held lease of this process, from a single daemon thread (on the system clock)."""
 
     def __init__(self) -> None:
         self._held: dict[str, HeldLock] = {}
@@ -185,12 +192,12 @@ class LeaseKeeper:
     def _renew_forever(self) -> None:
         while True:
             due = self._wait_for_due_leases()
-            by_backend: dict[RedisBackend, list[HeldLock]] = defaultdict(list)
+            by_connection: dict[RedisConnection, list[HeldLock]] = defaultdict(list)
             for held in due:
-                by_backend[held.backend].append(held)
-            for backend, group in by_backend.items():
+                by_connection[held.connection].append(held)
+            for connection, group in by_connection.items():
                 try:
-                    _renew_together(backend, group)
+                    _renew_together(connection, group)
                 except Exception as error:
                     for held in group:
                         held.extension_failed(error)
@@ -198,7 +205,7 @@ class LeaseKeeper:
     def _wait_for_due_leases(self) -> list[HeldLock]:
         with self._changed:
             while True:
-                now = time.monotonic()
+                now = SYSTEM_CLOCK.monotonic()
                 due = [held for held in self._held.values() if held.next_renewal <= now and not held.lost]
                 if due:
                     return due
@@ -208,11 +215,11 @@ class LeaseKeeper:
                 self._wakes_at = 0.0
 
 
-def _renew_together(backend: RedisBackend, group: list[HeldLock]) -> None:
+def _renew_together(connection: RedisConnection, group: list[HeldLock]) -> None:
     """Extend a group of leases on one server in a single round trip."""
-    sent_at = time.monotonic()
+    sent_at = SYSTEM_CLOCK.monotonic()
     try:
-        pipeline = backend.client.pipeline(transaction=False)
+        pipeline = connection.client.pipeline(transaction=False)
         for held in group:
             held.extend(pipeline)
         replies = pipeline.execute(raise_on_error=False)
@@ -224,25 +231,10 @@ def _renew_together(backend: RedisBackend, group: list[HeldLock]) -> None:
         held.extension_answered(reply, sent_at)
 
 
-_keeper: LeaseKeeper | None = None
-_keeper_lock = threading.Lock()
+# One renewal thread per process; a forked child starts its own (the parent's is not there).
+_keeper: ProcessLocal[LeaseKeeper] = ProcessLocal(LeaseKeeper)
 
 
 def lease_keeper() -> LeaseKeeper:
     """The process's lease keeper, started on first use."""
-    global _keeper
-    with _keeper_lock:
-        if _keeper is None:
-            _keeper = LeaseKeeper()
-        return _keeper
-
-
-def _forget_parent_keeper() -> None:
-    # The parent's renewal thread does not exist in a forked child, and the parent's
-    # mutex may have been held by another thread at the fork.
-    global _keeper, _keeper_lock
-    _keeper = None
-    _keeper_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_parent_keeper)
+    return _keeper.get()

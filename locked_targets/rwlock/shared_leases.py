@@ -5,7 +5,7 @@ need no Redis round trip: the shared lease stays registered in Redis, renewed li
 other, and is lent to each local read. A writer that finds readers in its way publishes
 on the lock's revoke channel; this process's listener then stops lending that lease and
 releases it as soon as the local reads in progress end. Leases unused for
-``idle_seconds`` are released too, and every kept lease is released when the process
+``shared_lease_idle_seconds`` are released too, and every kept lease is released when the process
 exits (normally, or as a multiprocessing child).
 
 Safety never depends on the listener: a kept lease is a real reader registration, so no
@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import multiprocessing.util
-import os
 import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 from locked_targets.errors import LockError
-from locked_targets.keys import REVOKE_CHANNEL_PATTERN, REVOKE_CHANNEL_SUFFIX
-from locked_targets.lease import HeldLock
-from locked_targets.redis_backend import RedisBackend, await_subscription
+from locked_targets.rwlock.connection import RedisConnection, await_subscription
+from locked_targets.rwlock.keys import REVOKE_CHANNEL_PATTERN, base_of_revoke_channel
+from locked_targets.rwlock.lease import HeldLock
 
-logger = logging.getLogger("locked_targets")
+logger = logging.getLogger(__name__)
 
 _SWEEP_EVERY_SECONDS = 1.0
 _RECONNECT_AFTER_SECONDS = 1.0
@@ -48,9 +46,9 @@ class _KeptLease:
 class SharedLeases:
     """The shared leases this process keeps on one Redis server, and their revocation listener."""
 
-    def __init__(self, backend: RedisBackend, idle_seconds: float) -> None:
-        self._backend = backend
-        self._idle_seconds = idle_seconds
+    def __init__(self, connection: RedisConnection, shared_lease_idle_seconds: float) -> None:
+        self._connection = connection
+        self._shared_lease_idle_seconds = shared_lease_idle_seconds
         self._kept: dict[str, _KeptLease] = {}
         self._mutex = threading.Lock()
         self._listening = threading.Event()
@@ -145,7 +143,7 @@ class SharedLeases:
             except Exception as error:
                 # One warning per outage: the listener retries every second until Redis is back.
                 log = logger.warning if self._failures_in_a_row == 0 else logger.debug
-                log("revocation listener lost Redis at %s, retrying: %s", self._backend.address, error)
+                log("revocation listener lost Redis at %s, retrying: %s", self._connection.address, error)
                 self._failures_in_a_row += 1
             with self._mutex:
                 self._listening.clear()
@@ -154,7 +152,7 @@ class SharedLeases:
             time.sleep(_RECONNECT_AFTER_SECONDS)
 
     def _listen(self) -> None:
-        pubsub = self._backend.client.pubsub()  # type: ignore[no-untyped-call]
+        pubsub = self._connection.client.pubsub()  # type: ignore[no-untyped-call]
         try:
             pubsub.psubscribe(REVOKE_CHANNEL_PATTERN)
             await_subscription(pubsub)
@@ -165,7 +163,7 @@ class SharedLeases:
                 message = pubsub.get_message(timeout=_SWEEP_EVERY_SECONDS)
                 if message is not None and message["type"] == "pmessage":
                     channel: bytes = message["channel"]
-                    base = channel.decode(errors="replace")[: -len(REVOKE_CHANNEL_SUFFIX)]
+                    base = base_of_revoke_channel(channel.decode(errors="replace"))
                     with self._mutex:
                         self._revocations_heard += 1
                     self.revoke(base)
@@ -176,7 +174,7 @@ class SharedLeases:
             pubsub.close()
 
     def _release_idle(self) -> None:
-        idle_before = time.monotonic() - self._idle_seconds
+        idle_before = time.monotonic() - self._shared_lease_idle_seconds
         with self._mutex:
             idle = [
                 base
@@ -213,35 +211,3 @@ def _release_quietly(held: HeldLock) -> None:
         held.release()
     except LockError as error:  # nobody is reading under it: a lost lease harms no one now
         logger.debug("giving back the shared lease of %s: %s", held.keys.path, error)
-
-
-_registry: dict[tuple[RedisBackend, float], SharedLeases] = {}
-_registry_mutex = threading.Lock()
-
-
-def shared_leases_for(backend: RedisBackend, idle_seconds: float) -> SharedLeases:
-    """The process's kept shared leases on ``backend``, created on first use."""
-    with _registry_mutex:
-        if not _registry:
-            # Also runs at the end of multiprocessing children, which skip atexit.
-            multiprocessing.util.Finalize(None, _release_every_kept_lease, exitpriority=10)
-        key = (backend, idle_seconds)
-        leases = _registry.get(key)
-        if leases is None:
-            leases = _registry[key] = SharedLeases(backend, idle_seconds)
-        return leases
-
-
-def _release_every_kept_lease() -> None:
-    for leases in list(_registry.values()):
-        leases.release_all()
-
-
-def _forget_parent_leases() -> None:
-    # Leases kept by the parent are the parent's to give back; its listener does not exist here.
-    global _registry_mutex
-    _registry.clear()
-    _registry_mutex = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_parent_leases)

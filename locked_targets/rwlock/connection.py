@@ -1,34 +1,35 @@
-"""The Redis connection of a process, and the translation of Redis failures into ``BackendUnavailable``.
+"""A Redis server as the lock sees it: one client, its scripts, and its failures as ``BackendUnavailable``.
 
-One client (with its connection pool) per Redis URL per process: locks, the lease
-renewal thread and waiters share it. After a fork the child builds its own.
+A process keeps one connection per Redis URL (the target layer's registry); locks, the
+lease-renewal thread and waiters share its connection pool.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import SplitResult, urlsplit
 
 import redis
 from redis.client import PubSub
 from redis.commands.core import Script
 
-from locked_targets.errors import BackendUnavailable
-from locked_targets.settings import redis_address
+from locked_targets.errors import BackendUnavailable, ConfigurationError
 
 _CONNECT_TIMEOUT_SECONDS = 5.0
 # A stopped or wedged server must surface as an error, not hang a task forever.
 _SOCKET_TIMEOUT_SECONDS = 30.0
+_HEALTH_CHECK_INTERVAL_SECONDS = 30
 _SUBSCRIBE_CONFIRM_SECONDS = 10.0
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
 # Error replies that mean the server cannot serve locks now (out of memory under
 # noeviction, a replica, still loading, master down), not that a request was wrong.
 _UNAVAILABLE_REPLIES = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "BUSY", "TRYAGAIN", "CLUSTERDOWN")
 
 
-class RedisBackend:
+class RedisConnection:
     """A Redis server reached through one URL, and the scripts registered on it."""
 
     def __init__(self, redis_url: str) -> None:
@@ -37,7 +38,7 @@ class RedisBackend:
             redis_url,
             socket_connect_timeout=_CONNECT_TIMEOUT_SECONDS,
             socket_timeout=_SOCKET_TIMEOUT_SECONDS,
-            health_check_interval=30,
+            health_check_interval=_HEALTH_CHECK_INTERVAL_SECONDS,
             socket_keepalive=True,
         )
         self._scripts: dict[str, Script] = {}
@@ -83,24 +84,38 @@ def await_subscription(pubsub: PubSub) -> None:
             raise redis.TimeoutError("Redis did not confirm a subscription in time")
 
 
-_backends: dict[str, RedisBackend] = {}
-_backends_lock = threading.Lock()
+def redis_address(redis_url: str) -> str:
+    """The ``host:port/db`` a Redis URL points at, without its credentials.
+
+    Raises ``ConfigurationError`` for a URL redis-py could not use.
+    """
+    shown = _without_password(redis_url)
+    try:
+        parts = urlsplit(redis_url)
+        port = parts.port
+    except ValueError as error:
+        raise ConfigurationError("redis_url", shown, f"not a valid URL ({error})") from None
+    if parts.scheme not in _REDIS_SCHEMES:
+        raise ConfigurationError("redis_url", shown, "must start with redis://, rediss:// or unix://")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ConfigurationError("redis_url", shown, "a unix:// URL needs a socket path")
+        return parts.path
+    if not parts.hostname:
+        raise ConfigurationError("redis_url", shown, "needs a host, as in redis://localhost:6379/0")
+    database = parts.path.strip("/") or "0"
+    if not database.isdigit():
+        raise ConfigurationError("redis_url", shown, f"the database {database!r} must be a number")
+    return f"{parts.hostname}:{port or 6379}/{database}"
 
 
-def backend_for(redis_url: str) -> RedisBackend:
-    """The process-wide backend for ``redis_url``, created on first use."""
-    with _backends_lock:
-        backend = _backends.get(redis_url)
-        if backend is None:
-            backend = _backends[redis_url] = RedisBackend(redis_url)
-        return backend
-
-
-def _forget_parent_backends() -> None:
-    # A forked child must not share sockets with its parent, nor inherit a held mutex.
-    global _backends_lock
-    _backends.clear()
-    _backends_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_parent_backends)
+def _without_password(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return "<unparsable URL>"
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return SplitResult(parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment).geturl()

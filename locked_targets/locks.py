@@ -1,0 +1,91 @@
+"""From a cache path and the settings to its lock: the keys of a file, and the lock built on them.
+
+A key is ``<key_prefix><storage key_prefix><namespace>:{<digest>}``: the digest is a
+SHA-256 of the storage kind and the normalized path, so distinct files never share a
+lock (gokart keyed by basename, so ``s3://a/x_1.pkl`` and ``gs://b/x_1.pkl`` collided),
+and any path (braces, newlines, very long names) gives a short, safe key. The digest in
+braces is the Redis Cluster hash tag that keeps every key of one lock in one slot.
+
+The process keeps one ``RedisConnection`` per Redis URL and one set of kept shared
+leases per connection (both in ``process_state``); kept leases are given back at exit.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import multiprocessing.util
+
+from locked_targets.process_state import ProcessLocalMap
+from locked_targets.rwlock import LockKeys, ReadWriteLock, RedisConnection, SharedLeases
+from locked_targets.settings import Settings
+from locked_targets.storage import storage_kind_for
+
+
+class LockNamespace(str, enum.Enum):
+    """What a lock protects: the reads and writes of a cache file, or the run that computes it."""
+
+    TARGET = "target"
+    RUN = "run"
+
+
+def lock_key_for(
+    path: str, settings: Settings, namespace: LockNamespace | str = LockNamespace.TARGET
+) -> LockKeys:
+    """The lock keys of the cache file at ``path``, in ``namespace`` (targets, or task runs)."""
+    kind = storage_kind_for(path)
+    identity = f"{kind.name}\0{kind.identity(path)}"
+    digest = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    namespace = LockNamespace(namespace)
+    base = f"{settings.key_prefix}{kind.key_prefix(settings)}{namespace.value}:{{{digest}}}"
+    return LockKeys(path=kind.identity(path), base=base)
+
+
+def lock_for(
+    path: str,
+    settings: Settings,
+    *,
+    namespace: LockNamespace = LockNamespace.TARGET,
+    task: str | None = None,
+    wait_timeout_seconds: float | None,
+) -> ReadWriteLock:
+    """The lock of the cache file at ``path`` in ``namespace``, on the Redis of ``settings``."""
+    if settings.redis_url is None:
+        raise ValueError("locking is not configured: settings.redis_url is None")
+    connection = connection_for(settings.redis_url)
+    keep_shared = namespace is LockNamespace.TARGET and settings.shared_lease_idle_seconds > 0
+    shared_leases = shared_leases_for(connection, settings.shared_lease_idle_seconds) if keep_shared else None
+    return ReadWriteLock(
+        connection,
+        lock_key_for(path, settings, namespace),
+        lease_seconds=settings.lease_seconds,
+        renewal_interval_seconds=settings.effective_renewal_interval_seconds,
+        wait_timeout_seconds=wait_timeout_seconds,
+        redis_retry_deadline_seconds=(
+            settings.redis_retry_deadline_seconds if settings.on_redis_error == "wait" else None
+        ),
+        task=task,
+        label=None if namespace is LockNamespace.TARGET else f"{namespace.value} lock",
+        shared_leases=shared_leases,
+    )
+
+
+_connections: ProcessLocalMap[str, RedisConnection] = ProcessLocalMap()
+_kept_shared_leases: ProcessLocalMap[tuple[RedisConnection, float], SharedLeases] = ProcessLocalMap()
+
+
+def connection_for(redis_url: str) -> RedisConnection:
+    """The process's connection to ``redis_url``, made on first use."""
+    return _connections.get(redis_url, lambda: RedisConnection(redis_url))
+
+
+def shared_leases_for(connection: RedisConnection, shared_lease_idle_seconds: float) -> SharedLeases:
+    """The shared leases this process keeps on ``connection``, made on first use."""
+
+    def start_keeping() -> SharedLeases:
+        leases = SharedLeases(connection, shared_lease_idle_seconds)
+        # Given back at exit; a Finalize also runs at the end of multiprocessing children, which skip atexit.
+        multiprocessing.util.Finalize(None, leases.release_all, exitpriority=10)
+        return leases
+
+    return _kept_shared_leases.get((connection, shared_lease_idle_seconds), start_keeping)

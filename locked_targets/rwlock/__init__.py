@@ -1,0 +1,27 @@
+"""The lock core: a Redis read/write lock with leases, fencing tokens and kept shared leases.
+
+It knows nothing of gokart, luigi or storage: it locks ``LockKeys`` on a
+``RedisConnection``. Modules, from the bottom up: ``clock``, ``keys``, ``connection``
+(the client and its error translation), ``scripts`` (the Lua protocol), ``retry``,
+``holders``, ``waiting``, ``lease`` (held locks and their renewal), ``shared_leases``
+(kept between reads) and ``lock`` (``ReadWriteLock``). Every duration is in seconds.
+"""
+
+from locked_targets.rwlock.clock import SYSTEM_CLOCK, Clock
+from locked_targets.rwlock.connection import RedisConnection, redis_address
+from locked_targets.rwlock.keys import LockKeys
+from locked_targets.rwlock.lease import HeldLock, LockMode
+from locked_targets.rwlock.lock import ReadWriteLock
+from locked_targets.rwlock.shared_leases import SharedLeases
+
+__all__ = [
+    "SYSTEM_CLOCK",
+    "Clock",
+    "HeldLock",
+    "LockKeys",
+    "LockMode",
+    "ReadWriteLock",
+    "RedisConnection",
+    "SharedLeases",
+    "redis_address",
+]

@@ -1,0 +1,32 @@
+"""Who holds a lock, as each holder describes itself in Redis, and as messages show it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+from locked_targets.rwlock.scripts import Blocked, Relation
+
+_HOST = socket.gethostname()
+
+
+def describe_holder(*, task: str | None, lock: str, since: float) -> str:
+    """What a holder stores about itself: host, pid, task, which lock and since when (epoch seconds)."""
+    return json.dumps({"host": _HOST, "pid": os.getpid(), "task": task, "lock": lock, "since": since})
+
+
+def readable_blocker(blocked: Blocked) -> str:
+    """'pid 12 on host h (task T, holding the write lock since ...)' for whoever blocks an attempt."""
+    try:
+        fields = json.loads(blocked.blocker_description)
+    except ValueError:
+        return "a holder whose lease has just ended"
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(fields.get("since", 0))))
+    task = f"task {fields['task']}, " if fields.get("task") else ""
+    verb = "waiting for" if blocked.relation is Relation.WAITS else "holding"
+    return (
+        f"pid {fields.get('pid')} on host {fields.get('host')} "
+        f"({task}{verb} the {fields.get('lock')} since {since})"
+    )

@@ -1,0 +1,287 @@
+"""The lock's protocol: each Lua script beside the one function that runs it.
+
+Every change to a lock's keys happens inside one of these scripts, atomically. Each
+script's comment lists ``KEYS`` and ``ARGV`` exactly as its function sends them, and
+what it returns. Durations cross into Redis here: the functions take seconds, the
+scripts count whole milliseconds of the server's clock (``TIME``), so clients on
+different machines agree on leases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+from redis.client import Pipeline
+
+from locked_targets.rwlock.connection import RedisConnection
+from locked_targets.rwlock.keys import LockKeys
+
+# The fencing counter outlives the lock by this long, so tokens keep growing across uses.
+FENCE_KEPT_SECONDS = 30 * 24 * 3600.0
+
+# Shared Lua helpers, prepended to the scripts that need them.
+_LUA_HELPERS = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function keep_alive(key, ttl_ms)
+  if redis.call('PTTL', key) < ttl_ms then redis.call('PEXPIRE', key, ttl_ms) end
+end
+local function prune(zset, holders, now)
+  local expired = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
+  if #expired > 0 then
+    redis.call('ZREMRANGEBYSCORE', zset, '-inf', now)
+    redis.call('HDEL', holders, unpack(expired))
+  end
+end
+"""
+
+
+def milliseconds(seconds: float) -> int:
+    """A duration as the whole, positive number of milliseconds a script takes."""
+    return max(1, round(seconds * 1000))
+
+
+class Relation(enum.Enum):
+    """How the one who blocks an attempt stands to the lock."""
+
+    HOLDS = "holds"
+    WAITS = "waits"  # a waiting writer, which shuts out new readers
+
+
+@dataclasses.dataclass(frozen=True)
+class Granted:
+    """An attempt that got the lock."""
+
+    fencing_token: int | None
+    """Grows with every exclusive grant of the lock; None for a shared one."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocked:
+    """An attempt that did not get the lock, and who is in the way."""
+
+    lease_left_seconds: float
+    """How long the blocker's lease (or waiting place) has left."""
+
+    blocker_description: bytes
+    """The blocker's description as its holder wrote it (see ``holders``); empty if already gone."""
+
+    relation: Relation
+
+
+Attempt = Granted | Blocked
+
+
+def _blocked(reply: list[Any]) -> Blocked:
+    return Blocked(
+        lease_left_seconds=max(0.001, int(reply[1]) / 1000),
+        blocker_description=reply[2],
+        relation=Relation(reply[3].decode() if isinstance(reply[3], bytes) else reply[3]),
+    )
+
+
+# KEYS[1] writer, KEYS[2] readers, KEYS[3] waiting_writers, KEYS[4] holders
+# ARGV[1] token, ARGV[2] lease (ms), ARGV[3] description of the holder
+# Returns {1} when acquired, else {0, ms until the blocking lease ends, the blocker's
+# description, 'holds' or 'waits'} (a reader is also blocked by a waiting writer).
+# A reader is admitted when there is no writer and no live waiting writer.
+ACQUIRE_SHARED = (
+    _LUA_HELPERS
+    + """
+local now = now_ms()
+local lease = tonumber(ARGV[2])
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then  -- a retry of an attempt whose reply was lost
+  redis.call('ZADD', KEYS[2], now + lease, ARGV[1])
+  keep_alive(KEYS[2], lease)
+  return {1}
+end
+local writer = redis.call('GET', KEYS[1])
+if writer then
+  return {0, redis.call('PTTL', KEYS[1]), redis.call('HGET', KEYS[4], writer) or '', 'holds'}
+end
+prune(KEYS[3], KEYS[4], now)
+local waiting = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+if #waiting > 0 then
+  return {0, tonumber(waiting[2]) - now, redis.call('HGET', KEYS[4], waiting[1]) or '', 'waits'}
+end
+redis.call('ZADD', KEYS[2], now + lease, ARGV[1])
+keep_alive(KEYS[2], lease)
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
+keep_alive(KEYS[4], lease)
+return {1}
+"""
+)
+
+
+def acquire_shared(
+    connection: RedisConnection, keys: LockKeys, token: str, lease_seconds: float, description: str
+) -> Attempt:
+    """One attempt to join the readers of the lock."""
+    reply: list[Any] = connection.script(ACQUIRE_SHARED)(
+        keys=[keys.writer, keys.readers, keys.waiting_writers, keys.holders],
+        args=[token, milliseconds(lease_seconds), description],
+    )
+    return Granted(fencing_token=None) if int(reply[0]) == 1 else _blocked(reply)
+
+
+# KEYS[1] writer, KEYS[2] readers, KEYS[3] waiting_writers, KEYS[4] holders, KEYS[5] fence
+# ARGV[1] token, ARGV[2] lease (ms), ARGV[3] description of the holder, ARGV[4] the
+# revoke channel, ARGV[5] how long the fencing counter outlives its last grant (ms)
+# Returns {1, fencing token} when acquired, else as ACQUIRE_SHARED.
+# A writer is admitted when there is no writer and no live reader; otherwise it
+# (re)registers as waiting, with a lease, which shuts out new readers. When readers
+# block it, it asks them (through ARGV[4]) to give back leases they keep between reads.
+ACQUIRE_EXCLUSIVE = (
+    _LUA_HELPERS
+    + """
+local now = now_ms()
+local lease = tonumber(ARGV[2])
+local blocker = redis.call('GET', KEYS[1])
+local wait_ms = 0
+if blocker == ARGV[1] then  -- a retry of an attempt whose reply was lost
+  redis.call('PEXPIRE', KEYS[1], lease)
+  return {1, tonumber(redis.call('GET', KEYS[5]) or '0')}
+end
+if blocker then
+  wait_ms = redis.call('PTTL', KEYS[1])
+else
+  prune(KEYS[2], KEYS[4], now)
+  local reader = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  if #reader > 0 then
+    blocker = reader[1]
+    wait_ms = tonumber(reader[2]) - now
+    redis.call('PUBLISH', ARGV[4], 'writer waiting')
+  end
+end
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
+keep_alive(KEYS[4], lease)
+if blocker then
+  redis.call('ZADD', KEYS[3], now + lease, ARGV[1])
+  keep_alive(KEYS[3], lease)
+  return {0, wait_ms, redis.call('HGET', KEYS[4], blocker) or '', 'holds'}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', lease)
+redis.call('ZREM', KEYS[3], ARGV[1])
+-- The fencing token grows with every grant, and across a Redis restart that lost the
+-- counter too, as long as the server clock does: it is at least the server time in µs.
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local fence = math.max(tonumber(redis.call('GET', KEYS[5]) or '0') + 1, now_us)
+redis.call('SET', KEYS[5], string.format('%d', fence), 'PX', ARGV[5])
+return {1, fence}
+"""
+)
+
+
+def acquire_exclusive(
+    connection: RedisConnection, keys: LockKeys, token: str, lease_seconds: float, description: str
+) -> Attempt:
+    """One attempt to become the lock's only holder, or else its waiting writer."""
+    reply: list[Any] = connection.script(ACQUIRE_EXCLUSIVE)(
+        keys=list(keys.every_key),
+        args=[
+            token,
+            milliseconds(lease_seconds),
+            description,
+            keys.revoke_channel,
+            milliseconds(FENCE_KEPT_SECONDS),
+        ],
+    )
+    return Granted(fencing_token=int(reply[1])) if int(reply[0]) == 1 else _blocked(reply)
+
+
+# KEYS[1] writer, KEYS[2] readers, KEYS[3] waiting_writers, KEYS[4] holders
+# ARGV[1] token, ARGV[2] the released channel, to publish on when the lock may now be free
+# Returns 1 if the token held the lock (as writer, or as a reader not yet pruned: no
+# writer can have entered since), 0 if it had lost it. Also withdraws the token from
+# the waiting writers, so it can abandon an attempt whose reply was lost.
+RELEASE = """
+local released = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  released = 1
+elseif redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then
+  released = 1
+end
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+if released == 1 and redis.call('EXISTS', KEYS[1]) == 0 and redis.call('ZCARD', KEYS[2]) == 0 then
+  redis.call('PUBLISH', ARGV[2], 'released')
+end
+return released
+"""
+
+
+def release(connection: RedisConnection, keys: LockKeys, token: str) -> bool:
+    """Give up whatever ``token`` holds or waits for; True if it still held the lock."""
+    released: int = connection.script(RELEASE)(
+        keys=[keys.writer, keys.readers, keys.waiting_writers, keys.holders],
+        args=[token, keys.released_channel],
+    )
+    return released == 1
+
+
+# KEYS[1] waiting_writers, KEYS[2] holders
+# ARGV[1] token of a writer that stops waiting, ARGV[2] the released channel
+# Readers held back only by this writer may go on, so they are woken. Returns nothing.
+CANCEL_WAIT = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('PUBLISH', ARGV[2], 'cancelled')
+end
+"""
+
+
+def cancel_wait(connection: RedisConnection, keys: LockKeys, token: str) -> None:
+    """Withdraw a waiting writer, waking readers it held back."""
+    connection.script(CANCEL_WAIT)(
+        keys=[keys.waiting_writers, keys.holders], args=[token, keys.released_channel]
+    )
+
+
+# KEYS[1] writer, KEYS[2] readers, KEYS[3] holders
+# ARGV[1] token, ARGV[2] lease (ms)
+# Returns 1 if the lease was extended, 0 if the token no longer holds the lock.
+EXTEND = (
+    _LUA_HELPERS
+    + """
+local lease = tonumber(ARGV[2])
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], lease)
+  keep_alive(KEYS[3], lease)
+  return 1
+end
+local now = now_ms()
+local expires = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if expires and tonumber(expires) >= now then
+  redis.call('ZADD', KEYS[2], 'XX', now + lease, ARGV[1])
+  keep_alive(KEYS[2], lease)
+  keep_alive(KEYS[3], lease)
+  return 1
+end
+return 0
+"""
+)
+
+
+def extend(
+    connection: RedisConnection,
+    keys: LockKeys,
+    token: str,
+    lease_seconds: float,
+    pipeline: Pipeline | None = None,
+) -> Any:
+    """Renew ``token``'s lease: 1 while it still holds the lock, 0 if not.
+
+    With ``pipeline`` the call is only queued (its reply comes from ``pipeline.execute()``),
+    so one round trip renews many leases.
+    """
+    return connection.script(EXTEND)(
+        keys=[keys.writer, keys.readers, keys.holders],
+        args=[token, milliseconds(lease_seconds)],
+        client=pipeline,
+    )
