@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Callable, Iterator
+from configparser import ConfigParser
 
 import luigi.configuration
 import pytest
@@ -159,6 +162,120 @@ def test_any_lease_text_is_accepted_or_refused_clearly(raw: str) -> None:
 def test_any_redis_url_is_accepted_or_refused_clearly(url: str) -> None:
     _, refusal = built_or_refused(lambda: Settings(redis_url=url))
     assert refusal is None or "redis_url" in refusal
+
+
+@pytest.mark.parametrize(
+    "field", [field for field in dataclasses.fields(Settings) if field.default is not None], ids=str
+)
+def test_every_setting_reads_its_default_back_as_its_own_type(
+    luigi_config: luigi.configuration.LuigiConfigParser, field: dataclasses.Field[object]
+) -> None:
+    set_option(luigi_config, "locked_targets", field.name, str(field.default))
+    value = getattr(Settings.from_luigi_config(), field.name)
+    assert value == field.default
+    assert type(value) is type(field.default)
+
+
+def test_on_redis_error_is_read_as_one_of_its_values(
+    luigi_config: luigi.configuration.LuigiConfigParser,
+) -> None:
+    set_option(luigi_config, "locked_targets", "on_redis_error", "wait")
+    assert Settings.from_luigi_config().on_redis_error == "wait"
+
+
+def test_an_unknown_on_redis_error_is_refused(luigi_config: luigi.configuration.LuigiConfigParser) -> None:
+    set_option(luigi_config, "locked_targets", "on_redis_error", "sometimes")
+    with pytest.raises(ConfigurationError, match="on_redis_error='sometimes': must be fail or wait"):
+        Settings.from_luigi_config()
+
+
+def test_an_unknown_on_redis_error_given_in_code_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="on_redis_error='Wait': must be fail or wait"):
+        Settings(on_redis_error="Wait")  # type: ignore[arg-type]
+
+
+def test_a_boolean_that_does_not_parse_names_the_setting(
+    luigi_config: luigi.configuration.LuigiConfigParser,
+) -> None:
+    set_option(luigi_config, "locked_targets", "fail_on_collision", "maybe")
+    with pytest.raises(ConfigurationError, match="fail_on_collision='maybe': must be true or false"):
+        Settings.from_luigi_config()
+
+
+# The one-time memory of reported keys lasts the whole process, so each test below
+# misspells a setting of its own.
+
+
+def test_a_misspelt_setting_is_reported_with_the_nearest_name(
+    luigi_config: luigi.configuration.LuigiConfigParser, caplog: pytest.LogCaptureFixture
+) -> None:
+    set_option(luigi_config, "locked_targets", "redis_ulr", "redis://cache-redis:6379/0")
+    assert warnings_when_read(caplog) == [
+        "[locked_targets] has an unknown setting redis_ulr; did you mean redis_url? It is ignored."
+    ]
+
+
+def test_a_misspelt_setting_is_reported_once_per_process(
+    luigi_config: luigi.configuration.LuigiConfigParser, caplog: pytest.LogCaptureFixture
+) -> None:
+    set_option(luigi_config, "locked_targets", "lease_secnds", "90")
+    assert len(warnings_when_read(caplog, times=2)) == 1
+
+
+def test_a_key_close_to_no_setting_is_reported_with_all_their_names(
+    luigi_config: luigi.configuration.LuigiConfigParser, caplog: pytest.LogCaptureFixture
+) -> None:
+    set_option(luigi_config, "locked_targets", "colour", "blue")
+    [report] = warnings_when_read(caplog)
+    assert "unknown setting colour; the settings are redis_url, key_prefix," in report
+
+
+def test_default_section_keys_are_not_reported(
+    luigi_config: luigi.configuration.LuigiConfigParser, caplog: pytest.LogCaptureFixture
+) -> None:
+    # luigi's own set() refuses [DEFAULT]; configparser's writes it.
+    ConfigParser.set(luigi_config, "DEFAULT", "owner", "team-a")
+    try:
+        with caplog.at_level(logging.WARNING):
+            Settings.from_luigi_config()
+    finally:
+        luigi_config.remove_option("DEFAULT", "owner")
+    assert reported(caplog) == []
+
+
+def test_dashed_names_luigi_reads_are_not_reported(
+    luigi_config: luigi.configuration.LuigiConfigParser, caplog: pytest.LogCaptureFixture
+) -> None:
+    set_option(luigi_config, "locked_targets", "lease-seconds", "90")
+    with caplog.at_level(logging.WARNING), pytest.warns(DeprecationWarning, match="underscores"):
+        settings = Settings.from_luigi_config()
+    assert settings.lease_seconds == 90
+    assert reported(caplog) == []
+
+
+def test_a_misspelt_setting_in_a_toml_configuration_is_reported(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    toml_config = luigi.configuration.LuigiTomlParser()
+    toml_config.data = {"locked_targets": {"wait_timout_seconds": 60}}
+    monkeypatch.setattr(luigi.configuration, "get_config", lambda: toml_config)
+    assert warnings_when_read(caplog) == [
+        "[locked_targets] has an unknown setting wait_timout_seconds; "
+        "did you mean wait_timeout_seconds? It is ignored."
+    ]
+
+
+def reported(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the settings module logged."""
+    return [record.getMessage() for record in caplog.records if record.name == "locked_targets.settings"]
+
+
+def warnings_when_read(caplog: pytest.LogCaptureFixture, times: int = 1) -> list[str]:
+    """What the settings module warns of while luigi's configuration is read ``times`` times."""
+    with caplog.at_level(logging.WARNING):
+        for _ in range(times):
+            Settings.from_luigi_config()
+    return reported(caplog)
 
 
 def built_or_refused(build: Callable[[], Settings]) -> tuple[Settings | None, str | None]:
