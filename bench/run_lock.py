@@ -18,7 +18,6 @@ import dataclasses
 import enum
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from bench.run_lock_pipeline import (
 )
 from bench.tables import heading, table
 from bench.variants import RedisAddress
+from locked_targets.testing import ProcessFailed, ProcessGroup, ProcessSpec, read_lines
 
 APPLICATIONS = 4
 # Issue 3's goal: a follower is done within this long after the leader's output landed.
@@ -160,60 +160,48 @@ def start_together(
     with open(config, "w") as file:
         file.write(run_lock.luigi_config(os.path.join(directory, "cache"), redis))
     side_log = os.path.join(directory, "side.log")
-    processes = []
-    for number in range(applications):
-        with open(os.path.join(directory, f"app-{number}.log"), "wb") as output:
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "bench.run_lock_application", run_lock.value],
-                    cwd=_REPOSITORY,
-                    env={
-                        **os.environ,
-                        "LUIGI_CONFIG_PATH": config,
-                        SIDE_LOG_VARIABLE: side_log,
-                        APPLICATION_VARIABLE: f"app-{number}",
-                        STEP_SECONDS_VARIABLE: str(step_seconds),
-                    },
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=output,
-                )
-            )
-    try:
-        for number, process in enumerate(processes):
-            assert process.stdout is not None
-            if process.stdout.readline().decode().strip() != READY:
-                raise RuntimeError(_failure(directory, number, "did not start"))
-        started = time.time()
-        for process in processes:
-            assert process.stdin is not None
-            process.stdin.write(b"go\n")
-            process.stdin.close()
-        for number, process in enumerate(processes):
-            if process.wait(timeout=_APPLICATION_TIMEOUT_SECONDS) != 0:
-                raise RuntimeError(_failure(directory, number, f"exited with {process.returncode}"))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
+    specs = [
+        ProcessSpec(
+            name=f"app-{number}",
+            arguments=[run_lock.value],
+            environment={
+                "LUIGI_CONFIG_PATH": config,
+                SIDE_LOG_VARIABLE: side_log,
+                APPLICATION_VARIABLE: f"app-{number}",
+                STEP_SECONDS_VARIABLE: str(step_seconds),
+            },
+            log_path=os.path.join(directory, f"app-{number}.log"),
+        )
+        for number in range(applications)
+    ]
+    command = [sys.executable, "-m", "bench.run_lock_application"]
+    with ProcessGroup(command, specs, cwd=_REPOSITORY, held_for_release=True) as processes:
+        try:
+            processes.wait_for_line(READY, time.monotonic() + _APPLICATION_TIMEOUT_SECONDS)
+            started = time.time()
+            processes.release()
+            processes.wait(time.monotonic() + _APPLICATION_TIMEOUT_SECONDS, expect_success=True)
+        except ProcessFailed as failure:
+            raise RuntimeError(_failure(directory, failure)) from failure
     events = _read_side_log(side_log)
     finished = max(event.time for event in events if event.name == "finished")
     return PipelineRun(wall_seconds=finished - started, events=events)
 
 
 def _read_side_log(path: str) -> tuple[Event, ...]:
-    with open(path) as file:
-        fields = [line.split() for line in file]
+    fields = [line.split() for line in read_lines(path)]
     return tuple(
         Event(name=name, step=None if step == "-" else int(step), application=application, time=float(at))
         for name, step, application, at in fields
     )
 
 
-def _failure(directory: str, number: int, what: str) -> str:
-    with open(os.path.join(directory, f"app-{number}.log")) as file:
+def _failure(directory: str, failure: ProcessFailed) -> str:
+    """What went wrong, with the end of the application's stderr."""
+    assert failure.process.log_path is not None
+    with open(failure.process.log_path) as file:
         output = file.read()
-    return f"run lock scenario: application {number} in {directory} {what}:\n{output[-3000:]}"
+    return f"run lock scenario in {directory}: {failure}:\n{output[-3000:]}"
 
 
 def lag_summary(lags: Sequence[float]) -> str:

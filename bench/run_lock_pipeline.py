@@ -5,8 +5,9 @@ The chain exists twice, alike but for the base class: ``LockedStep`` on
 step takes, and where its cache lives, come from the luigi configuration
 (``[TaskOnKart] should_lock_run = true``, ``workspace_directory``, and the Redis settings).
 
-Every application appends its events to one side log shared by all of them, one
-``O_APPEND`` write per line, so lines of different processes never interleave:
+Every application appends its events to one side log shared by all of them, with the side
+log writer of ``locked_targets.testing`` (one ``O_APPEND`` write a line), so lines of
+different processes never interleave:
 
 - ``landed``: right after the step's own dump returned, in the application that computed it;
 - ``returned``: when the step's outermost ``run()`` returned, computed or skipped;
@@ -27,6 +28,7 @@ import luigi
 from gokart.utils import FlattenableItems
 
 import locked_targets
+from locked_targets.testing import append_line
 
 STEPS = 3
 SIDE_LOG_VARIABLE = "BENCH_RUN_LOCK_SIDE_LOG"
@@ -36,12 +38,8 @@ STEP_SECONDS_VARIABLE = "BENCH_RUN_LOCK_STEP_SECONDS"
 
 def record(event: str, step: int | None) -> None:
     """Append ``event step application time`` to the side log (``-`` for no step)."""
-    line = f"{event} {'-' if step is None else step} {os.environ[APPLICATION_VARIABLE]} {time.time():.6f}\n"
-    descriptor = os.open(os.environ[SIDE_LOG_VARIABLE], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(descriptor, line.encode())
-    finally:
-        os.close(descriptor)
+    line = f"{event} {'-' if step is None else step} {os.environ[APPLICATION_VARIABLE]} {time.time():.6f}"
+    append_line(os.environ[SIDE_LOG_VARIABLE], line)
 
 
 def compute(task: LockedStep | GokartStep) -> None:

@@ -20,10 +20,10 @@ import time
 from types import FrameType
 
 from demo.events import read_events
-from demo.launcher import PROJECT_DIRECTORY, ApplicationFailed, ApplicationProcess, ApplicationResult
+from demo.launcher import PROJECT_DIRECTORY, READY, ApplicationResult, result_of, start_applications
 from demo.pipeline import FINAL_TASK, tasks_needed_for
 from demo.report import TaskCounts, applications_report, count_by_task, failures, summary, tasks_table
-from locked_targets.testing import RedisServer
+from locked_targets.testing import ProcessFailed, RedisServer
 
 # Imports of gokart, luigi and pandas take a few seconds on a cold machine.
 READY_WITHIN_SECONDS = 60.0
@@ -85,24 +85,18 @@ def run_applications(
     count: int, directory: str, luigi_config: str, cleanup: contextlib.ExitStack
 ) -> list[ApplicationResult]:
     """Start ``count`` applications, release them together once all are ready, collect their results."""
-    applications = []
-    for number in range(1, count + 1):
-        name = f"app-{number}"
-        application = ApplicationProcess(
-            name,
+    applications = cleanup.enter_context(
+        start_applications(
+            count,
             luigi_config=luigi_config,
             events_log=os.path.join(directory, "events.log"),
-            log_path=os.path.join(directory, f"{name}.log"),
+            directory=directory,
         )
-        cleanup.callback(application.stop)
-        applications.append(application)
-    ready_deadline = time.monotonic() + READY_WITHIN_SECONDS
-    for application in applications:
-        application.wait_until_ready(ready_deadline)
-    for application in applications:
-        application.start_building()
+    )
+    applications.wait_for_line(READY, time.monotonic() + READY_WITHIN_SECONDS)
+    applications.release()
     build_deadline = time.monotonic() + BUILD_WITHIN_SECONDS
-    return [application.result(build_deadline) for application in applications]
+    return [result_of(application, build_deadline) for application in applications.processes]
 
 
 def pipeline_shape() -> str:
@@ -185,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: the applications and the redis-server have been stopped", file=sys.stderr)
         return 130
-    except ApplicationFailed as failure:
+    except ProcessFailed as failure:
         print(f"\ndemo failed: {failure}", file=sys.stderr)
         return 1
 

@@ -1,8 +1,9 @@
 """The demo's side log: what every application did, appended to one shared file.
 
-Each line is ``<kind> <task> <application> [<detail>]``, written by a single ``write``
-to a file opened for appending, so lines of concurrent applications never interleave.
-The parent process counts these lines; nothing in the pipeline reads them.
+Each line is ``<kind> <task> <application> [<detail>]``, appended by the side log writer
+of ``locked_targets.testing`` (one ``O_APPEND`` write a line), so lines of concurrent
+applications never interleave. The parent process counts these lines; nothing in the
+pipeline reads them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+
+from locked_targets.testing import append_line, read_lines
 
 EVENTS_LOG_VARIABLE = "DEMO_EVENTS_LOG"
 APPLICATION_VARIABLE = "DEMO_APPLICATION"
@@ -53,17 +56,13 @@ class EventLog:
         words = [kind.value, task, self.application]
         if detail:
             words.append(" ".join(detail.split()))  # one line, whatever the detail holds
-        with open(self.path, "a", encoding="utf-8") as log:
-            log.write(" ".join(words) + "\n")
+        append_line(self.path, " ".join(words))
 
 
 def read_events(path: str) -> list[Event]:
     """Every event recorded so far, in the order the lines were appended."""
-    if not os.path.exists(path):
-        return []
     events = []
-    with open(path, encoding="utf-8") as log:
-        for line in log:
-            kind, task, application, *detail = line.rstrip("\n").split(" ", 3)
-            events.append(Event(EventKind(kind), task, application, detail[0] if detail else ""))
+    for line in read_lines(path):
+        kind, task, application, *detail = line.split(" ", 3)
+        events.append(Event(EventKind(kind), task, application, detail[0] if detail else ""))
     return events

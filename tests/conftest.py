@@ -1,6 +1,8 @@
 """Shared fixtures: a real Redis server for the whole run, fresh key prefixes per test.
 
-The object-store fixtures (moto's S3 server, the GCS emulator) live in object_stores.py.
+Only fixtures live here; the tests' helpers are in the ``helpers`` package. The object-store
+fixtures (moto's S3 server, the GCS emulator) live in ``helpers/object_stores.py`` and are
+registered by importing them here.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from object_stores import (  # noqa: F401 -- imported to register the object-store fixtures
+
+from helpers.object_stores import (  # noqa: F401 -- imported to register the object-store fixtures
     gcs_endpoint,
     gcs_root,
     gcs_settings,
@@ -19,10 +22,7 @@ from object_stores import (  # noqa: F401 -- imported to register the object-sto
     s3_root,
     s3_settings,
 )
-
-from locked_targets.factories import build_single_file_target
 from locked_targets.settings import Settings
-from locked_targets.target import LockedTarget
 from locked_targets.testing import RedisServer
 
 
@@ -54,15 +54,3 @@ def key_prefix() -> str:
 @pytest.fixture
 def settings(redis_url: str, key_prefix: str) -> Settings:
     return Settings(redis_url=redis_url, key_prefix=key_prefix, lease_seconds=30)
-
-
-def keys_without_ttl(client: redis.Redis, prefix: str) -> list[bytes]:
-    """Lock keys under ``prefix`` that would never expire: must always be empty."""
-    return [key for key in client.scan_iter(match=f"{prefix}*") if client.pttl(key) < 0]
-
-
-def locked_target(path: str, settings: Settings) -> LockedTarget:
-    """A locked single-file target at ``path`` (format from its extension) using ``settings``."""
-    return build_single_file_target(
-        path, unique_id=None, processor=None, store_index_in_feather=True, settings=settings
-    )

@@ -29,9 +29,9 @@ import boto3
 import luigi.format
 import pytest
 from gokart.file_processor import make_file_processor
-from object_stores import GCS_PROJECT, GCS_TOKEN, HOST, independent_gcs
 
 import locked_targets.storage.local
+from helpers.object_stores import GCS_PROJECT, GCS_TOKEN, HOST, independent_gcs
 from locked_targets.errors import CommitRefused, LockLost
 from locked_targets.process_state import Once
 from locked_targets.settings import Settings

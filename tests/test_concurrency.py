@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import keys_without_ttl
-from hammer import HammerReport, hammer
-from lock_processes import SPAWN
 
+from helpers.hammer import HammerReport, hammer
+from helpers.lock_processes import SPAWN
+from helpers.redis_keys import keys_without_ttl
 from locked_targets.settings import Settings
+from locked_targets.testing import read_lines
 
 PROCESSES = 8
 OPERATIONS_PER_PROCESS = 40
@@ -36,7 +37,7 @@ def run_hammer(path: str, settings: Settings, locked: bool, audit_log: Path) -> 
 def writes_per_generation(audit_log: Path) -> list[int]:
     """From the audit log, how many writes landed between consecutive removes."""
     generations = [0]
-    for line in audit_log.read_text().splitlines():
+    for line in read_lines(audit_log):
         if line == "R":
             generations.append(0)
         else:
@@ -45,7 +46,7 @@ def writes_per_generation(audit_log: Path) -> list[int]:
 
 
 def written_nonces(audit_log: Path) -> set[str]:
-    return {line[2:] for line in audit_log.read_text().splitlines() if line.startswith("W ")}
+    return {line[2:] for line in read_lines(audit_log) if line.startswith("W ")}
 
 
 @pytest.fixture(params=["local", "s3", "gcs"])

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import locked_target
 
+from helpers.targets import locked_target
 from locked_targets import BackendUnavailable, LockTimeout, Settings
 from locked_targets.locks import connection_for, lock_key_for
 from locked_targets.rwlock import ReadWriteLock

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from conftest import keys_without_ttl
-from lock_processes import SPAWN, hold, make_lock
 
+from helpers.lock_processes import SPAWN, hold, make_lock
+from helpers.redis_keys import keys_without_ttl
 from locked_targets.errors import LockLost, LockTimeout
 from locked_targets.locks import connection_for
 from locked_targets.rwlock import LockMode, scripts

@@ -13,10 +13,10 @@ from pathlib import Path
 import luigi
 import pytest
 import redis
-from applications import Applications
-from run_lock_pipeline import TASK_FAMILIES, Source
 
 import locked_targets
+from helpers.applications import Applications
+from helpers.run_lock_pipeline import TASK_FAMILIES, Source
 from locked_targets import LockLost, RunWithLock
 from locked_targets.locks import LockNamespace, lock_key_for
 from locked_targets.settings import Settings

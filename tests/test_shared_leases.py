@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import locked_target
-from lock_processes import SPAWN
-from target_processes import read_and_exit, read_repeatedly
 
+from helpers.lock_processes import SPAWN
+from helpers.target_processes import read_and_exit, read_repeatedly
+from helpers.targets import locked_target
 from locked_targets.locks import lock_key_for
 from locked_targets.settings import Settings
 from locked_targets.testing import RedisServer

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from gokart.file_processor import make_file_processor
 from gokart.target import TargetOnKart
-from object_stores import GCS_PROJECT, GCS_TOKEN, independent_gcs
 
+from helpers.object_stores import GCS_PROJECT, GCS_TOKEN, independent_gcs
 from locked_targets.settings import Settings
 from locked_targets.storage import storage_kind_for
 

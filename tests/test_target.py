@@ -14,15 +14,15 @@ import luigi
 import pandas as pd
 import pytest
 import redis
-from conftest import locked_target
 from gokart.file_processor import FileProcessor, make_file_processor
-from lock_processes import SPAWN
-from target_processes import hold_lock_of, load_frame, load_model_repeatedly, save_frame
 
 import locked_targets
 import locked_targets.target
+from helpers.lock_processes import SPAWN
+from helpers.target_processes import frame_model_target, hold_lock_of, load_model_repeatedly
+from helpers.targets import locked_target
 from locked_targets import LockedTarget, LockLost, Settings
-from locked_targets.factories import build_model_target, build_single_file_target
+from locked_targets.factories import build_single_file_target
 from locked_targets.locks import lock_key_for
 from locked_targets.process_state import Once
 
@@ -105,14 +105,7 @@ def test_path_and_last_modification_time_pass_through(tmp_path: Path, settings: 
 
 
 def test_model_target_round_trips(tmp_path: Path, settings: Settings) -> None:
-    target = build_model_target(
-        str(tmp_path / "model.zip"),
-        temporary_directory=str(tmp_path / "tmp"),
-        save_function=save_frame,
-        load_function=load_frame,
-        unique_id="abc",
-        settings=settings,
-    )
+    target = frame_model_target(str(tmp_path / "model.zip"), str(tmp_path / "tmp"), settings, unique_id="abc")
     frame = pd.DataFrame({"value": range(10)})
     target.dump(frame)
     assert target.path() == str(tmp_path / "model_abc.zip")
@@ -123,14 +116,7 @@ def test_model_target_round_trips(tmp_path: Path, settings: Settings) -> None:
 
 def test_concurrent_model_loads_never_collide(tmp_path: Path, settings: Settings) -> None:
     path, temporary_directory = str(tmp_path / "model.zip"), str(tmp_path / "tmp")
-    build_model_target(
-        path,
-        temporary_directory=temporary_directory,
-        save_function=save_frame,
-        load_function=load_frame,
-        unique_id=None,
-        settings=settings,
-    ).dump(pd.DataFrame({"value": range(200_000)}))
+    frame_model_target(path, temporary_directory, settings).dump(pd.DataFrame({"value": range(200_000)}))
     with SPAWN.Pool(8) as pool:
         results = pool.starmap_async(
             load_model_repeatedly, [(path, temporary_directory, settings, 15)] * 8

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import locked_target
-from fault_processes import dump_stalling, payload_of, whole_writer
-from lock_processes import SPAWN
 
+from helpers.fault_processes import dump_stalling, payload_of, whole_writer
+from helpers.lock_processes import SPAWN
+from helpers.targets import locked_target
 from locked_targets.locks import lock_key_for
 from locked_targets.settings import Settings
 

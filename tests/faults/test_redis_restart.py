@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from applications import Applications
-from run_lock_pipeline import TASK_FAMILIES, pipeline_tasks
 
+from helpers.applications import Applications
+from helpers.run_lock_pipeline import TASK_FAMILIES, pipeline_tasks
 from locked_targets.settings import Settings
 from locked_targets.testing import RedisServer
 

@@ -9,12 +9,13 @@ from typing import Any
 
 import pandas as pd
 import redis
-from conftest import locked_target
 
+from helpers.targets import locked_target
 from locked_targets.factories import build_model_target
 from locked_targets.locks import connection_for, lock_key_for
 from locked_targets.rwlock import LockMode, ReadWriteLock
 from locked_targets.settings import Settings
+from locked_targets.target import LockedTarget
 
 
 def hold_lock_of(path: str, settings: Settings, mode: str, seconds: float) -> None:
@@ -40,18 +41,25 @@ def load_frame(path: str) -> Any:
     return pd.read_pickle(path)
 
 
-def load_model_repeatedly(
-    path: str, temporary_directory: str, settings: Settings, loads: int
-) -> tuple[int, list[str]]:
-    """Load a model target ``loads`` times; return (whole loads, failures)."""
-    target = build_model_target(
+def frame_model_target(
+    path: str, temporary_directory: str, settings: Settings, unique_id: str | None = None
+) -> LockedTarget:
+    """A locked model target at ``path`` that pickles a data frame through ``temporary_directory``."""
+    return build_model_target(
         path,
         temporary_directory=temporary_directory,
         save_function=save_frame,
         load_function=load_frame,
-        unique_id=None,
+        unique_id=unique_id,
         settings=settings,
     )
+
+
+def load_model_repeatedly(
+    path: str, temporary_directory: str, settings: Settings, loads: int
+) -> tuple[int, list[str]]:
+    """Load a model target ``loads`` times; return (whole loads, failures)."""
+    target = frame_model_target(path, temporary_directory, settings)
     whole, failures = 0, []
     for _ in range(loads):
         try:

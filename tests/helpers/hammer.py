@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import random
 import time
 from typing import Any
@@ -20,6 +19,7 @@ from gokart.target import TargetOnKart, make_target
 from locked_targets.settings import Settings
 from locked_targets.storage import storage_kind_for
 from locked_targets.target import LockedTarget
+from locked_targets.testing import append_line
 from locked_targets.wrapped_target import WrappedTarget
 
 OBJECT_BYTES = 2 * 1024 * 1024
@@ -58,22 +58,15 @@ class AuditedTarget(WrappedTarget):
         super().__init__(target)
         self._audit_log = audit_log
 
-    def _audit(self, line: str) -> None:
-        descriptor = os.open(self._audit_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(descriptor, f"{line}\n".encode())
-        finally:
-            os.close(descriptor)
-
     def _dump(
         self, obj: Any, task_params: Any = None, custom_labels: Any = None, required_task_outputs: Any = None
     ) -> None:
         super()._dump(obj)
-        self._audit(f"W {obj['nonce']}")
+        append_line(self._audit_log, f"W {obj['nonce']}")
 
     def _remove(self) -> None:
         super()._remove()
-        self._audit("R")
+        append_line(self._audit_log, "R")
 
 
 def hammer(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gokart
@@ -13,16 +14,14 @@ from gokart.utils import FlattenableItems
 
 import locked_targets
 from locked_targets import RunWithLock
+from locked_targets.testing import append_line
 
 
 def record_run(task: luigi.Task) -> None:
-    """Append 'TaskFamily application' to the side log, one write per line, and take some time."""
-    line = f"{type(task).__name__} {os.environ['PIPELINE_APPLICATION']}\n"
-    descriptor = os.open(os.environ["PIPELINE_SIDE_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(descriptor, line.encode())
-    finally:
-        os.close(descriptor)
+    """Append 'TaskFamily application' to the side log, and take some time."""
+    append_line(
+        os.environ["PIPELINE_SIDE_LOG"], f"{type(task).__name__} {os.environ['PIPELINE_APPLICATION']}"
+    )
     time.sleep(float(os.environ.get("PIPELINE_TASK_SECONDS", "1.0")))
 
 
@@ -35,24 +34,27 @@ class Source(locked_targets.TaskOnKart[list[int]]):
         self.dump(list(range(100_000)))
 
 
-class Left(locked_targets.TaskOnKart[int]):
+class SideOfTheDiamond(locked_targets.TaskOnKart[int]):
+    """Left and Right: each sums the source up its own way, under the method form of the decorator."""
+
     source: gokart.TaskOnKart[list[int]] = gokart.TaskInstanceParameter()
 
-    @RunWithLock
-    def run(self) -> None:
+    def summarize(self, summary: Callable[[list[int]], int]) -> None:
         record_run(self)
         values: list[int] = self.load(self.source)
-        self.dump(sum(values))
+        self.dump(summary(values))
 
 
-class Right(locked_targets.TaskOnKart[int]):
-    source: gokart.TaskOnKart[list[int]] = gokart.TaskInstanceParameter()
-
+class Left(SideOfTheDiamond):
     @RunWithLock
     def run(self) -> None:
-        record_run(self)
-        values: list[int] = self.load(self.source)
-        self.dump(max(values))
+        self.summarize(sum)
+
+
+class Right(SideOfTheDiamond):
+    @RunWithLock
+    def run(self) -> None:
+        self.summarize(max)
 
 
 class Join(locked_targets.TaskOnKart[dict[str, int]]):

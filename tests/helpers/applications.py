@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import collections
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from locked_targets.settings import Settings
+from locked_targets.testing import ProcessGroup, ProcessSpec, read_lines
 
-APP = str(Path(__file__).with_name("run_lock_app.py"))
+# ``python -m helpers.run_lock_app`` finds the helpers package on this directory.
+TESTS_DIRECTORY = str(Path(__file__).resolve().parent.parent)
+APPLICATION_TIMEOUT_SECONDS = 240.0
 
 
 class Applications:
@@ -46,32 +48,32 @@ class Applications:
     ) -> float:
         """Start one application per entry of ``whats`` together; return the wall time until the last ends."""
         started = time.monotonic()
-        processes = [
-            subprocess.Popen(
-                [sys.executable, APP, workspace, scheduler, what],
-                env={
-                    **os.environ,
+        python_path = os.pathsep.join(filter(None, [TESTS_DIRECTORY, os.environ.get("PYTHONPATH")]))
+        specs = [
+            ProcessSpec(
+                name=f"app-{number}",
+                arguments=[workspace, scheduler, what],
+                environment={
+                    "PYTHONPATH": python_path,
                     "LUIGI_CONFIG_PATH": str(self.config),
                     "PIPELINE_SIDE_LOG": str(self.side_log),
                     "PIPELINE_APPLICATION": f"app-{number}",
                     "PIPELINE_TASK_SECONDS": str(task_seconds),
                 },
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
             )
             for number, what in enumerate(whats)
         ]
-        if meanwhile is not None:
-            meanwhile()
-        outputs = [process.communicate(timeout=240)[0].decode() for process in processes]
-        wall = time.monotonic() - started
-        self.outputs = outputs
-        self.return_codes = [process.returncode for process in processes]
+        with ProcessGroup([sys.executable, "-m", "helpers.run_lock_app"], specs) as applications:
+            if meanwhile is not None:
+                meanwhile()
+            self.return_codes = applications.wait(started + APPLICATION_TIMEOUT_SECONDS)
+            wall = time.monotonic() - started
+            self.outputs = applications.outputs
         if expect_success:
-            for process, output in zip(processes, outputs, strict=True):
-                assert process.returncode == 0, output
+            for return_code, output in zip(self.return_codes, self.outputs, strict=True):
+                assert return_code == 0, output
         return wall
 
     def runs_per_task(self) -> dict[str, int]:
-        counts = collections.Counter(line.split()[0] for line in self.side_log.read_text().splitlines())
+        counts = collections.Counter(line.split()[0] for line in read_lines(self.side_log))
         return dict(counts)

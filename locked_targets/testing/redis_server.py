@@ -1,4 +1,4 @@
-"""A private, real ``redis-server`` for tests, demos and benchmarks: started, paused, killed, restarted."""
+"""A private, real ``redis-server``: started, paused, killed, restarted; and free loopback ports."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ _START_TIMEOUT_SECONDS = 10.0
 
 
 def free_port() -> int:
+    """A loopback port free at this moment; another process may take it before the caller binds it."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]

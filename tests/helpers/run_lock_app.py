@@ -1,11 +1,12 @@
-"""One luigi application running the test pipeline; exits 0 when luigi reports success."""
+"""One luigi application running the test pipeline: ``python -m helpers.run_lock_app``; 0 on success."""
 
 from __future__ import annotations
 
 import sys
 
 import luigi
-from run_lock_pipeline import Overlapping, Source, pipeline
+
+from helpers.run_lock_pipeline import Overlapping, Source, pipeline
 
 
 def main(workspace: str, scheduler: str, what: str) -> int:

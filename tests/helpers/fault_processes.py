@@ -7,9 +7,9 @@ import multiprocessing
 import time
 from typing import IO, Any
 
-from conftest import locked_target
 from gokart.file_processor import FileProcessor, make_file_processor
 
+from helpers.targets import locked_target
 from locked_targets.errors import LockLost
 from locked_targets.factories import build_single_file_target
 from locked_targets.settings import Settings

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: entry points for spawned processes, the test pipeline, object stores."""
