@@ -11,7 +11,6 @@ from gokart.conflict_prevention_lock.task_lock import make_task_lock_params
 from gokart.target import TargetOnKart
 
 import locked_targets
-from locked_targets.factories import build_single_file_target
 from locked_targets.settings import Settings
 
 # gokart's default lease (redis_timeout), which LockedTarget also uses by default.
@@ -100,6 +99,4 @@ def make_target(variant: Variant, path: str, redis: RedisAddress) -> TargetOnKar
     if variant is Variant.LOCKED_TARGET:
         return locked_targets.make_target(path)
     settings = dataclasses.replace(Settings.from_luigi_config(), shared_lease_idle_seconds=0)
-    return build_single_file_target(
-        path, unique_id=None, processor=None, store_index_in_feather=True, settings=settings
-    )
+    return locked_targets.make_target(path, settings=settings)

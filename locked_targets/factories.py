@@ -22,33 +22,47 @@ def make_target(
     unique_id: str | None = None,
     processor: FileProcessor | None = None,
     store_index_in_feather: bool = True,
+    *,
+    settings: Settings | None = None,
+    task: str | None = None,
 ) -> LockedTarget:
-    """A locked single-file cache target, as ``gokart.target.make_target`` makes unlocked."""
-    return build_single_file_target(
-        file_path,
-        unique_id=unique_id,
-        processor=processor,
-        store_index_in_feather=store_index_in_feather,
-        settings=Settings.from_luigi_config(),
-    )
+    """A locked single-file cache target, as ``gokart.target.make_target`` makes unlocked.
+
+    ``settings`` default to luigi's configuration; ``task`` is the task id that lock
+    holders' descriptions name.
+    """
+    path = file_path_with_unique_id(file_path, unique_id)
+    processor = processor or make_file_processor(path, store_index_in_feather=store_index_in_feather)
+    settings = settings if settings is not None else Settings.from_luigi_config()
+    target = storage_kind_for(path).single_file_target(path, processor, settings)
+    return LockedTarget(target, settings=settings, task=task)
 
 
 def make_model_target(
     file_path: str,
     temporary_directory: str,
     save_function: Callable[[Any, str], None],
-    load_function: Callable[[str], Any],
+    load_function: Callable[[str], Any] | None,
     unique_id: str | None = None,
+    *,
+    settings: Settings | None = None,
+    task: str | None = None,
 ) -> LockedTarget:
-    """A locked model target, as ``gokart.target.make_model_target`` makes unlocked."""
-    return build_model_target(
-        file_path,
+    """A locked model target, as ``gokart.target.make_model_target`` makes unlocked.
+
+    ``settings`` and ``task`` as for ``make_target``.
+    """
+    path = file_path_with_unique_id(file_path, unique_id)
+    settings = settings if settings is not None else Settings.from_luigi_config()
+    target = ModelTarget(
+        file_path=path,
+        storage=storage_kind_for(path),
+        settings=settings,
         temporary_directory=temporary_directory,
         save_function=save_function,
         load_function=load_function,
-        unique_id=unique_id,
-        settings=Settings.from_luigi_config(),
     )
+    return LockedTarget(target, settings=settings, task=task)
 
 
 def make_large_data_frame_target(
@@ -58,51 +72,8 @@ def make_large_data_frame_target(
     max_byte: int = DEFAULT_MAX_BYTE,
 ) -> LockedTarget:
     """A locked target for a DataFrame too large for one pickle: split into parts, zipped."""
-    return build_model_target(
-        file_path,
-        temporary_directory=temporary_directory,
-        save_function=LargeDataFrameProcessor(max_byte=max_byte).save,
-        load_function=LargeDataFrameProcessor.load,
-        unique_id=unique_id,
-        settings=Settings.from_luigi_config(),
-    )
-
-
-def build_single_file_target(
-    file_path: str,
-    *,
-    unique_id: str | None,
-    processor: FileProcessor | None,
-    store_index_in_feather: bool,
-    settings: Settings,
-    task: str | None = None,
-) -> LockedTarget:
-    path = file_path_with_unique_id(file_path, unique_id)
-    processor = processor or make_file_processor(path, store_index_in_feather=store_index_in_feather)
-    target = storage_kind_for(path).single_file_target(path, processor, settings)
-    return LockedTarget(target, settings=settings, task=task)
-
-
-def build_model_target(
-    file_path: str,
-    *,
-    temporary_directory: str,
-    save_function: Callable[[Any, str], None],
-    load_function: Callable[[str], Any] | None,
-    unique_id: str | None,
-    settings: Settings,
-    task: str | None = None,
-) -> LockedTarget:
-    path = file_path_with_unique_id(file_path, unique_id)
-    target = ModelTarget(
-        path=path,
-        storage=storage_kind_for(path),
-        settings=settings,
-        temporary_directory=temporary_directory,
-        save_function=save_function,
-        load_function=load_function,
-    )
-    return LockedTarget(target, settings=settings, task=task)
+    processor = LargeDataFrameProcessor(max_byte=max_byte)
+    return make_model_target(file_path, temporary_directory, processor.save, processor.load, unique_id)
 
 
 def file_path_with_unique_id(file_path: str, unique_id: str | None) -> str:

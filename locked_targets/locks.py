@@ -17,7 +17,7 @@ import hashlib
 import multiprocessing.util
 
 from locked_targets.process_state import ProcessLocalMap
-from locked_targets.rwlock import LockKeys, ReadWriteLock, RedisConnection, SharedLeases
+from locked_targets.rwlock import LeaseTerms, LockKeys, ReadWriteLock, RedisConnection, SharedLeases
 from locked_targets.settings import Settings
 from locked_targets.storage import storage_kind_for
 
@@ -58,15 +58,22 @@ def lock_for(
     return ReadWriteLock(
         connection,
         lock_key_for(path, settings, namespace),
-        lease_seconds=settings.lease_seconds,
-        renewal_interval_seconds=settings.effective_renewal_interval_seconds,
+        lease_terms(settings),
         wait_timeout_seconds=wait_timeout_seconds,
-        redis_retry_deadline_seconds=(
-            settings.redis_retry_deadline_seconds if settings.on_redis_error == "wait" else None
-        ),
         task=task,
         label=None if namespace is LockNamespace.TARGET else f"{namespace.value} lock",
         shared_leases=shared_leases,
+    )
+
+
+def lease_terms(settings: Settings) -> LeaseTerms:
+    """The lease, renewal interval and Redis retry deadline that ``settings`` give every lock."""
+    return LeaseTerms(
+        lease_seconds=settings.lease_seconds,
+        renewal_interval_seconds=settings.effective_renewal_interval_seconds,
+        redis_retry_deadline_seconds=(
+            settings.redis_retry_deadline_seconds if settings.on_redis_error == "wait" else None
+        ),
     )
 
 

@@ -11,7 +11,8 @@ import gokart
 from gokart.file_processor import FileProcessor
 from gokart.target import LargeDataFrameProcessor
 
-from locked_targets.factories import DEFAULT_MAX_BYTE, build_model_target, build_single_file_target
+from locked_targets import factories
+from locked_targets.factories import DEFAULT_MAX_BYTE
 from locked_targets.run_lock import run_under_lock
 from locked_targets.settings import Settings
 from locked_targets.target import LockedTarget
@@ -60,7 +61,7 @@ class TaskOnKart(gokart.TaskOnKart[T]):
         file_path = os.path.join(self.workspace_directory, relative)
         if processor is None and relative_file_path is not None:
             processor = self._create_processor_for_dataframe_type(file_path)
-        return build_single_file_target(
+        return factories.make_target(
             file_path,
             unique_id=self.make_unique_id() if use_unique_id else None,
             processor=processor,
@@ -78,12 +79,8 @@ class TaskOnKart(gokart.TaskOnKart[T]):
         relative = relative_file_path or os.path.join(
             self.__module__.replace(".", "/"), f"{type(self).__name__}.zip"
         )
-        return self._locked_model_target(
-            relative,
-            save_function=LargeDataFrameProcessor(max_byte=max_byte).save,
-            load_function=LargeDataFrameProcessor.load,
-            use_unique_id=use_unique_id,
-        )
+        processor = LargeDataFrameProcessor(max_byte=max_byte)
+        return self.make_model_target(relative, processor.save, processor.load, use_unique_id)
 
     def make_model_target(
         self,
@@ -94,22 +91,7 @@ class TaskOnKart(gokart.TaskOnKart[T]):
     ) -> LockedTarget:
         if not relative_file_path.endswith("zip"):
             raise ValueError(f"a model target's path must end in .zip, not {relative_file_path!r}")
-        return self._locked_model_target(
-            relative_file_path,
-            save_function=save_function,
-            load_function=load_function,
-            use_unique_id=use_unique_id,
-        )
-
-    def _locked_model_target(
-        self,
-        relative_file_path: str,
-        *,
-        save_function: Callable[[Any, str], None],
-        load_function: Callable[[str], Any],
-        use_unique_id: bool,
-    ) -> LockedTarget:
-        return build_model_target(
+        return factories.make_model_target(
             os.path.join(self.workspace_directory, relative_file_path),
             temporary_directory=self.local_temporary_directory,
             save_function=save_function,

@@ -10,7 +10,7 @@ import pytest
 from helpers.targets import locked_target
 from locked_targets import BackendUnavailable, LockTimeout, Settings
 from locked_targets.locks import connection_for, lock_key_for
-from locked_targets.rwlock import ReadWriteLock
+from locked_targets.rwlock import LeaseTerms, ReadWriteLock
 from locked_targets.testing import RedisServer, free_port
 
 
@@ -60,8 +60,7 @@ def test_a_lock_that_never_frees_times_out_naming_path_key_and_holder(
     holder = ReadWriteLock(
         connection_for(settings.redis_url),
         lock_key_for(path, settings),
-        lease_seconds=30,
-        renewal_interval_seconds=10,
+        LeaseTerms(lease_seconds=30, renewal_interval_seconds=10),
         task="Producer_abc123",
     )
     with holder.exclusive():

@@ -22,7 +22,7 @@ from helpers.lock_processes import SPAWN
 from helpers.target_processes import frame_model_target, hold_lock_of, load_model_repeatedly
 from helpers.targets import locked_target
 from locked_targets import LockedTarget, LockLost, Settings
-from locked_targets.factories import build_single_file_target
+from locked_targets.factories import make_target
 from locked_targets.locks import lock_key_for
 from locked_targets.process_state import Once
 
@@ -204,9 +204,7 @@ def test_a_load_whose_lease_was_lost_raises_lock_lost(
     locked_target(path, cold).dump("x")
     readers = lock_key_for(path, cold).readers
     processor = ForgottenWhileLoading(make_file_processor(path), lambda: redis_client.delete(readers))
-    target = build_single_file_target(
-        path, unique_id=None, processor=processor, store_index_in_feather=True, settings=cold
-    )
+    target = make_target(path, processor=processor, settings=cold)
     with pytest.raises(LockLost, match="no longer knew this holder"):
         target.load()
 
@@ -232,9 +230,7 @@ class RecordsFencingToken(FileProcessor):
 def test_a_dump_can_read_its_growing_fencing_token(tmp_path: Path, settings: Settings) -> None:
     path = str(tmp_path / "x.pkl")
     processor = RecordsFencingToken(make_file_processor(path))
-    target = build_single_file_target(
-        path, unique_id=None, processor=processor, store_index_in_feather=True, settings=settings
-    )
+    target = make_target(path, processor=processor, settings=settings)
     target.dump("first")
     target.remove()
     target.dump("second")

@@ -25,6 +25,7 @@ from locked_targets.rwlock.lease import (
     DRIFT_MARGIN_SECONDS,
     RETRY_AFTER_ERROR_SECONDS,
     HeldLock,
+    LeaseTerms,
     LockMode,
     trusted_until,
 )
@@ -179,10 +180,9 @@ def _held_lock(
     return HeldLock(
         connection=RedisConnection("redis://127.0.0.1:1/0"),
         keys=LockKeys(path=PATH, base=BASE),
+        terms=LeaseTerms(lease_seconds=lease_seconds, renewal_interval_seconds=renewal_interval_seconds),
         mode=LockMode.EXCLUSIVE,
         token="token-1",
-        lease_seconds=lease_seconds,
-        renewal_interval_seconds=renewal_interval_seconds,
         lease_started=sent_at,
         clock=_as_clock(clock),
     )
@@ -203,7 +203,7 @@ def test_a_lease_is_trusted_for_99_percent_of_it_less_2_ms_from_when_it_was_sent
 def test_a_held_lock_is_lost_exactly_when_its_trusted_time_comes(clock: ManualClock) -> None:
     sent_at = clock.now
     held = _held_lock(clock)
-    ends = trusted_until(sent_at, held.lease_seconds)
+    ends = trusted_until(sent_at, held.terms.lease_seconds)
     assert held.confirmed_until == ends
     clock.now = _just_before(ends)
     assert not held.lost
@@ -227,18 +227,18 @@ def test_ensure_held_raises_lock_lost_naming_the_path_once_the_trusted_time_pass
 
 def test_a_confirmed_renewal_trusts_the_lease_from_when_it_was_sent(clock: ManualClock) -> None:
     held = _held_lock(clock)
-    clock.advance(held.renewal_interval_seconds)
+    clock.advance(held.terms.renewal_interval_seconds)
     sent_at = clock.now
     clock.advance(0.5)  # the answer takes half a second to arrive
     held.extension_answered(1, sent_at)
-    assert held.confirmed_until == trusted_until(sent_at, held.lease_seconds)
-    assert held.confirmed_until < trusted_until(clock.now, held.lease_seconds)
+    assert held.confirmed_until == trusted_until(sent_at, held.terms.lease_seconds)
+    assert held.confirmed_until < trusted_until(clock.now, held.terms.lease_seconds)
     assert not held.lost
 
 
 def test_a_refused_renewal_marks_the_lock_lost(clock: ManualClock) -> None:
     held = _held_lock(clock)
-    clock.advance(held.renewal_interval_seconds)
+    clock.advance(held.terms.renewal_interval_seconds)
     held.extension_answered(0, clock.now)
     assert clock.now < held.confirmed_until
     assert held.lost

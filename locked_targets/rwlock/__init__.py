@@ -10,7 +10,7 @@ It knows nothing of gokart, luigi or storage: it locks ``LockKeys`` on a
 from locked_targets.rwlock.clock import SYSTEM_CLOCK, Clock
 from locked_targets.rwlock.connection import RedisConnection, redis_address
 from locked_targets.rwlock.keys import LockKeys
-from locked_targets.rwlock.lease import HeldLock, LockMode
+from locked_targets.rwlock.lease import HeldLock, LeaseTerms, LockMode
 from locked_targets.rwlock.lock import ReadWriteLock
 from locked_targets.rwlock.shared_leases import SharedLeases
 
@@ -18,6 +18,7 @@ __all__ = [
     "SYSTEM_CLOCK",
     "Clock",
     "HeldLock",
+    "LeaseTerms",
     "LockKeys",
     "LockMode",
     "ReadWriteLock",

@@ -8,10 +8,28 @@ Which base a cache file gets is the target layer's business (``locked_targets.lo
 from __future__ import annotations
 
 import dataclasses
+from typing import overload
 
 REVOKE_CHANNEL_SUFFIX = ":revoke"
 # Matches every lock's revoke channel: the hash tag's closing brace, then the suffix.
 REVOKE_CHANNEL_PATTERN = "*}" + REVOKE_CHANNEL_SUFFIX
+
+
+class _Named:
+    """A key or channel of a lock: the lock's base followed by a fixed suffix."""
+
+    def __init__(self, suffix: str, holds: str) -> None:
+        self.suffix = suffix
+        self.__doc__ = holds
+
+    @overload
+    def __get__(self, keys: None, owner: type[LockKeys]) -> _Named: ...
+
+    @overload
+    def __get__(self, keys: LockKeys, owner: type[LockKeys]) -> str: ...
+
+    def __get__(self, keys: LockKeys | None, owner: type[LockKeys]) -> str | _Named:
+        return self if keys is None else keys.base + self.suffix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,40 +42,19 @@ class LockKeys:
     base: str
     """The prefix of every key and channel of this lock; it ends with a hash tag in braces."""
 
-    @property
-    def writer(self) -> str:
-        """String: the token of the exclusive holder, expiring with its lease."""
-        return f"{self.base}:writer"
-
-    @property
-    def readers(self) -> str:
-        """Sorted set: shared holders' tokens, scored by lease expiry (ms, server time)."""
-        return f"{self.base}:readers"
-
-    @property
-    def waiting_writers(self) -> str:
-        """Sorted set: tokens of writers waiting for the lock, scored by expiry (ms, server time)."""
-        return f"{self.base}:waiting_writers"
-
-    @property
-    def holders(self) -> str:
-        """Hash: token to a description of the holder (host, pid, task, since)."""
-        return f"{self.base}:holders"
-
-    @property
-    def fence(self) -> str:
-        """String: the last fencing token granted with this lock; outlives the lock (long TTL)."""
-        return f"{self.base}:fence"
-
-    @property
-    def released_channel(self) -> str:
-        """Pub/sub channel on which a release wakes the waiters."""
-        return f"{self.base}:released"
-
-    @property
-    def revoke_channel(self) -> str:
-        """Pub/sub channel on which a waiting writer asks readers to give back kept shared leases."""
-        return f"{self.base}{REVOKE_CHANNEL_SUFFIX}"
+    writer = _Named(":writer", "String: the token of the exclusive holder, expiring with its lease.")
+    readers = _Named(
+        ":readers", "Sorted set: shared holders' tokens, scored by lease expiry (ms, server time)."
+    )
+    waiting_writers = _Named(
+        ":waiting_writers", "Sorted set: tokens of writers waiting for the lock, scored by expiry (ms)."
+    )
+    holders = _Named(":holders", "Hash: token to a description of the holder (host, pid, task, since).")
+    fence = _Named(":fence", "String: the last fencing token granted; outlives the lock (long TTL).")
+    released_channel = _Named(":released", "Pub/sub channel on which a release wakes the waiters.")
+    revoke_channel = _Named(
+        REVOKE_CHANNEL_SUFFIX, "Pub/sub channel on which a waiting writer asks for kept shared leases back."
+    )
 
     @property
     def every_key(self) -> tuple[str, str, str, str, str]:

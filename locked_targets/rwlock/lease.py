@@ -9,6 +9,7 @@ checks ``ensure_held()`` before it commits, and ``release()`` reports a lost loc
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import math
@@ -42,6 +43,16 @@ def trusted_until(sent_at: float, lease_seconds: float) -> float:
     return sent_at + lease_seconds * (1 - DRIFT_FACTOR) - DRIFT_MARGIN_SECONDS
 
 
+@dataclasses.dataclass(frozen=True)
+class LeaseTerms:
+    """How long a holder may go unrenewed, how often it renews, and how long it retries a failing Redis."""
+
+    lease_seconds: float
+    renewal_interval_seconds: float
+    redis_retry_deadline_seconds: float | None = None
+    """How long a failing Redis is retried (``on_redis_error = wait``); None: fail at once."""
+
+
 class LockMode(enum.Enum):
     """Shared holders may overlap each other; an exclusive holder overlaps nobody."""
 
@@ -57,27 +68,23 @@ class HeldLock:
         *,
         connection: RedisConnection,
         keys: LockKeys,
+        terms: LeaseTerms,
         mode: LockMode,
         token: str,
-        lease_seconds: float,
-        renewal_interval_seconds: float,
         lease_started: float,
         fencing_token: int | None = None,
-        redis_retry_deadline_seconds: float | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.connection = connection
         self.keys = keys
+        self.terms = terms
         self.mode = mode
         self.token = token
         self.fencing_token = fencing_token
         """Grows with every exclusive grant of this lock; None for a shared hold."""
-        self.lease_seconds = lease_seconds
-        self.renewal_interval_seconds = renewal_interval_seconds
-        self._redis_retry_deadline_seconds = redis_retry_deadline_seconds
         self._clock = clock
-        self.confirmed_until = trusted_until(lease_started, lease_seconds)
-        self.next_renewal = clock.monotonic() + renewal_interval_seconds
+        self.confirmed_until = trusted_until(lease_started, terms.lease_seconds)
+        self.next_renewal = clock.monotonic() + terms.renewal_interval_seconds
         self._lost: tuple[str, float] | None = None
         self._released = False
 
@@ -105,7 +112,7 @@ class HeldLock:
         released = with_redis_retries(
             self._release_once,
             what=f"releasing the lock of {self.keys.path}",
-            redis_retry_deadline_seconds=self._redis_retry_deadline_seconds,
+            redis_retry_deadline_seconds=self.terms.redis_retry_deadline_seconds,
             clock=self._clock,
         )
         if not released and self._lost is None:
@@ -133,7 +140,7 @@ class HeldLock:
 
     def extend(self, pipeline: redis.client.Pipeline | None = None) -> Any:
         """Renew the lease (with ``pipeline``, only queue the renewal): 1 while still owned."""
-        return scripts.extend(self.connection, self.keys, self.token, self.lease_seconds, pipeline)
+        return scripts.extend(self.connection, self.keys, self.token, self.terms.lease_seconds, pipeline)
 
     def extension_answered(self, reply: object, sent_at: float) -> None:
         if self._released:
@@ -141,8 +148,8 @@ class HeldLock:
         if isinstance(reply, Exception):
             self.extension_failed(reply)
         elif reply == 1:
-            self.confirmed_until = trusted_until(sent_at, self.lease_seconds)
-            self.next_renewal = sent_at + self.renewal_interval_seconds
+            self.confirmed_until = trusted_until(sent_at, self.terms.lease_seconds)
+            self.next_renewal = sent_at + self.terms.renewal_interval_seconds
         else:
             self.mark_lost(
                 "Redis no longer knew this holder at renewal: its lease had expired or Redis restarted"
@@ -156,7 +163,7 @@ class HeldLock:
             self.mark_lost(f"could not renew its lease before it ended: {error}")
         else:
             logger.warning("could not renew the lease of %s, retrying: %s", self.keys.path, error)
-            self.next_renewal = now + min(RETRY_AFTER_ERROR_SECONDS, self.renewal_interval_seconds)
+            self.next_renewal = now + min(RETRY_AFTER_ERROR_SECONDS, self.terms.renewal_interval_seconds)
 
 
 def _utc(wall_time: float) -> str:

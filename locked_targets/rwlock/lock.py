@@ -20,6 +20,7 @@ Time is the Redis server's (``TIME``), so clients on different machines agree on
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ from locked_targets.rwlock.clock import SYSTEM_CLOCK, Clock
 from locked_targets.rwlock.connection import RedisConnection, await_subscription
 from locked_targets.rwlock.holders import describe_holder, readable_blocker
 from locked_targets.rwlock.keys import LockKeys
-from locked_targets.rwlock.lease import HeldLock, LockMode, lease_keeper
+from locked_targets.rwlock.lease import HeldLock, LeaseTerms, LockMode, lease_keeper
 from locked_targets.rwlock.retry import with_redis_retries
 from locked_targets.rwlock.shared_leases import SharedLeases
 from locked_targets.rwlock.waiting import WaitReporter
@@ -41,43 +42,28 @@ from locked_targets.rwlock.waiting import WaitReporter
 logger = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
 class ReadWriteLock:
     """One lock (of a cache file, or of a task run): shared for readers, exclusive for writers."""
 
-    def __init__(
-        self,
-        connection: RedisConnection,
-        keys: LockKeys,
-        *,
-        lease_seconds: float,
-        renewal_interval_seconds: float,
-        wait_timeout_seconds: float | None = None,
-        redis_retry_deadline_seconds: float | None = None,
-        task: str | None = None,
-        label: str | None = None,
-        shared_leases: SharedLeases | None = None,
-        clock: Clock = SYSTEM_CLOCK,
-    ) -> None:
-        """``label`` names the lock in messages ("run lock"); without it, its mode does ("read lock").
-
-        With ``shared_leases``, shared holds are kept between reads in this process
-        (see ``shared_leases``), so repeated reads cost no round trip.
-        """
-        self._connection = connection
-        self.keys = keys
-        self._lease_seconds = lease_seconds
-        self._renewal_interval_seconds = renewal_interval_seconds
-        self._wait_timeout_seconds = wait_timeout_seconds
-        self._redis_retry_deadline_seconds = redis_retry_deadline_seconds
-        self._task = task
-        self._label = label
-        self._shared_leases = shared_leases
-        self._clock = clock
+    connection: RedisConnection
+    keys: LockKeys
+    terms: LeaseTerms
+    _: dataclasses.KW_ONLY
+    wait_timeout_seconds: float | None = None
+    """How long an acquisition waits for the lock before ``LockTimeout``; None: for ever."""
+    task: str | None = None
+    """The task on whose behalf the lock is held, as holders' descriptions name it."""
+    label: str | None = None
+    """How messages name this lock ("run lock"); without it, its mode does ("read lock")."""
+    shared_leases: SharedLeases | None = None
+    """Where shared holds are kept between reads in this process, so repeated reads cost no round trip."""
+    clock: Clock = SYSTEM_CLOCK
 
     def shared(self) -> AbstractContextManager[HeldLock]:
         """Hold the lock as one of possibly many readers for the duration of a ``with`` block."""
-        if self._shared_leases is not None:
-            return self._shared_leases.hold(self.keys.base, self._acquire_shared)
+        if self.shared_leases is not None:
+            return self.shared_leases.hold(self.keys.base, self._acquire_shared)
         return self._shared_once()
 
     def _acquire_shared(self) -> HeldLock:
@@ -94,8 +80,8 @@ class ReadWriteLock:
     @contextmanager
     def exclusive(self) -> Iterator[HeldLock]:
         """Hold the lock alone for the duration of the block."""
-        if self._shared_leases is not None:  # a shared lease this process keeps would block us
-            self._shared_leases.revoke(self.keys.base)
+        if self.shared_leases is not None:  # a shared lease this process keeps would block us
+            self.shared_leases.revoke(self.keys.base)
         held = self.acquire(LockMode.EXCLUSIVE)
         try:
             yield held
@@ -110,20 +96,20 @@ class ReadWriteLock:
         return with_redis_retries(
             lambda: self._acquire_once(mode),
             what=f"acquiring the {self.name(mode)} of {self.keys.path}",
-            redis_retry_deadline_seconds=self._redis_retry_deadline_seconds,
-            clock=self._clock,
+            redis_retry_deadline_seconds=self.terms.redis_retry_deadline_seconds,
+            clock=self.clock,
         )
 
     def name(self, mode: LockMode) -> str:
         """How messages name this lock held in ``mode``: 'read lock', 'write lock', or its label."""
-        return self._label or f"{mode.value} lock"
+        return self.label or f"{mode.value} lock"
 
     def _acquire_once(self, mode: LockMode) -> HeldLock:
         token = secrets.token_hex(16)
-        description = describe_holder(task=self._task, lock=self.name(mode), since=self._clock.wall())
-        started = self._clock.monotonic()
+        description = describe_holder(task=self.task, lock=self.name(mode), since=self.clock.wall())
+        started = self.clock.monotonic()
         try:
-            with self._connection.errors_translated():
+            with self.connection.errors_translated():
                 attempt = self._try_acquire(mode, token, description)
                 granted_at = started
                 if isinstance(attempt, scripts.Blocked):
@@ -137,13 +123,13 @@ class ReadWriteLock:
     def _abandon(self, token: str) -> None:
         """Undo an attempt whose reply may have been lost, so it leaves no ghost holder for a lease."""
         try:
-            scripts.release(self._connection, self.keys, token)
+            scripts.release(self.connection, self.keys, token)
         except (redis.RedisError, OSError) as error:
             logger.debug("could not abandon an attempt on %s: %s", self.keys.path, error)
 
     def _try_acquire(self, mode: LockMode, token: str, description: str) -> scripts.Attempt:
         acquire = scripts.acquire_shared if mode is LockMode.SHARED else scripts.acquire_exclusive
-        return acquire(self._connection, self.keys, token, self._lease_seconds, description)
+        return acquire(self.connection, self.keys, token, self.terms.lease_seconds, description)
 
     def _wait(
         self,
@@ -154,13 +140,13 @@ class ReadWriteLock:
         blocked: scripts.Blocked,
     ) -> tuple[float, scripts.Granted]:
         """Retry each time a release is published; return when the winning attempt was sent, and it."""
-        reporter = WaitReporter(path=self.keys.path, lock=self.name(mode), started=started, clock=self._clock)
-        pubsub = self._connection.client.pubsub()  # type: ignore[no-untyped-call]
+        reporter = WaitReporter(path=self.keys.path, lock=self.name(mode), started=started, clock=self.clock)
+        pubsub = self.connection.client.pubsub()  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(self.keys.released_channel)
             await_subscription(pubsub)
             while True:
-                attempt_at = self._clock.monotonic()
+                attempt_at = self.clock.monotonic()
                 attempt = self._try_acquire(mode, token, description)
                 if isinstance(attempt, scripts.Granted):
                     return attempt_at, attempt
@@ -168,18 +154,18 @@ class ReadWriteLock:
                 reporter.still_waiting(holder)
                 timeout = min(
                     attempt.lease_left_seconds,
-                    self._renewal_interval_seconds,
+                    self.terms.renewal_interval_seconds,
                     reporter.seconds_to_next_report(),
                 )
-                if self._wait_timeout_seconds is not None:
-                    remaining = started + self._wait_timeout_seconds - self._clock.monotonic()
+                if self.wait_timeout_seconds is not None:
+                    remaining = started + self.wait_timeout_seconds - self.clock.monotonic()
                     if remaining <= 0:
                         raise LockTimeout(
                             path=self.keys.path,
                             lock_key=self.keys.base,
                             lock=self.name(mode),
                             holder=holder,
-                            waited_seconds=self._clock.monotonic() - started,
+                            waited_seconds=self.clock.monotonic() - started,
                         )
                     timeout = min(timeout, remaining)
                 pubsub.get_message(timeout=timeout)
@@ -194,22 +180,20 @@ class ReadWriteLock:
         # Best effort: if Redis is gone, the waiting place expires with its lease anyway,
         # and the error that ended the wait is the one the caller must see.
         try:
-            scripts.cancel_wait(self._connection, self.keys, token)
+            scripts.cancel_wait(self.connection, self.keys, token)
         except (redis.RedisError, OSError) as error:
             logger.debug("could not withdraw a waiting writer of %s: %s", self.keys.path, error)
 
     def _register(self, mode: LockMode, token: str, started: float, fencing_token: int | None) -> HeldLock:
         held = HeldLock(
-            connection=self._connection,
+            connection=self.connection,
             keys=self.keys,
+            terms=self.terms,
             mode=mode,
             token=token,
-            lease_seconds=self._lease_seconds,
-            renewal_interval_seconds=self._renewal_interval_seconds,
             lease_started=started,
             fencing_token=fencing_token,
-            redis_retry_deadline_seconds=self._redis_retry_deadline_seconds,
-            clock=self._clock,
+            clock=self.clock,
         )
         lease_keeper().keep(held)
         return held

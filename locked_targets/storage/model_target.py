@@ -9,6 +9,7 @@ many readers can hold the shared lock at once.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Callable
@@ -28,45 +29,38 @@ _MODEL_FILE = "model.pkl"
 _LOAD_FUNCTION_FILE = "load_function.pkl"
 
 
+@dataclasses.dataclass(eq=False, kw_only=True)
 class ModelTarget(gokart.target.TargetOnKart):
     """A model saved by ``save_function`` as files in a directory, stored as one zip archive."""
 
-    def __init__(
-        self,
-        *,
-        path: str,
-        storage: StorageKind,
-        settings: Settings,
-        temporary_directory: str,
-        save_function: Callable[[Any, str], None],
-        load_function: Callable[[str], Any] | None,
-    ) -> None:
-        self._file_path = path
-        self._storage = storage
-        self._settings = settings
-        self._temporary_directory = temporary_directory
-        self._save_function = save_function
-        self._load_function = load_function
+    file_path: str
+    storage: StorageKind
+    settings: Settings
+    temporary_directory: str
+    """Where loads and dumps make their private working directories."""
+    save_function: Callable[[Any, str], None]
+    load_function: Callable[[str], Any] | None
+    """None: the load function saved beside the model is used."""
 
     def _zip_client(self, working_directory: str) -> ZipClient:
-        return self._storage.zip_client(self._file_path, working_directory, self._settings)
+        return self.storage.zip_client(self.file_path, working_directory, self.settings)
 
     def _private_directory(self) -> tempfile.TemporaryDirectory[str]:
-        os.makedirs(self._temporary_directory, exist_ok=True)
-        return tempfile.TemporaryDirectory(dir=self._temporary_directory, prefix="locked_targets-")
+        os.makedirs(self.temporary_directory, exist_ok=True)
+        return tempfile.TemporaryDirectory(dir=self.temporary_directory, prefix="locked_targets-")
 
     def _exists(self) -> bool:
-        return self._zip_client(self._temporary_directory).exists()
+        return self._zip_client(self.temporary_directory).exists()
 
     def _get_task_lock_params(self) -> TaskLockParams:
-        return unlocked_params(self._file_path)
+        return unlocked_params(self.file_path)
 
     def _load(self) -> Any:
         with self._private_directory() as working_directory:
             model_directory = os.path.join(working_directory, "archive")
             self._zip_client(model_directory).unpack_archive()
             load_function = (
-                self._load_function
+                self.load_function
                 or gokart.target.make_target(os.path.join(model_directory, _LOAD_FUNCTION_FILE)).load()
             )
             return load_function(os.path.join(model_directory, _MODEL_FILE))
@@ -81,9 +75,9 @@ class ModelTarget(gokart.target.TargetOnKart):
         with self._private_directory() as working_directory:
             model_directory = os.path.join(working_directory, "archive")
             os.makedirs(model_directory)
-            self._save_function(obj, os.path.join(model_directory, _MODEL_FILE))
+            self.save_function(obj, os.path.join(model_directory, _MODEL_FILE))
             gokart.target.make_target(os.path.join(model_directory, _LOAD_FUNCTION_FILE)).dump(
-                self._load_function,
+                self.load_function,
                 task_params=task_params,
                 custom_labels=custom_labels,
                 required_task_outputs=required_task_outputs,
@@ -91,10 +85,10 @@ class ModelTarget(gokart.target.TargetOnKart):
             self._zip_client(model_directory).make_archive()
 
     def _remove(self) -> None:
-        self._zip_client(self._temporary_directory).remove()
+        self._zip_client(self.temporary_directory).remove()
 
     def _last_modification_time(self) -> datetime:
-        return self._storage.last_modification_time(self._file_path, self._settings)
+        return self.storage.last_modification_time(self.file_path, self.settings)
 
     def _path(self) -> str:
-        return self._file_path
+        return self.file_path

@@ -11,7 +11,7 @@ from gokart.file_processor import FileProcessor, make_file_processor
 
 from helpers.targets import locked_target
 from locked_targets.errors import LockLost
-from locked_targets.factories import build_single_file_target
+from locked_targets.factories import make_target
 from locked_targets.settings import Settings
 
 PAYLOAD_BYTES = 8 * 1024 * 1024
@@ -59,9 +59,7 @@ def dump_stalling(
 ) -> None:
     """Dump ``writer``'s payload, stalling before the commit; report how the dump ended."""
     processor = StallingProcessor(make_file_processor(path), events, stall_seconds)
-    target = build_single_file_target(
-        path, unique_id=None, processor=processor, store_index_in_feather=True, settings=settings
-    )
+    target = make_target(path, processor=processor, settings=settings)
     try:
         target.dump(payload_of(writer))
     except LockLost as lost:

@@ -6,7 +6,7 @@ import multiprocessing
 import time
 
 from locked_targets.locks import connection_for
-from locked_targets.rwlock import LockKeys, LockMode, ReadWriteLock
+from locked_targets.rwlock import LeaseTerms, LockKeys, LockMode, ReadWriteLock
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -17,8 +17,7 @@ def make_lock(
     return ReadWriteLock(
         connection_for(redis_url),
         LockKeys(path=f"/cache/{base}", base=base),
-        lease_seconds=lease_seconds,
-        renewal_interval_seconds=lease_seconds / 3,
+        LeaseTerms(lease_seconds=lease_seconds, renewal_interval_seconds=lease_seconds / 3),
         wait_timeout_seconds=wait_timeout_seconds,
         task="TestTask_0123",
     )

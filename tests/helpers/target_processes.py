@@ -11,8 +11,8 @@ import pandas as pd
 import redis
 
 from helpers.targets import locked_target
-from locked_targets.factories import build_model_target
-from locked_targets.locks import connection_for, lock_key_for
+from locked_targets.factories import make_model_target
+from locked_targets.locks import connection_for, lease_terms, lock_key_for
 from locked_targets.rwlock import LockMode, ReadWriteLock
 from locked_targets.settings import Settings
 from locked_targets.target import LockedTarget
@@ -24,8 +24,7 @@ def hold_lock_of(path: str, settings: Settings, mode: str, seconds: float) -> No
     lock = ReadWriteLock(
         connection_for(settings.redis_url),
         lock_key_for(path, settings),
-        lease_seconds=settings.lease_seconds,
-        renewal_interval_seconds=settings.effective_renewal_interval_seconds,
+        lease_terms(settings),
         task="OtherApplication_0",
     )
     held = lock.acquire(LockMode(mode))
@@ -45,7 +44,7 @@ def frame_model_target(
     path: str, temporary_directory: str, settings: Settings, unique_id: str | None = None
 ) -> LockedTarget:
     """A locked model target at ``path`` that pickles a data frame through ``temporary_directory``."""
-    return build_model_target(
+    return make_model_target(
         path,
         temporary_directory=temporary_directory,
         save_function=save_frame,

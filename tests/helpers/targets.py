@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from locked_targets.factories import build_single_file_target
+from locked_targets.factories import make_target
 from locked_targets.settings import Settings
 from locked_targets.target import LockedTarget
 
 
 def locked_target(path: str, settings: Settings) -> LockedTarget:
     """A locked single-file target at ``path`` (format from its extension) using ``settings``."""
-    return build_single_file_target(
-        path, unique_id=None, processor=None, store_index_in_feather=True, settings=settings
-    )
+    return make_target(path, settings=settings)
