@@ -1,7 +1,9 @@
 """Settings of locked_targets, read the luigi way from a ``[locked_targets]`` section.
 
 Every value is validated when the settings are built, so a wrong setting fails
-before any target is touched, with a message that names it. For gokart
+before any target is touched, with a message that names it and shows no secret. Each
+duration has bounds (``_Bounds``) that keep it within what Redis, the lock's scripts and
+Python's waits can count, and the lease long enough for a renewal to be retried. For gokart
 compatibility ``[TaskOnKart] redis_host``/``redis_port``/``redis_timeout`` (or the
 same task parameters) switch locking on when ``redis_url`` is not set. A key of
 ``[locked_targets]`` that no setting reads is logged once per process, since a typo
@@ -13,16 +15,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
-import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Collection
 from configparser import ConfigParser
-from typing import Literal, TypeVar, cast, get_args
+from typing import Any, Literal, TypeVar, cast, get_args
 
 import luigi.configuration
 
 from locked_targets.errors import ConfigurationError
 from locked_targets.process_state import Once
-from locked_targets.rwlock import redis_address
+from locked_targets.rwlock.connection import HIDDEN, redacted_url, redis_address
 
 SECTION = "locked_targets"
 GOKART_SECTION = "TaskOnKart"
@@ -39,8 +41,46 @@ _Value = TypeVar("_Value")
 _Parser = Callable[[str, str], _Value]
 """Reads a setting's raw text; it gets the setting's name to put in its ConfigurationError."""
 
-# The key under which a field of Settings keeps its parser in ``dataclasses.field`` metadata.
+# The keys under which a field of Settings keeps, in ``dataclasses.field`` metadata, its
+# parser, its bounds (durations) and how messages and repr show it (credentials).
 _PARSER = "parser"
+_BOUNDS = "bounds"
+_SHOWN = "shown"
+
+_DAY_SECONDS = 24 * 3600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Bounds:
+    """The shortest and the longest value of a duration setting, in seconds, both allowed."""
+
+    shortest: float
+    longest: float
+
+    def check(self, name: str, value: object) -> None:
+        """Raise ``ConfigurationError`` unless ``value`` is a number of seconds within the bounds."""
+        if isinstance(value, bool) or not isinstance(value, int | float) or not self.within(value):
+            raise ConfigurationError(name, value, f"must be a number of seconds {self}")
+
+    def within(self, value: float) -> bool:
+        return self.shortest <= value <= self.longest  # False for NaN too
+
+    def __str__(self) -> str:
+        return f"from {self.shortest:g} to {self.longest:g}"
+
+
+# A lease must outlast a renewal round trip and a retry (its renewal interval is at most
+# half of it, at least 0.1 s); a week is far longer than any holder should block others
+# after a crash. The longest wait is 30 days. Every bound keeps durations exact in
+# milliseconds, well within what the scripts take (a year) and threading.TIMEOUT_MAX.
+LEASE_BOUNDS = _Bounds(1.0, 7 * _DAY_SECONDS)
+RENEWAL_INTERVAL_BOUNDS = _Bounds(0.1, LEASE_BOUNDS.longest / 2)
+WAIT_BOUNDS = _Bounds(0.0, 30 * _DAY_SECONDS)
+SHARED_LEASE_IDLE_BOUNDS = _Bounds(0.0, LEASE_BOUNDS.longest)
+REDIS_RETRY_DEADLINE_BOUNDS = _Bounds(1.0, 30 * _DAY_SECONDS)
+_PORT_RANGE = range(1, 65536)
+# A host name or IPv4 address, or an IPv6 address (which the URL puts in brackets).
+_HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
 
 
 def _text(_name: str, raw: str) -> str:
@@ -49,12 +89,9 @@ def _text(_name: str, raw: str) -> str:
 
 def _number(name: str, raw: str) -> float:
     try:
-        value = float(raw)
+        return float(raw)
     except ValueError:
         raise ConfigurationError(name, raw, "must be a number of seconds") from None
-    if math.isnan(value):
-        raise ConfigurationError(name, raw, "must be a number of seconds")
-    return value
 
 
 def _boolean(name: str, raw: str) -> bool:
@@ -73,6 +110,27 @@ def _integer(name: str, raw: str) -> int:
         raise ConfigurationError(name, raw, "must be a whole number") from None
 
 
+def _port(name: str, raw: str) -> int:
+    port = _integer(name, raw)
+    if port not in _PORT_RANGE:
+        raise ConfigurationError(name, raw, "must be a port number from 1 to 65535")
+    return port
+
+
+def _whole_lease_seconds(name: str, raw: str) -> int:
+    """gokart's ``redis_timeout``: a whole number of seconds (as gokart reads it) that can be the lease."""
+    seconds = _integer(name, raw)
+    if not LEASE_BOUNDS.within(seconds):
+        raise ConfigurationError(name, raw, f"must be a whole number of seconds {LEASE_BOUNDS}")
+    return seconds
+
+
+def _host(name: str, raw: str) -> str:
+    if not _HOST.fullmatch(raw):
+        raise ConfigurationError(name, raw, "must be a host name or an IP address")
+    return raw
+
+
 def _on_redis_error(name: str, raw: str) -> OnRedisError:
     """One of the values of ``OnRedisError``, exactly (lower case)."""
     choices: tuple[str, ...] = get_args(OnRedisError)
@@ -81,63 +139,86 @@ def _on_redis_error(name: str, raw: str) -> OnRedisError:
     return cast(OnRedisError, raw)
 
 
-def _setting(default: _Value, parser: _Parser[_Value]) -> _Value:
+def _setting(
+    default: _Value,
+    parser: _Parser[_Value],
+    *,
+    bounds: _Bounds | None = None,
+    shown: Callable[[str], str] | None = None,
+) -> _Value:
     """A field of ``Settings`` whose ``[locked_targets]`` value ``parser`` reads.
 
     The parser is declared next to the field, so a new field cannot end up read as plain
-    text because nobody thought to register its type elsewhere.
+    text because nobody thought to register its type elsewhere; so are a duration's
+    ``bounds``, and how messages show a value that may hold a credential (``shown``).
     """
-    return dataclasses.field(default=default, metadata={_PARSER: parser})
+    return dataclasses.field(default=default, metadata={_PARSER: parser, _BOUNDS: bounds, _SHOWN: shown})
 
 
-@dataclasses.dataclass(frozen=True)
+def _hidden(_value: str) -> str:
+    """A credential as messages show it."""
+    return HIDDEN
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
 class Settings:
     """Where the locks live, how they are keyed, and how long they last."""
 
-    redis_url: str | None = _setting(None, _text)
+    redis_url: str | None = _setting(None, _text, shown=redacted_url)
     key_prefix: str = _setting("locked_targets:", _text)
     local_key_prefix: str = _setting("local:", _text)
     s3_key_prefix: str = _setting("s3:", _text)
     gcs_key_prefix: str = _setting("gcs:", _text)
-    lease_seconds: float = _setting(DEFAULT_LEASE_SECONDS, _number)
-    renewal_interval_seconds: float | None = _setting(None, _number)
-    wait_timeout_seconds: float | None = _setting(None, _number)
-    run_wait_timeout_seconds: float | None = _setting(None, _number)
+    lease_seconds: float = _setting(DEFAULT_LEASE_SECONDS, _number, bounds=LEASE_BOUNDS)
+    renewal_interval_seconds: float | None = _setting(None, _number, bounds=RENEWAL_INTERVAL_BOUNDS)
+    wait_timeout_seconds: float | None = _setting(None, _number, bounds=WAIT_BOUNDS)
+    run_wait_timeout_seconds: float | None = _setting(None, _number, bounds=WAIT_BOUNDS)
     fail_on_collision: bool = _setting(False, _boolean)
-    shared_lease_idle_seconds: float = _setting(2.0, _number)
+    shared_lease_idle_seconds: float = _setting(2.0, _number, bounds=SHARED_LEASE_IDLE_BOUNDS)
     # RUF009 fears one mutable default shared by all instances; "fail" is a str, which ruff
     # cannot tell through the alias.
     on_redis_error: OnRedisError = _setting("fail", _on_redis_error)  # noqa: RUF009
-    redis_retry_deadline_seconds: float = _setting(600.0, _number)
-    s3_endpoint_url: str | None = _setting(None, _text)
-    gcs_endpoint_url: str | None = _setting(None, _text)
+    redis_retry_deadline_seconds: float = _setting(600.0, _number, bounds=REDIS_RETRY_DEADLINE_BOUNDS)
+    s3_endpoint_url: str | None = _setting(None, _text, shown=redacted_url)
+    gcs_endpoint_url: str | None = _setting(None, _text, shown=redacted_url)
     gcs_project: str | None = _setting(None, _text)
-    gcs_token: str | None = _setting(None, _text)
+    gcs_token: str | None = _setting(None, _text, shown=_hidden)
 
     def __post_init__(self) -> None:
+        # Values given in code (unchecked by mypy in untyped callers) get the file's checks.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is None:
+                if field.default is not None:
+                    raise ConfigurationError(field.name, value, "must be set")
+                continue
+            if field.metadata[_PARSER] is _text and not isinstance(value, str):
+                raise ConfigurationError(field.name, _shown(field, value), "must be text")
+            if field.metadata[_BOUNDS] is not None:
+                field.metadata[_BOUNDS].check(field.name, value)
         if self.redis_url is not None:
             redis_address(self.redis_url)
         for name in ("key_prefix", "local_key_prefix", "s3_key_prefix", "gcs_key_prefix"):
             prefix = getattr(self, name)
             if "{" in prefix or "}" in prefix:
                 raise ConfigurationError(name, prefix, "braces are reserved for the Redis Cluster hash tag")
-        # Values given in code (unchecked by mypy in untyped callers) get the file's check.
+            if not _encodable(prefix):
+                raise ConfigurationError(name, prefix, "must be text UTF-8 can encode (no lone surrogate)")
         _on_redis_error("on_redis_error", self.on_redis_error)
-        _require_positive("redis_retry_deadline_seconds", self.redis_retry_deadline_seconds)
-        _require_positive("lease_seconds", self.lease_seconds)
-        if self.renewal_interval_seconds is not None:
-            _require_positive("renewal_interval_seconds", self.renewal_interval_seconds)
-        if self.effective_renewal_interval_seconds >= self.lease_seconds:
+        interval = self.effective_renewal_interval_seconds
+        if interval > self.lease_seconds / 2:
             raise ConfigurationError(
                 "lease_seconds",
                 self.lease_seconds,
-                f"must be longer than the renewal interval ({self.effective_renewal_interval_seconds} s), "
-                "or a lease could expire between two renewals",
+                f"must be at least twice the renewal interval ({interval:g} s), "
+                "so that a renewal that fails can be retried before the lease ends",
             )
-        for name in ("wait_timeout_seconds", "run_wait_timeout_seconds", "shared_lease_idle_seconds"):
-            value = getattr(self, name)
-            if value is not None and not value >= 0:
-                raise ConfigurationError(name, value, "must be 0 or more")
+
+    def __repr__(self) -> str:
+        shown = (
+            f"{field.name}={_shown(field, getattr(self, field.name))!r}" for field in dataclasses.fields(self)
+        )
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     @property
     def locking_enabled(self) -> bool:
@@ -165,7 +246,7 @@ class Settings:
         *,
         redis_host: str | None = None,
         redis_port: int | None = None,
-        redis_timeout: float | None = None,
+        redis_timeout: int | None = None,
     ) -> Settings:
         """Build settings from luigi's configuration.
 
@@ -181,18 +262,10 @@ class Settings:
                 return None
             return parse(name, str(raw).strip())
 
-        def gokart_option(name: str, given: _Value | None, parse: _Parser[_Value]) -> _Value | None:
-            if given is not None:
-                return given
-            raw = config.get(GOKART_SECTION, name, None)
-            if raw is None or str(raw).strip() in ("", "None"):
-                return None
-            return parse(f"[{GOKART_SECTION}] {name}", str(raw).strip())
-
-        host = gokart_option("redis_host", redis_host, _text)
-        gokart_fail_on_collision = gokart_option("redis_fail_on_collision", None, _boolean)
-        port = gokart_option("redis_port", redis_port, _integer)
-        timeout = gokart_option("redis_timeout", redis_timeout, _number)
+        host = _gokart_option(config, "redis_host", redis_host, _host)
+        port = _gokart_option(config, "redis_port", redis_port, _port)
+        timeout = _gokart_option(config, "redis_timeout", redis_timeout, _whole_lease_seconds)
+        gokart_fail_on_collision = _gokart_option(config, "redis_fail_on_collision", None, _boolean)
         overrides: dict[str, object] = {}
         for field in dataclasses.fields(cls):
             parser: _Parser[object] = field.metadata[_PARSER]
@@ -200,7 +273,9 @@ class Settings:
             if value is not None:
                 overrides[field.name] = value
         if "redis_url" not in overrides and host is not None and port is not None:
-            overrides["redis_url"] = f"redis://{host}:{port}/0"
+            overrides["redis_url"] = (
+                f"redis://[{host}]:{port}/0" if ":" in host else f"redis://{host}:{port}/0"
+            )
         if "lease_seconds" not in overrides and timeout is not None:
             overrides["lease_seconds"] = timeout
         if "fail_on_collision" not in overrides and gokart_fail_on_collision is not None:
@@ -208,9 +283,54 @@ class Settings:
         return cls(**overrides)  # type: ignore[arg-type]
 
 
-def _require_positive(name: str, value: float) -> None:
-    if not (value > 0 and math.isfinite(value)):
-        raise ConfigurationError(name, value, "must be a positive number of seconds")
+# gokart's task parameters for its Redis, each with the parser that checks it as gokart reads it.
+_GOKART_PARAMETERS: dict[str, _Parser[object]] = {
+    "redis_host": _host,
+    "redis_port": _port,
+    "redis_timeout": _whole_lease_seconds,
+}
+
+
+def _gokart_option(
+    config: luigi.configuration.LuigiConfigParser, name: str, given: object, parse: _Parser[_Value]
+) -> _Value | None:
+    """A gokart option: the task's own parameter ``given``, else ``[TaskOnKart]``'s; None if neither."""
+    if given is not None:
+        return parse(name, str(given))
+    raw = config.get(GOKART_SECTION, name, None)  # type: ignore[no-untyped-call]
+    if raw is None or str(raw).strip() in ("", "None"):
+        return None
+    return parse(f"[{GOKART_SECTION}] {name}", str(raw).strip())
+
+
+def check_gokart_parameters(passed: Collection[str] = ()) -> None:
+    """Check ``[TaskOnKart]``'s ``redis_host``, ``redis_port`` and ``redis_timeout`` before a task reads them.
+
+    gokart parses them with luigi, whose bare ``ValueError`` names no setting (or takes a value
+    the lock cannot use); this raises ``ConfigurationError`` naming the setting instead.
+    Parameters given to the task itself (``passed``) are not read from the section.
+    """
+    config = luigi.configuration.get_config()  # type: ignore[no-untyped-call]
+    for name, parse in _GOKART_PARAMETERS.items():
+        if name not in passed:
+            _gokart_option(config, name, None, parse)
+
+
+def _shown(field: dataclasses.Field[Any], value: object) -> object:
+    """A field's value as a message or repr may show it: a credential hidden."""
+    shown: Callable[[str], str] | None = field.metadata[_SHOWN]
+    if shown is None or value is None:
+        return value
+    return shown(str(value))
+
+
+def _encodable(text: str) -> bool:
+    """Whether Redis can be sent ``text`` (as UTF-8): a lone surrogate cannot."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # In the order of the fields, which is the order docs/configuration.md lists them in.

@@ -14,7 +14,7 @@ from gokart.target import LargeDataFrameProcessor
 from locked_targets import factories
 from locked_targets.factories import DEFAULT_MAX_BYTE
 from locked_targets.run_lock import run_under_lock
-from locked_targets.settings import Settings
+from locked_targets.settings import GOKART_SECTION, Settings, check_gokart_parameters
 from locked_targets.target import LockedTarget
 
 T = TypeVar("T")
@@ -39,9 +39,17 @@ class TaskOnKart(gokart.TaskOnKart[T]):
             self.run = functools.partial(run_under_lock, self, run)  # type: ignore[method-assign]
 
     @classmethod
+    def _add_configuration(cls, kwargs: dict[str, Any], section: str) -> None:
+        # gokart parses [TaskOnKart] with luigi, whose bare ValueError for a bad redis_port names
+        # no setting: check the Redis parameters first, for a ConfigurationError that does.
+        if section == GOKART_SECTION:
+            check_gokart_parameters(passed=kwargs.keys())
+        super()._add_configuration(kwargs, section)  # type: ignore[no-untyped-call]
+
+    @classmethod
     def _should_lock_run(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         resolved = dict(kwargs)
-        cls._add_configuration(resolved, "TaskOnKart")  # type: ignore[no-untyped-call]
+        cls._add_configuration(resolved, "TaskOnKart")
         values = dict(cls.get_param_values(cls.get_params(), args, resolved))  # type: ignore[no-untyped-call]
         return bool(values.get("should_lock_run", False))
 

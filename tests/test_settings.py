@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Callable, Iterator
 from configparser import ConfigParser
 
@@ -94,6 +95,93 @@ def test_lease_not_longer_than_renewal_interval_is_refused() -> None:
         Settings(lease_seconds=10, renewal_interval_seconds=10)
 
 
+def test_a_lease_shorter_than_twice_the_renewal_interval_is_refused() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"lease_seconds=10: must be at least twice the renewal interval"
+    ):
+        Settings(lease_seconds=10, renewal_interval_seconds=5.5)
+
+
+def test_a_lease_of_twice_the_renewal_interval_is_accepted() -> None:
+    assert Settings(lease_seconds=10, renewal_interval_seconds=5).effective_renewal_interval_seconds == 5
+
+
+# Each duration setting, with values just outside its bounds and hostile ones.
+OUT_OF_BOUNDS = [
+    ("lease_seconds", 0.999),
+    ("lease_seconds", 0.001),
+    ("lease_seconds", 7 * 24 * 3600 + 1),
+    ("lease_seconds", 1e12),
+    ("lease_seconds", 1e300),
+    ("lease_seconds", float("inf")),
+    ("lease_seconds", float("nan")),
+    ("renewal_interval_seconds", 0.09),
+    ("renewal_interval_seconds", -1),
+    ("renewal_interval_seconds", float("nan")),
+    ("wait_timeout_seconds", -0.001),
+    ("wait_timeout_seconds", 30 * 24 * 3600 + 1),
+    ("wait_timeout_seconds", float("inf")),
+    ("run_wait_timeout_seconds", -1),
+    ("run_wait_timeout_seconds", 1e300),
+    ("shared_lease_idle_seconds", -1),
+    ("shared_lease_idle_seconds", 7 * 24 * 3600 + 1),
+    ("redis_retry_deadline_seconds", 0),
+    ("redis_retry_deadline_seconds", 0.5),
+    ("redis_retry_deadline_seconds", 30 * 24 * 3600 + 1),
+    ("redis_retry_deadline_seconds", float("-inf")),
+    ("lease_seconds", "60"),  # text given in code
+    ("wait_timeout_seconds", True),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), OUT_OF_BOUNDS, ids=str)
+def test_a_duration_out_of_its_bounds_is_refused_naming_them(name: str, value: object) -> None:
+    with pytest.raises(
+        ConfigurationError, match=rf"{name}=.*: must be a number of seconds from [\d.]+ to \d+"
+    ):
+        Settings(**{name: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("lease_seconds", 1.0),
+        ("lease_seconds", 1.5),
+        ("lease_seconds", 7 * 24 * 3600),
+        ("renewal_interval_seconds", 0.1),
+        ("wait_timeout_seconds", 0),
+        ("wait_timeout_seconds", 30 * 24 * 3600),
+        ("shared_lease_idle_seconds", 0),
+        ("redis_retry_deadline_seconds", 1),
+    ],
+    ids=str,
+)
+def test_a_duration_at_its_bounds_is_accepted(name: str, value: float) -> None:
+    assert getattr(Settings(**{name: value}), name) == value  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("option", "raw", "complaint"),
+    [
+        *[
+            ("lease_seconds", raw, "must be a number of seconds from 1 to 604800")
+            for raw in ("nan", "inf", "1e300")
+        ],
+        *[
+            ("[TaskOnKart] redis_timeout", raw, "must be a whole number")
+            for raw in ("0", "1.5", "604801", "1e300")
+        ],
+    ],
+)
+def test_a_duration_in_the_file_the_lease_cannot_take_names_the_setting(
+    luigi_config: luigi.configuration.LuigiConfigParser, option: str, raw: str, complaint: str
+) -> None:
+    section, _, name = option.rpartition(" ")
+    set_option(luigi_config, section.strip("[]") or "locked_targets", name, raw)
+    with pytest.raises(ConfigurationError, match=f"{re.escape(option)}=.*: {complaint}"):
+        Settings.from_luigi_config()
+
+
 def test_negative_wait_timeout_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="wait_timeout_seconds=-1"):
         Settings(wait_timeout_seconds=-1)
@@ -103,6 +191,41 @@ def test_non_numeric_lease_names_the_setting(luigi_config: luigi.configuration.L
     set_option(luigi_config, "locked_targets", "lease_seconds", "three minutes")
     with pytest.raises(ConfigurationError, match="lease_seconds='three minutes'"):
         Settings.from_luigi_config()
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "-1"])
+def test_a_gokart_port_out_of_range_names_the_setting(
+    luigi_config: luigi.configuration.LuigiConfigParser, port: str
+) -> None:
+    set_option(luigi_config, "TaskOnKart", "redis_host", "h")
+    set_option(luigi_config, "TaskOnKart", "redis_port", port)
+    with pytest.raises(
+        ConfigurationError, match=rf"\[TaskOnKart\] redis_port='{port}': must be a port number"
+    ):
+        Settings.from_luigi_config()
+
+
+def test_a_task_timeout_that_cannot_be_the_lease_names_the_parameter(
+    luigi_config: luigi.configuration.LuigiConfigParser,
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"^invalid setting redis_timeout='0'"):
+        Settings.from_luigi_config(redis_timeout=0)
+
+
+@pytest.mark.parametrize("host", ["h/0", "user:pw@h", "two words", "h?db=1"])
+def test_a_gokart_host_that_is_no_host_names_the_setting(
+    luigi_config: luigi.configuration.LuigiConfigParser, host: str
+) -> None:
+    set_option(luigi_config, "TaskOnKart", "redis_host", host)
+    set_option(luigi_config, "TaskOnKart", "redis_port", "6379")
+    with pytest.raises(ConfigurationError, match=r"\[TaskOnKart\] redis_host=.*: must be a host name"):
+        Settings.from_luigi_config()
+
+
+def test_a_gokart_ipv6_host_is_put_in_brackets(luigi_config: luigi.configuration.LuigiConfigParser) -> None:
+    set_option(luigi_config, "TaskOnKart", "redis_host", "::1")
+    set_option(luigi_config, "TaskOnKart", "redis_port", "6379")
+    assert Settings.from_luigi_config().redis_url == "redis://[::1]:6379/0"
 
 
 def test_non_numeric_gokart_port_names_the_setting(
@@ -120,8 +243,14 @@ def test_non_numeric_gokart_port_names_the_setting(
         ("localhost:6379", "must start with redis://"),
         ("http://localhost:6379", "must start with redis://"),
         ("redis://", "needs a host"),
-        ("redis://localhost:port/0", "not a valid URL"),
-        ("redis://localhost:6379/zero", "must be a number"),
+        ("redis://localhost:port/0", "a port is a number from 1 to 65535"),
+        ("redis://localhost:6379/zero", "must be a whole number"),
+        ("redis://localhost:0/0", "the port must be a number from 1 to 65535"),
+        ("redis://localhost:65536/0", "a port is a number from 1 to 65535"),
+        ("redis://localhost:6379/1/2", "the database '1/2' .* must be a whole number"),
+        ("redis://localhost:6379/99999999999", "must be a whole number from 0 to 2147483647"),
+        ("redis://:pass#word@localhost:6379/0", "write a # in a password as %23"),
+        ("unix://", "a unix:// URL needs a socket path"),
     ],
 )
 def test_malformed_redis_url_is_refused(url: str, complaint: str) -> None:
@@ -134,6 +263,31 @@ def test_a_refused_url_never_shows_its_password() -> None:
         Settings(redis_url="redis://user:hunter2@localhost:6379/db")
     assert "hunter2" not in str(raised.value)
     assert "user:***@localhost" in str(raised.value)
+
+
+def test_the_repr_of_settings_hides_the_redis_password_and_the_gcs_token() -> None:
+    settings = Settings(
+        redis_url="redis://user:hunter2@localhost:6379/0?client_name=app",
+        gcs_token="ya29.secret-token",
+        s3_endpoint_url="http://key:s3-secret@127.0.0.1:9000",
+    )
+    shown = repr(settings)
+    for secret in ("hunter2", "secret-token", "s3-secret"):
+        assert secret not in shown
+    assert "redis_url='redis://user:***@localhost:6379/0?client_name=app'" in shown
+    assert "gcs_token='***'" in shown
+
+
+def test_a_gcs_token_that_is_not_text_is_refused_without_showing_it() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Settings(gcs_token=b"ya29.secret-token")  # type: ignore[arg-type]
+    assert "secret-token" not in str(raised.value)
+    assert "gcs_token" in str(raised.value)
+
+
+def test_a_key_prefix_utf8_cannot_encode_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"key_prefix=.*UTF-8"):
+        Settings(key_prefix="team-\ud800:")
 
 
 def test_braces_in_a_key_prefix_are_refused() -> None:

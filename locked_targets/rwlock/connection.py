@@ -2,44 +2,255 @@
 
 A process keeps one connection per Redis URL (the target layer's registry); locks, the
 lease-renewal thread and waiters share its connection pool.
+
+A Redis URL is checked here before anything connects (``redis_address``), as redis-py will
+read it (its own ``parse_url``): a URL it would refuse, or read otherwise than it looks,
+raises ``ConfigurationError`` naming the part that is wrong. Every URL a message, a log
+line or a ``repr`` shows goes through ``redacted_url`` first, so no secret is ever shown.
+
+Opening a connection (TCP connect, TLS handshake, redis-py's greeting) must finish within
+the connect timeout, and each command within the command timeout. redis-py's own retries
+are off: they would multiply those timeouts, and ``retry`` decides what a failure does.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import SplitResult, urlsplit
+from typing import Any
+from urllib.parse import SplitResult, parse_qsl, unquote_plus, urlsplit
 
 import redis
+from redis.backoff import NoBackoff
 from redis.client import PubSub
 from redis.commands.core import Script
+from redis.connection import AbstractConnection, parse_url
+from redis.retry import Retry
 
 from locked_targets.errors import BackendUnavailable, ConfigurationError
 
 _CONNECT_TIMEOUT_SECONDS = 5.0
+"""How long opening a connection may take: TCP connect, TLS handshake and redis-py's greeting."""
 # A stopped or wedged server must surface as an error, not hang a task forever.
-_SOCKET_TIMEOUT_SECONDS = 30.0
+_COMMAND_TIMEOUT_SECONDS = 30.0
+"""How long a command may wait for its reply."""
 _HEALTH_CHECK_INTERVAL_SECONDS = 30
 _SUBSCRIBE_CONFIRM_SECONDS = 10.0
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 # Error replies that mean the server cannot serve locks now (out of memory under
 # noeviction, a replica, still loading, master down), not that a request was wrong.
 _UNAVAILABLE_REPLIES = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "BUSY", "TRYAGAIN", "CLUSTERDOWN")
+# Redis's reply to SELECT of a database it does not have.
+_NO_SUCH_DATABASE_REPLY = "DB index is out of range"
+
+# The query parameters a redis_url may carry (redis-py reads each of them). Timeouts,
+# retries and how replies are decoded are the lock's own, so the parameters that would
+# change them are refused like any unknown one.
+_QUERY_PARAMETERS = ("db", "username", "password", "client_name")
+_TLS_QUERY_PARAMETERS = (
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_ca_path",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_password",
+    "ssl_check_hostname",
+)
+# The query parameters that name a file (or, ssl_ca_path, a directory) the TLS handshake reads.
+_FILE_PARAMETERS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+_CERTIFICATE_CHECKS = ("none", "optional", "required")
+_LARGEST_DATABASE = 2**31 - 1  # Redis counts its databases in a C int
+_WHOLE_NUMBER = re.compile(r"[0-9]+")
+
+# What redacted_url hides: the user information (but a user name before a colon) between the
+# scheme and the last "@", and the value of every query parameter whose name says credential.
+_SCHEME_AND_SLASHES = re.compile(r"[^:/?#@]*:?/*")
+_QUERY_PAIR = re.compile(r"(?<=[?&;])([^=&#?;]*)=([^&#;]*)")
+_CREDENTIAL_NAME = re.compile(r"pass|pwd|secret|token|credential|auth", re.IGNORECASE)
+HIDDEN = "***"
+"""What a message shows in place of a secret."""
+
+
+def redacted_url(url: str) -> str:
+    """``url`` fit for a message, a log line or a ``repr``: every secret in it replaced by ``***``.
+
+    Hidden are the password of the user information (``user:***@host``) and the value of every
+    query parameter whose name says credential (``password=***``). Malformed URLs are redacted
+    too (``rediss//user:pw@host``, ``redis:/user:pw@host``): everything between the scheme and
+    the last ``@`` is taken for user information, and only a user name before a colon is kept.
+    """
+    shown = url
+    at = url.rfind("@")
+    if at >= 0:
+        start = _matched_end(_SCHEME_AND_SLASHES, url)
+        user, colon, _secret = url[start:at].partition(":")
+        shown = url[:start] + (f"{user}:{HIDDEN}" if colon else HIDDEN) + url[at:]
+    return _QUERY_PAIR.sub(_redacted_pair, shown)
+
+
+def _matched_end(pattern: re.Pattern[str], text: str) -> int:
+    """Where ``pattern`` (which matches every text, if only with nothing) stops matching ``text``."""
+    match = pattern.match(text)
+    assert match is not None
+    return match.end()
+
+
+def _redacted_pair(pair: re.Match[str]) -> str:
+    name = pair[1]
+    return f"{name}={HIDDEN}" if _CREDENTIAL_NAME.search(unquote_plus(name)) else pair[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class _CheckedUrl:
+    """A Redis URL redis-py can use, and what it reads from it."""
+
+    url: str
+    """The URL as redis-py is given it: its scheme in lower case."""
+    options: dict[str, Any]
+    """What redis-py's ``parse_url`` reads from it."""
+
+    @property
+    def database(self) -> int:
+        database: int = self.options.get("db", 0)
+        return database
+
+    @property
+    def address(self) -> str:
+        """Where the locks live, as messages show it: ``host:port/db``, or a socket path; never a secret."""
+        if "path" in self.options:
+            path: str = self.options["path"]
+            return path if self.database == 0 else f"{path}?db={self.database}"
+        host: str = self.options["host"]
+        host = f"[{host}]" if ":" in host else host
+        return f"{host}:{self.options.get('port', 6379)}/{self.database}"
+
+    @property
+    def connection_class(self) -> type[Any]:
+        """redis-py's connection class for this URL, made to open within the connect timeout."""
+        chosen: type[Any] = self.options.get("connection_class", redis.connection.Connection)
+        return _OPENS_WITHIN_CONNECT_TIMEOUT[chosen]
+
+
+def _checked(redis_url: str) -> _CheckedUrl:
+    """``redis_url`` as redis-py will read it; ``ConfigurationError`` naming what is wrong if it cannot."""
+    scheme, separator, rest = redis_url.partition("://")
+    # Schemes are case-insensitive; redis-py reads lower case only.
+    url = f"{scheme.lower()}{separator}{rest}"
+    problem = _problem_of(url)
+    if problem is not None:
+        raise ConfigurationError("redis_url", redacted_url(redis_url), problem)
+    options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+    return _CheckedUrl(url=url, options=options)
+
+
+def _problem_of(url: str) -> str | None:
+    """What keeps redis-py from reading ``url`` as it looks, or None."""
+    scheme, separator, _rest = url.partition("://")
+    if not separator or scheme not in _REDIS_SCHEMES:
+        return "must start with redis://, rediss:// or unix://"
+    if "#" in url:
+        return "has a #, which Redis does not read: write a # in a password as %23"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "the host and port cannot be read: a port is a number from 1 to 65535, an IPv6 host goes in []"
+    return _place_problem(parts, port) or _query_problem(parts)
+
+
+def _place_problem(parts: SplitResult, port: int | None) -> str | None:
+    """What is wrong with where the server is: a socket path, or a host, port and database."""
+    if parts.scheme == "unix":
+        return None if parts.path else "a unix:// URL needs a socket path, as in unix:///run/redis.sock"
+    if not parts.hostname:
+        return "needs a host, as in redis://localhost:6379/0"
+    if port == 0:
+        return "the port must be a number from 1 to 65535"
+    database = parts.path.strip("/")
+    problem = _database_problem(database) if database else None
+    return None if problem is None else f"the database {database!r} (the path after the port) {problem}"
+
+
+def _query_problem(parts: SplitResult) -> str | None:
+    """What is wrong with the query parameters: redis-py would fail on them or ignore them, or the lock."""
+    scheme = parts.scheme
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    accepted = _QUERY_PARAMETERS + (_TLS_QUERY_PARAMETERS if scheme == "rediss" else ())
+    names = [name for name, _value in pairs]
+    unknown = sorted({name for name in names if name not in accepted})
+    tls_only = [name for name in unknown if name in _TLS_QUERY_PARAMETERS]
+    if tls_only:
+        return f"the query parameter {', '.join(tls_only)} applies to rediss:// URLs only"
+    if unknown:
+        return (
+            f"unknown query parameter {', '.join(unknown)}: a redis_url accepts {', '.join(accepted)} "
+            "(timeouts and retries are locked_targets' own)"
+        )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        return f"the query parameter {', '.join(repeated)} is given more than once"
+    for name, value in pairs:
+        problem = "has no value" if not value else _value_problem(name, value)
+        if problem is not None:
+            return f"the query parameter {name} {problem}"
+    path_database = parts.path.strip("/")
+    query_database = dict(pairs).get("db")
+    if scheme != "unix" and path_database and query_database and int(path_database) != int(query_database):
+        return f"names two databases, /{path_database} and db={query_database}"
+    return None
+
+
+def _database_problem(database: str) -> str | None:
+    if _WHOLE_NUMBER.fullmatch(database) and int(database) <= _LARGEST_DATABASE:
+        return None
+    return f"must be a whole number from 0 to {_LARGEST_DATABASE}"
+
+
+def _value_problem(name: str, value: str) -> str | None:
+    """What is wrong with one query parameter's value, or None if redis-py and Redis will take it."""
+    if name == "db":
+        return _database_problem(value)
+    if name == "client_name" and not all("!" <= character <= "~" for character in value):
+        return "must be printable ASCII without spaces"
+    if name == "ssl_cert_reqs" and value not in _CERTIFICATE_CHECKS:
+        return f"must be {', '.join(_CERTIFICATE_CHECKS)}"
+    if name in _FILE_PARAMETERS and not os.path.isfile(value):
+        return f"names {value!r}, which is not a file"
+    if name == "ssl_ca_path" and not os.path.isdir(value):
+        return f"names {value!r}, which is not a directory"
+    return None
+
+
+def redis_address(redis_url: str) -> str:
+    """The ``host:port/db`` (or socket path) a Redis URL points at, without its credentials.
+
+    Raises ``ConfigurationError`` for a URL redis-py could not use, or would read otherwise than it looks.
+    """
+    return _checked(redis_url).address
 
 
 class RedisConnection:
     """A Redis server reached through one URL, and the scripts registered on it."""
 
     def __init__(self, redis_url: str) -> None:
-        self.address = redis_address(redis_url)
+        checked = _checked(redis_url)
+        self.address = checked.address
+        self.database = checked.database
+        self.shown_url = redacted_url(redis_url)
         self.client = redis.Redis.from_url(
-            redis_url,
+            checked.url,
+            connection_class=checked.connection_class,
+            redis_connect_func=_greet_within_connect_timeout,
             socket_connect_timeout=_CONNECT_TIMEOUT_SECONDS,
-            socket_timeout=_SOCKET_TIMEOUT_SECONDS,
+            socket_timeout=_COMMAND_TIMEOUT_SECONDS,
             health_check_interval=_HEALTH_CHECK_INTERVAL_SECONDS,
             socket_keepalive=True,
+            retry=Retry(NoBackoff(), retries=0),
         )
         self._scripts: dict[str, Script] = {}
         self._scripts_lock = threading.Lock()
@@ -54,7 +265,10 @@ class RedisConnection:
 
     @contextmanager
     def errors_translated(self) -> Iterator[None]:
-        """Re-raise Redis connection and authentication failures as ``BackendUnavailable``."""
+        """Re-raise Redis connection and authentication failures as ``BackendUnavailable``.
+
+        A database the server does not have is a ``ConfigurationError``: retrying cannot help.
+        """
         try:
             yield
         except redis.AuthenticationError:
@@ -65,6 +279,11 @@ class RedisConnection:
             raise BackendUnavailable(
                 address=self.address, reason=str(error) or type(error).__name__
             ) from None
+        except redis.InvalidResponse:
+            raise BackendUnavailable(
+                address=self.address,
+                reason="what answers there does not speak Redis: check the port",
+            ) from None
         except redis.ResponseError as error:
             message = str(error)
             if message.startswith("NOAUTH"):
@@ -73,7 +292,69 @@ class RedisConnection:
                 ) from None
             if message.startswith(_UNAVAILABLE_REPLIES):
                 raise BackendUnavailable(address=self.address, reason=message) from None
+            if message.startswith(_NO_SUCH_DATABASE_REPLY):
+                raise ConfigurationError("redis_url", self.shown_url, self._no_such_database()) from None
             raise
+
+    def _no_such_database(self) -> str:
+        """Why SELECT failed, with the server's number of databases when it tells (CONFIG may be refused)."""
+        pool = self.client.connection_pool
+        first_database = redis.ConnectionPool(
+            connection_class=pool.connection_class, **{**pool.connection_kwargs, "db": 0}
+        )
+        try:
+            count = int(str(redis.Redis(connection_pool=first_database).config_get("databases")["databases"]))
+            told = f": it has {count} (0 to {count - 1})"
+        except (redis.RedisError, OSError, KeyError, ValueError):
+            told = ""
+        finally:
+            first_database.disconnect()
+        return f"the database {self.database} does not exist on the server at {self.address}{told}"
+
+
+class _OpensWithinConnectTimeout(AbstractConnection):
+    """A redis-py connection whose TLS handshake, like its TCP connect, has the connect timeout.
+
+    redis-py gives the socket its command timeout as soon as TCP connects, so a TLS
+    handshake with a server that never answers (a plain Redis port, a silent peer) would
+    wait the command timeout. The command timeout applies once the greeting is done
+    (``_greet_within_connect_timeout``).
+    """
+
+    def _connect(self) -> Any:
+        command_timeout = self.socket_timeout
+        self.socket_timeout = self.socket_connect_timeout
+        try:
+            # The concrete class's _connect (TCP, TLS, Unix socket), next in the method order.
+            return super()._connect()  # type: ignore[safe-super,no-untyped-call]
+        finally:
+            self.socket_timeout = command_timeout
+
+
+class _TcpConnection(_OpensWithinConnectTimeout, redis.connection.Connection):
+    """``redis://``."""
+
+
+class _TlsConnection(_OpensWithinConnectTimeout, redis.connection.SSLConnection):
+    """``rediss://``."""
+
+
+class _UnixSocketConnection(_OpensWithinConnectTimeout, redis.connection.UnixDomainSocketConnection):
+    """``unix://``."""
+
+
+_OPENS_WITHIN_CONNECT_TIMEOUT: dict[type[Any], type[Any]] = {
+    redis.connection.Connection: _TcpConnection,
+    redis.connection.SSLConnection: _TlsConnection,
+    redis.connection.UnixDomainSocketConnection: _UnixSocketConnection,
+}
+
+
+def _greet_within_connect_timeout(connection: AbstractConnection) -> None:
+    """redis-py's greeting (AUTH, SELECT, CLIENT SETINFO) under the connect timeout, then the command one."""
+    connection.on_connect()  # type: ignore[no-untyped-call]
+    if connection._sock is not None:
+        connection._sock.settimeout(connection.socket_timeout)
 
 
 def await_subscription(pubsub: PubSub) -> None:
@@ -82,40 +363,3 @@ def await_subscription(pubsub: PubSub) -> None:
     while pubsub.get_message(timeout=max(0.0, deadline - time.monotonic())) is None:
         if time.monotonic() >= deadline:
             raise redis.TimeoutError("Redis did not confirm a subscription in time")
-
-
-def redis_address(redis_url: str) -> str:
-    """The ``host:port/db`` a Redis URL points at, without its credentials.
-
-    Raises ``ConfigurationError`` for a URL redis-py could not use.
-    """
-    shown = _without_password(redis_url)
-    try:
-        parts = urlsplit(redis_url)
-        port = parts.port
-    except ValueError as error:
-        raise ConfigurationError("redis_url", shown, f"not a valid URL ({error})") from None
-    if parts.scheme not in _REDIS_SCHEMES:
-        raise ConfigurationError("redis_url", shown, "must start with redis://, rediss:// or unix://")
-    if parts.scheme == "unix":
-        if not parts.path:
-            raise ConfigurationError("redis_url", shown, "a unix:// URL needs a socket path")
-        return parts.path
-    if not parts.hostname:
-        raise ConfigurationError("redis_url", shown, "needs a host, as in redis://localhost:6379/0")
-    database = parts.path.strip("/") or "0"
-    if not database.isdigit():
-        raise ConfigurationError("redis_url", shown, f"the database {database!r} must be a number")
-    return f"{parts.hostname}:{port or 6379}/{database}"
-
-
-def _without_password(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-    except ValueError:
-        return "<unparsable URL>"
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return SplitResult(parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment).geturl()

@@ -21,8 +21,27 @@ from locked_targets.rwlock.keys import LockKeys
 # The fencing counter outlives the lock by this long, so tokens keep growing across uses.
 FENCE_KEPT_SECONDS = 30 * 24 * 3600.0
 
-# Shared Lua helpers, prepended to the scripts that need them.
-_LUA_HELPERS = """
+# The longest duration a script takes (ms): a year. It keeps the server time in ms plus a
+# duration far below 10^14, so every sum stays a whole number, exact in Lua's doubles and
+# written out by Lua as digits (not 1e+14) when handed to ZADD, SET PX or PEXPIRE.
+LONGEST_MILLISECONDS = 365 * 24 * 3600 * 1000
+
+# Shared Lua helpers, prepended to the scripts that need them. A script checks each duration
+# it is sent (``duration_ms``) before it writes anything, and refuses one that is not a whole
+# number from 1 to LONGEST_MILLISECONDS with an error reply: a key it wrote with such a
+# duration could be left without a TTL, and stuck for ever.
+_LUA_HELPERS = (
+    """
+local LONGEST_MS = """
+    + str(LONGEST_MILLISECONDS)
+    + """
+local function duration_ms(index)
+  local text = ARGV[index] or ''
+  if string.match(text, '^[1-9]%d*$') and tonumber(text) <= LONGEST_MS then return tonumber(text) end
+end
+local function refused(index)
+  return redis.error_reply('ERR ARGV[' .. index .. '] must be a whole number of ms from 1 to ' .. LONGEST_MS)
+end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -38,6 +57,7 @@ local function prune(zset, holders, now)
   end
 end
 """
+)
 
 
 def milliseconds(seconds: float) -> int:
@@ -87,13 +107,15 @@ def _blocked(reply: list[Any]) -> Blocked:
 # KEYS[1] writer, KEYS[2] readers, KEYS[3] waiting_writers, KEYS[4] holders
 # ARGV[1] token, ARGV[2] lease (ms), ARGV[3] description of the holder
 # Returns {1} when acquired, else {0, ms until the blocking lease ends, the blocker's
-# description, 'holds' or 'waits'} (a reader is also blocked by a waiting writer).
+# description, 'holds' or 'waits'} (a reader is also blocked by a waiting writer); an
+# error reply, having written nothing, if a duration (ms) is out of range.
 # A reader is admitted when there is no writer and no live waiting writer.
 ACQUIRE_SHARED = (
     _LUA_HELPERS
     + """
+local lease = duration_ms(2)
+if not lease then return refused(2) end
 local now = now_ms()
-local lease = tonumber(ARGV[2])
 if redis.call('ZSCORE', KEYS[2], ARGV[1]) then  -- a retry of an attempt whose reply was lost
   redis.call('ZADD', KEYS[2], now + lease, ARGV[1])
   keep_alive(KEYS[2], lease)
@@ -131,15 +153,17 @@ def acquire_shared(
 # KEYS[1] writer, KEYS[2] readers, KEYS[3] waiting_writers, KEYS[4] holders, KEYS[5] fence
 # ARGV[1] token, ARGV[2] lease (ms), ARGV[3] description of the holder, ARGV[4] the
 # revoke channel, ARGV[5] how long the fencing counter outlives its last grant (ms)
-# Returns {1, fencing token} when acquired, else as ACQUIRE_SHARED.
+# Returns {1, fencing token} when acquired, else as ACQUIRE_SHARED (error reply included).
 # A writer is admitted when there is no writer and no live reader; otherwise it
 # (re)registers as waiting, with a lease, which shuts out new readers. When readers
 # block it, it asks them (through ARGV[4]) to give back leases they keep between reads.
 ACQUIRE_EXCLUSIVE = (
     _LUA_HELPERS
     + """
+local lease = duration_ms(2)
+if not lease then return refused(2) end
+if not duration_ms(5) then return refused(5) end
 local now = now_ms()
-local lease = tonumber(ARGV[2])
 local blocker = redis.call('GET', KEYS[1])
 local wait_ms = 0
 if blocker == ARGV[1] then  -- a retry of an attempt whose reply was lost
@@ -245,11 +269,13 @@ def cancel_wait(connection: RedisConnection, keys: LockKeys, token: str) -> None
 
 # KEYS[1] writer, KEYS[2] readers, KEYS[3] holders
 # ARGV[1] token, ARGV[2] lease (ms)
-# Returns 1 if the lease was extended, 0 if the token no longer holds the lock.
+# Returns 1 if the lease was extended, 0 if the token no longer holds the lock; an error
+# reply, having written nothing, if the lease is out of range.
 EXTEND = (
     _LUA_HELPERS
     + """
-local lease = tonumber(ARGV[2])
+local lease = duration_ms(2)
+if not lease then return refused(2) end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], lease)
   keep_alive(KEYS[3], lease)
