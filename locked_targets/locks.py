@@ -1,9 +1,10 @@
 """From a cache path and the settings to its lock: the keys of a file, and the lock built on them.
 
 A key is ``<key_prefix><storage key_prefix><namespace>:{<digest>}``: the digest is a
-SHA-256 of the storage kind and the normalized path, so distinct files never share a
-lock (gokart keyed by basename, so ``s3://a/x_1.pkl`` and ``gs://b/x_1.pkl`` collided),
-and any path (braces, newlines, very long names) gives a short, safe key. The digest in
+SHA-256 of the storage kind and the file's identity (a local file's real path), so
+distinct files never share a lock (gokart keyed by basename, so ``s3://a/x_1.pkl`` and
+``gs://b/x_1.pkl`` collided), two names of one file share one, and any path (braces,
+newlines, very long names) gives a short, safe key. The digest in
 braces is the Redis Cluster hash tag that keeps every key of one lock in one slot.
 
 The process keeps one ``RedisConnection`` per Redis URL and one set of kept shared
@@ -13,7 +14,6 @@ leases per connection (both in ``process_state``); kept leases are given back at
 from __future__ import annotations
 
 import enum
-import hashlib
 import multiprocessing.util
 
 from locked_targets.process_state import ProcessLocalMap
@@ -34,11 +34,10 @@ def lock_key_for(
 ) -> LockKeys:
     """The lock keys of the cache file at ``path``, in ``namespace`` (targets, or task runs)."""
     kind = storage_kind_for(path)
-    identity = f"{kind.name}\0{kind.identity(path)}"
-    digest = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    identity = kind.identify(path)
     namespace = LockNamespace(namespace)
-    base = f"{settings.key_prefix}{kind.key_prefix(settings)}{namespace.value}:{{{digest}}}"
-    return LockKeys(path=kind.identity(path), base=base)
+    base = f"{settings.key_prefix}{kind.key_prefix(settings)}{namespace.value}:{{{identity.digest}}}"
+    return LockKeys(path=identity.path, base=base)
 
 
 def lock_for(

@@ -32,7 +32,9 @@ from gokart.file_processor import make_file_processor
 
 import locked_targets.storage.local
 from helpers.object_stores import GCS_PROJECT, GCS_TOKEN, HOST, independent_gcs
+from helpers.s3_uploads import leave_unfinished_upload, unfinished_uploads
 from locked_targets.errors import CommitRefused, LockLost
+from locked_targets.locks import lock_key_for
 from locked_targets.process_state import Once
 from locked_targets.settings import Settings
 from locked_targets.storage import storage_kind_for
@@ -42,6 +44,9 @@ MEBIBYTE = 2**20
 LARGE_OBJECT_BYTES = 12 * MEBIBYTE  # an S3 multipart upload, a GCS resumable upload
 SIZES = pytest.mark.parametrize("size", [1024, LARGE_OBJECT_BYTES], ids=["small", "large"])
 FENCED = CommitGuard(check=lambda: None, fencing_token=7)
+"""The guard of a dump that holds its target's exclusive lock."""
+WITHOUT_REDIS = CommitGuard(check=lambda: None, fencing_token=None)
+"""The guard of a ``LockedTarget``'s dump when no Redis is configured: no lock, no token."""
 _HOP_BY_HOP_HEADERS = {"connection", "content-length", "keep-alive", "transfer-encoding"}
 
 
@@ -244,6 +249,28 @@ def temporary_files(tmp_path: Path) -> list[Path]:
     return [*tmp_path.rglob(".locked_targets-*"), *tmp_path.glob("*.zip")]
 
 
+def staging_directory_of(path: str) -> str:
+    """The name of the directory where locked dumps of ``path`` stage: named after its lock."""
+    digest = lock_key_for(path, Settings()).base.rpartition("{")[2].rstrip("}")
+    return f".locked_targets-{digest}.publish"
+
+
+def stale_writer(path: str, settings: Settings) -> Any:
+    """A locked writer that has written its data and lost its lock: its commit is yet to come.
+
+    Every writer opened after it in the same guard is a later holder of the lock.
+    """
+    stale = writer(path, settings)
+    stale.write(b"stale")
+    return stale
+
+
+def fail_while_writing(path: str, settings: Settings) -> None:
+    with writer(path, settings) as file:
+        file.write(b"half")
+        raise RuntimeError("the writer failed")
+
+
 def lock_lost(path: str) -> None:
     raise LockLost(lock_key="test:lock", path=path, reason="renewal failed", lost_at="12:00:00")
 
@@ -294,6 +321,79 @@ def test_two_writers_of_one_seeded_task_stage_in_different_files(storage: Storag
     with pytest.raises(CommitRefused):
         second.close()
     assert storage.read(path) == b"first"
+
+
+def test_a_locked_dump_stages_in_a_directory_named_after_its_lock(storage: Storage) -> None:
+    path = storage.path("object.bin")
+    with guarded_by(FENCED), writer(path, storage.settings) as file:
+        staged_in = os.path.dirname(file.tmp_path)
+    assert os.path.basename(staged_in) == staging_directory_of(path)
+
+
+def test_a_dump_without_a_lock_stages_under_a_random_name(storage: Storage) -> None:
+    """Two unlocked writers of one target may run at once: a name of the target's would be shared."""
+    path = storage.path("object.bin")
+    with guarded_by(WITHOUT_REDIS):
+        first = writer(path, storage.settings)
+        second = writer(path, storage.settings)
+        first.close()
+        with pytest.raises(CommitRefused):
+            second.close()
+    assert first.tmp_path != second.tmp_path
+    assert staging_directory_of(path) not in first.tmp_path + second.tmp_path
+
+
+def test_a_locked_publish_leaves_nothing_staged(storage: Storage, tmp_path: Path) -> None:
+    with guarded_by(FENCED):
+        publish(storage.path("object.bin"), b"payload", storage.settings)
+    assert temporary_files(tmp_path) == []
+
+
+def test_a_locked_writer_that_raises_leaves_nothing_staged(storage: Storage, tmp_path: Path) -> None:
+    path = storage.path("object.bin")
+    with guarded_by(FENCED), pytest.raises(RuntimeError, match="the writer failed"):
+        fail_while_writing(path, storage.settings)
+    assert not storage.exists(path)
+    assert temporary_files(tmp_path) == []
+
+
+def test_a_locked_dump_clears_what_a_dead_writer_staged(storage: Storage, tmp_path: Path) -> None:
+    path = storage.path("object.bin")
+    with guarded_by(FENCED):
+        dead = writer(path, storage.settings)
+        dead.write(b"half")
+        dead.flush()
+        dead.raw.close()  # its process was killed: the file is closed, and never published
+        publish(path, b"whole", storage.settings)
+    assert not os.path.exists(dead.tmp_path)
+    assert temporary_files(tmp_path) == []
+    assert storage.read(path) == b"whole"
+
+
+def test_a_stale_writer_never_publishes_the_live_holders_file(storage: Storage) -> None:
+    """A writer paused past its lease whose commit comes while the next holder writes publishes nothing."""
+    path = storage.path("object.bin")
+    with guarded_by(FENCED):
+        stale = stale_writer(path, storage.settings)
+        live = writer(path, storage.settings)
+        live.write(b"li")
+        live.flush()
+        with pytest.raises(FileNotFoundError):
+            stale.close()
+        assert not storage.exists(path)
+        live.write(b"ve")
+        live.close()
+    assert storage.read(path) == b"live"
+
+
+def test_a_stale_writer_whose_successor_has_published_is_refused(storage: Storage) -> None:
+    path = storage.path("object.bin")
+    with guarded_by(FENCED):
+        stale = stale_writer(path, storage.settings)
+        publish(path, b"successor", storage.settings)
+        with pytest.raises(CommitRefused):
+            stale.close()
+    assert storage.read(path) == b"successor"
 
 
 def test_guard_that_raises_stops_the_publish(storage: Storage, tmp_path: Path) -> None:
@@ -375,6 +475,14 @@ def test_guard_that_raises_stops_the_archive(storage: Storage, tmp_path: Path) -
     assert temporary_files(tmp_path) == []
 
 
+def test_a_locked_archive_leaves_nothing_staged(storage: Storage, tmp_path: Path) -> None:
+    with guarded_by(FENCED):
+        publish_archive(
+            storage.path("model.zip"), directory_with(tmp_path, "model", b"model"), storage.settings
+        )
+    assert temporary_files(tmp_path) == []
+
+
 def test_fencing_token_is_recorded_in_the_archive_metadata(object_store: Storage, tmp_path: Path) -> None:
     path = object_store.path("model.zip")
     with guarded_by(FENCED):
@@ -434,3 +542,33 @@ def test_s3_refused_multipart_upload_leaves_no_parts(s3_storage: Storage, s3_end
         publish(path, os.urandom(LARGE_OBJECT_BYTES), s3_storage.settings)
     bucket = path.removeprefix("s3://").split("/", 1)[0]
     assert "Uploads" not in boto3.client("s3", endpoint_url=s3_endpoint).list_multipart_uploads(Bucket=bucket)
+
+
+def uploads_left_after_a_large_publish(
+    storage: Storage, endpoint: str, left_at: str, guard: CommitGuard
+) -> int:
+    """Leave an unfinished upload of ``left_at``, publish a large ``large.bin``: how many are left."""
+    leave_unfinished_upload(endpoint, storage.path(left_at))
+    with guarded_by(guard):
+        publish(storage.path("large.bin"), os.urandom(LARGE_OBJECT_BYTES), storage.settings)
+    return len(unfinished_uploads(endpoint, storage.path(left_at)))
+
+
+def test_a_locked_multipart_upload_aborts_those_dead_writers_left_of_its_key(
+    s3_storage: Storage, s3_endpoint: str
+) -> None:
+    assert uploads_left_after_a_large_publish(s3_storage, s3_endpoint, "large.bin", FENCED) == 0
+
+
+def test_a_locked_multipart_upload_leaves_other_keys_uploads_alone(
+    s3_storage: Storage, s3_endpoint: str
+) -> None:
+    """``large.bin.backup`` is listed with ``large.bin`` as the prefix, but is another key."""
+    assert uploads_left_after_a_large_publish(s3_storage, s3_endpoint, "large.bin.backup", FENCED) == 1
+
+
+def test_an_unlocked_multipart_upload_leaves_unfinished_uploads_alone(
+    s3_storage: Storage, s3_endpoint: str
+) -> None:
+    """Without the lock an unfinished upload may be a live writer's."""
+    assert uploads_left_after_a_large_publish(s3_storage, s3_endpoint, "large.bin", WITHOUT_REDIS) == 1

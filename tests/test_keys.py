@@ -1,15 +1,23 @@
-"""Lock keys: the full normalized path of each storage kind, prefixes, one hash slot per lock."""
+"""Lock keys: a local file's real path, an object's literal path, prefixes, one hash slot per lock."""
 
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
+import pytest
+from gokart.file_processor import make_file_processor
 from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
+from helpers.fault_processes import STALLED_WHILE_LOADING, load_stalling
+from helpers.lock_processes import SPAWN
+from helpers.targets import locked_target
 from locked_targets.locks import LockNamespace, lock_key_for
 from locked_targets.settings import Settings
+from locked_targets.storage import storage_kind_for
 
 SETTINGS = Settings()
 
@@ -37,6 +45,73 @@ def test_local_paths_are_normalized() -> None:
 
 def test_relative_local_paths_are_made_absolute() -> None:
     assert base("resources/x.pkl") == base(os.path.join(os.getcwd(), "resources/x.pkl"))
+
+
+@pytest.fixture(scope="module")
+def linked_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``real/sub/file.pkl`` and symbolic links of every kind around it."""
+    root = tmp_path_factory.mktemp("linked")
+    (root / "real" / "sub").mkdir(parents=True)
+    (root / "real" / "sub" / "file.pkl").write_bytes(b"")
+    (root / "to_real").symlink_to(root / "real")  # a directory, absolute
+    (root / "chain").symlink_to("to_real")  # a link to a link, relative
+    (root / "real" / "up").symlink_to("..")  # the parent: "up/.." is not "."
+    (root / "real" / "sub" / "alias.pkl").symlink_to("file.pkl")  # a file
+    (root / "dangling.pkl").symlink_to(root / "missing" / "file.pkl")
+    (root / "loop").symlink_to("loop")
+    return root
+
+
+def test_a_symbolic_link_to_a_file_shares_the_files_lock(linked_tree: Path) -> None:
+    assert base(str(linked_tree / "real" / "sub" / "alias.pkl")) == base(
+        str(linked_tree / "real" / "sub" / "file.pkl")
+    )
+
+
+def test_a_path_through_a_linked_directory_shares_the_real_paths_lock(linked_tree: Path) -> None:
+    assert base(str(linked_tree / "chain" / "sub" / "file.pkl")) == base(
+        str(linked_tree / "real" / "sub" / "file.pkl")
+    )
+
+
+def test_a_files_lock_is_the_same_before_and_after_it_is_written(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    path = str(tmp_path / "link" / "new" / "x.pkl")  # neither the file nor its directory exist yet
+    before = base(path)
+    storage_kind_for(path).single_file_target(path, make_file_processor(path), SETTINGS).dump("x")
+    assert base(path) == before
+    assert base(str(tmp_path / "real" / "new" / "x.pkl")) == before
+
+
+names = st.sampled_from(
+    ["real", "sub", "file.pkl", "to_real", "chain", "up", "alias.pkl", "dangling.pkl", "loop", "missing"]
+)
+
+
+@given(st.lists(st.one_of(names, st.sampled_from(["..", ".", ""])), max_size=6))
+def test_a_local_paths_identity_is_its_real_path(linked_tree: Path, parts: list[str]) -> None:
+    path = os.path.join(linked_tree, *parts)
+    assert lock_key_for(path, SETTINGS).path == os.path.realpath(path)
+
+
+def test_a_remove_through_one_name_waits_for_a_load_through_another(
+    tmp_path: Path, settings: Settings
+) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    real, linked = str(tmp_path / "real" / "x.pkl"), str(tmp_path / "link" / "x.pkl")
+    locked_target(real, settings).dump("x")
+    events = SPAWN.Queue()
+    loader = SPAWN.Process(target=load_stalling, args=(linked, settings, events, 4.0))
+    loader.start()
+    assert events.get(timeout=60) == STALLED_WHILE_LOADING
+    started = time.monotonic()
+    locked_target(real, settings).remove()
+    waited = time.monotonic() - started
+    assert events.get(timeout=60) == "loaded"
+    loader.join(timeout=30)
+    assert waited > 1.0, "the remove went ahead while the load held the file's lock"
 
 
 def test_object_keys_stay_literal() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
+import hashlib
 from datetime import datetime
 from typing import ClassVar
 
@@ -14,6 +16,18 @@ from gokart.target import SingleFileTarget, TargetOnKart
 from gokart.zip_client import ZipClient
 
 from locked_targets.settings import Settings
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """Which file a cache path names: equal for every name of one file, distinct for distinct files."""
+
+    path: str
+    """The normalized, complete name of the file (for a local file, its real path)."""
+
+    digest: str
+    """32 hex digits of SHA-256 over the storage kind and ``path``: they name the file's lock
+    and the staging directory of its locked dumps."""
 
 
 class StorageKind(abc.ABC):
@@ -32,6 +46,12 @@ class StorageKind(abc.ABC):
     @abc.abstractmethod
     def identity(self, path: str) -> str:
         """The normalized, complete name of ``path``: equal for the same file, distinct otherwise."""
+
+    def identify(self, path: str) -> Identity:
+        """The identity of ``path`` and its digest."""
+        identity = self.identity(path)
+        named = f"{self.name}\0{identity}".encode("utf-8", "surrogatepass")
+        return Identity(path=identity, digest=hashlib.sha256(named).hexdigest()[:32])
 
     @abc.abstractmethod
     def file_system_target(

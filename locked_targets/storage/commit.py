@@ -60,6 +60,14 @@ def current_fencing_token() -> int | None:
     return guard.fencing_token if guard is not None else None
 
 
+def holds_exclusive_lock() -> bool:
+    """Whether the dump in progress holds its target's exclusive lock: only such a dump has a fencing token.
+
+    A dump of a ``LockedTarget`` without Redis has a guard too, but no lock and no token.
+    """
+    return current_fencing_token() is not None
+
+
 def commit_metadata() -> dict[str, str]:
     """Object metadata a storage records with the commit: the fencing token, when locked."""
     token = current_fencing_token()

@@ -21,6 +21,7 @@ from locked_targets.settings import Settings
 from locked_targets.storage.base import StorageFileTarget, StorageKind
 from locked_targets.storage.commit import before_commit, commit_metadata
 from locked_targets.storage.remote_zip import RemoteZipClient
+from locked_targets.storage.staging import refused_if_cleared
 from locked_targets.storage.write_once import WriteOnceFile
 
 
@@ -76,9 +77,10 @@ class GcsFileSystem(FileSystem):
         """
         before_commit()
         try:
-            self._gcs.put_file(
-                local_path, destination_path, metadata=commit_metadata() or None, mode="create"
-            )
+            with refused_if_cleared(destination_path, self.exists):
+                self._gcs.put_file(
+                    local_path, destination_path, metadata=commit_metadata() or None, mode="create"
+                )
         except FileExistsError as error:
             raise CommitRefused(destination_path) from error
 
@@ -123,7 +125,7 @@ class GcsTarget(FileSystemTarget):
         if mode == "r":
             return self.format.pipe_reader(self._file_system.open_for_reading(self.path))
         if mode == "w":
-            return self.format.pipe_writer(WriteOnceFile(self.path, self._file_system.publish))
+            return self.format.pipe_writer(WriteOnceFile(self.path, self._file_system.publish, GcsStorage()))
         raise ValueError(f"Unsupported open mode {mode!r}: use 'r' or 'w'")
 
 

@@ -1,4 +1,4 @@
-"""Local disk or NFS: files named by their absolute, normalized path, published by hard link.
+"""Local disk or NFS: files named by their real path, published by hard link.
 
 A hard link never replaces: ``link(2)`` fails with ``EEXIST`` if the name is taken, atomically,
 on local file systems and on NFS alike. Where a file system has no hard links (some FUSE,
@@ -9,11 +9,12 @@ another's check and rename can replace that other's file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import shutil
-import tempfile
+import stat
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +27,7 @@ from locked_targets.process_state import Once
 from locked_targets.settings import Settings
 from locked_targets.storage.base import StorageKind
 from locked_targets.storage.commit import before_commit
+from locked_targets.storage.staging import refused_if_cleared, staging_area
 from locked_targets.storage.write_once import WriteOnceFile
 
 logger = logging.getLogger(__name__)
@@ -34,6 +36,9 @@ logger = logging.getLogger(__name__)
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS})
 # Each file system without hard links (by st_dev) is named once per process.
 _warned_devices = Once()
+# Linux names the path of an open file in /proc/self/fd: there, the kernel resolves a directory
+# in three system calls, where os.path.realpath makes one lstat per component of the path.
+_KERNEL_NAMES_OPEN_FILES = hasattr(os, "O_PATH") and os.path.isdir("/proc/self/fd")
 
 
 class LocalStorage(StorageKind):
@@ -43,7 +48,8 @@ class LocalStorage(StorageKind):
     key_prefix_setting = "local_key_prefix"
 
     def identity(self, path: str) -> str:
-        return os.path.normpath(os.path.abspath(path))
+        """The real path: every name of a file (through symbolic links too) shares one lock."""
+        return real_path(path)
 
     def file_system_target(
         self, path: str, file_format: luigi.format.Format, settings: Settings
@@ -57,6 +63,43 @@ class LocalStorage(StorageKind):
         return datetime.fromtimestamp(os.path.getmtime(path))
 
 
+def real_path(path: str) -> str:
+    """``os.path.realpath(path)``: absolute, every symbolic link resolved, a missing tail kept as written.
+
+    On Linux, for a path without ``..`` in an existing directory, a few µs whatever its depth:
+    the kernel names the directory, and only the last component is checked for a link. Any
+    other path takes ``os.path.realpath``, which gives the same answer more slowly.
+    """
+    if not _KERNEL_NAMES_OPEN_FILES or os.pardir in path:
+        return os.path.realpath(path)  # ".." after a link leads to the link target's parent
+    directory, _, name = os.path.abspath(path).rpartition(os.sep)
+    real_directory = _kernel_name_of_directory(directory or os.sep)
+    if real_directory is None:
+        return os.path.realpath(path)
+    real = os.path.join(real_directory, name)
+    try:
+        is_link = stat.S_ISLNK(os.lstat(real).st_mode)
+    except OSError:  # missing: a file not dumped yet keeps its name
+        is_link = False
+    return os.path.realpath(real) if is_link else real
+
+
+def _kernel_name_of_directory(directory: str) -> str | None:
+    """The real path of ``directory`` as the kernel names it; None if it does not exist or cannot say."""
+    try:
+        handle = os.open(directory, os.O_PATH | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        name = os.readlink(f"/proc/self/fd/{handle}")
+    except OSError:
+        return None
+    finally:
+        os.close(handle)
+    # Not a plain absolute path: removed meanwhile ("... (deleted)"), or outside this process's root.
+    return name if name.startswith(os.sep) and not name.endswith(" (deleted)") else None
+
+
 def link_into_place(source: str, destination: str) -> None:
     """Publish ``source`` as ``destination`` unless that name is taken; the caller removes ``source``.
 
@@ -65,7 +108,8 @@ def link_into_place(source: str, destination: str) -> None:
     """
     before_commit()
     try:
-        os.link(source, destination)
+        with refused_if_cleared(destination, os.path.lexists):
+            os.link(source, destination)
     except FileExistsError as error:
         if not _same_file(source, destination):
             raise CommitRefused(destination) from error
@@ -106,7 +150,7 @@ class WriteOnceLocalTarget(luigi.LocalTarget):
         self.makedirs()  # type: ignore[no-untyped-call]
         # The temporary file sits beside the final one: a hard link cannot cross file systems.
         directory = os.path.dirname(os.path.abspath(self.path))
-        return self.format.pipe_writer(WriteOnceFile(self.path, link_into_place, directory))
+        return self.format.pipe_writer(WriteOnceFile(self.path, link_into_place, LocalStorage(), directory))
 
 
 class LocalZipArchive(ZipClient):
@@ -127,13 +171,15 @@ class LocalZipArchive(ZipClient):
         directory = os.path.dirname(os.path.abspath(self._file_path))
         os.makedirs(directory, exist_ok=True)
         extension = os.path.splitext(self._file_path)[1]
-        with tempfile.TemporaryDirectory(dir=directory, prefix=".locked_targets-") as staging:
+        with staging_area(directory, self._file_path, LocalStorage(), "publish") as staging:
             archive = shutil.make_archive(
-                base_name=os.path.join(staging, "archive"),
-                format=extension[1:],
-                root_dir=self._temporary_directory,
+                base_name=staging.new_path(), format=extension[1:], root_dir=self._temporary_directory
             )
-            link_into_place(archive, self._file_path)
+            try:
+                link_into_place(archive, self._file_path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(archive)
 
     def unpack_archive(self) -> None:
         _unzip_file(fp=self._file_path, extract_dir=self._temporary_directory)

@@ -4,15 +4,17 @@ gokart's ``ModelTarget`` unpacks into a temporary directory derived from the pat
 shared by every process on a host that loads the same target, and deletes it after
 loading; two concurrent loads then corrupt each other (truncated pickles, "Directory
 not empty"). Here every load and dump works in a private directory of its own, so
-many readers can hold the shared lock at once.
+many readers can hold the shared lock at once. A locked dump's directory is in the target's
+own staging area, which the next locked dump clears if a writer died there (see ``staging``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +26,7 @@ from gokart.zip_client import ZipClient
 
 from locked_targets.settings import Settings
 from locked_targets.storage.base import StorageKind, unlocked_params
+from locked_targets.storage.staging import STAGING_PREFIX, staging_area
 
 _MODEL_FILE = "model.pkl"
 _LOAD_FUNCTION_FILE = "load_function.pkl"
@@ -49,6 +52,15 @@ class ModelTarget(gokart.target.TargetOnKart):
         os.makedirs(self.temporary_directory, exist_ok=True)
         return tempfile.TemporaryDirectory(dir=self.temporary_directory, prefix="locked_targets-")
 
+    @contextlib.contextmanager
+    def _dump_directory(self) -> Iterator[str]:
+        os.makedirs(self.temporary_directory, exist_ok=True)
+        with (
+            staging_area(self.temporary_directory, self.file_path, self.storage, "model") as staging,
+            tempfile.TemporaryDirectory(dir=staging.directory, prefix=STAGING_PREFIX) as working_directory,
+        ):
+            yield working_directory
+
     def _exists(self) -> bool:
         return self._zip_client(self.temporary_directory).exists()
 
@@ -72,7 +84,7 @@ class ModelTarget(gokart.target.TargetOnKart):
         custom_labels: dict[str, str] | None = None,
         required_task_outputs: FlattenableItems[RequiredTaskOutput] | None = None,
     ) -> None:
-        with self._private_directory() as working_directory:
+        with self._dump_directory() as working_directory:
             model_directory = os.path.join(working_directory, "archive")
             os.makedirs(model_directory)
             self.save_function(obj, os.path.join(model_directory, _MODEL_FILE))

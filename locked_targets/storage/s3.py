@@ -31,8 +31,9 @@ from locked_targets.errors import CommitRefused
 from locked_targets.process_state import ProcessLocalMap
 from locked_targets.settings import Settings
 from locked_targets.storage.base import StorageKind
-from locked_targets.storage.commit import before_commit, commit_metadata
+from locked_targets.storage.commit import before_commit, commit_metadata, holds_exclusive_lock
 from locked_targets.storage.remote_zip import RemoteZipClient
+from locked_targets.storage.staging import refused_if_cleared
 from locked_targets.storage.write_once import WriteOnceFile
 
 MEBIBYTE = 2**20
@@ -99,7 +100,7 @@ class WriteOnceS3Target(S3Target):
         if mode != "w":
             return super().open(mode)  # type: ignore[no-untyped-call]
         return self.format.pipe_writer(
-            WriteOnceFile(self.path, functools.partial(put_once, cast(S3Client, self.fs)))
+            WriteOnceFile(self.path, functools.partial(put_once, cast(S3Client, self.fs)), S3Storage())
         )
 
 
@@ -113,14 +114,17 @@ def put_once(client: S3Client, local_path: str, destination_path: str) -> None:
     s3 = client.s3.meta.client
     metadata = commit_metadata()
     try:
-        if os.path.getsize(local_path) <= MULTIPART_THRESHOLD:
-            with open(local_path, "rb") as file:
-                body = file.read()
-            _unless_conflicting(
-                lambda: s3.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", Metadata=metadata)
-            )
-        else:
-            _put_multipart_once(s3, local_path, bucket, key, metadata)
+        with refused_if_cleared(destination_path, client.exists):
+            if os.path.getsize(local_path) <= MULTIPART_THRESHOLD:
+                with open(local_path, "rb") as file:
+                    body = file.read()
+                _unless_conflicting(
+                    lambda: s3.put_object(
+                        Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", Metadata=metadata
+                    )
+                )
+            else:
+                _put_multipart_once(s3, local_path, bucket, key, metadata)
     except ClientError as error:
         if error.response.get("Error", {}).get("Code") == "PreconditionFailed":
             raise CommitRefused(destination_path) from error
@@ -134,6 +138,8 @@ def _put_multipart_once(s3: Any, local_path: str, bucket: str, key: str, metadat
     """
     size = os.path.getsize(local_path)
     part_bytes = max(_PART_BYTES, math.ceil(size / _MAX_PARTS))
+    if holds_exclusive_lock():
+        _abort_unfinished_uploads(s3, bucket, key)
     upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key, Metadata=metadata)["UploadId"]
 
     def upload_part(number: int) -> dict[str, Any]:
@@ -155,6 +161,19 @@ def _put_multipart_once(s3: Any, local_path: str, bucket: str, key: str, metadat
         with contextlib.suppress(ClientError):
             s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
         raise
+
+
+def _abort_unfinished_uploads(s3: Any, bucket: str, key: str) -> None:
+    """Abort the multipart uploads of ``key`` that writers which died (or lost their lease) left.
+
+    Called under the key's exclusive lock, so none is a live holder's. Their parts are billed
+    until aborted; a writer whose upload is aborted fails at its next part or at completion.
+    """
+    for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key):
+        for upload in page.get("Uploads", []):
+            if upload["Key"] == key:
+                with contextlib.suppress(ClientError):  # its writer completed or aborted it meanwhile
+                    s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
 
 
 def _unless_conflicting(request: Callable[[], object]) -> None:

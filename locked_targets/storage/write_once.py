@@ -1,9 +1,10 @@
 """Write-once publication, shared by every storage kind: a dump's file appears whole, and never over another.
 
-A dump writes to a local temporary file. When it is closed, the storage's ``Publish``
-function checks the dump's guard (``before_commit``) and then makes the file visible under
-its final name create-if-absent, raising ``CommitRefused`` (and publishing nothing) if an
-object of that name exists. Whatever happens, the temporary file is gone afterwards.
+A dump writes to a local temporary file, in its staging area (see ``staging``). When it is
+closed, the storage's ``Publish`` function checks the dump's guard (``before_commit``) and
+then makes the file visible under its final name create-if-absent, raising
+``CommitRefused`` (and publishing nothing) if an object of that name exists. Whatever
+happens, and also when the writer raises, the temporary file is gone afterwards.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-import uuid
 from collections.abc import Callable
+from types import TracebackType
 
 from luigi.target import AtomicLocalFile
+
+from locked_targets.storage.base import StorageKind
+from locked_targets.storage.staging import open_staging_area
 
 Publish = Callable[[str, str], None]
 """Publishes a local file (first argument) under a final path (second), create-if-absent.
@@ -26,20 +30,41 @@ Calls ``before_commit()`` first and raises ``CommitRefused`` if the path is take
 class WriteOnceFile(AtomicLocalFile):
     """A file being written for ``path``: published by ``publish`` when closed, never if the writer raised."""
 
-    def __init__(self, path: str, publish: Publish, directory: str | None = None) -> None:
-        """``directory`` holds the temporary file: the final file's own one for a local publish by link."""
+    def __init__(self, path: str, publish: Publish, kind: StorageKind, directory: str | None = None) -> None:
+        """``directory`` holds the staging area: the final file's own one for a local publish by link."""
         self._publish = publish
-        self._directory = directory or tempfile.gettempdir()
-        super().__init__(path)  # type: ignore[no-untyped-call]
+        self._staging = open_staging_area(directory or tempfile.gettempdir(), path, kind, "publish")
+        try:
+            super().__init__(path)  # type: ignore[no-untyped-call]
+        except BaseException:
+            self._staging.close()
+            raise
 
     def generate_tmp_path(self, path: str) -> str:
         # luigi draws the name from ``random``, which gokart seeds per task: two processes of
-        # one task would draw the same name. uuid4 comes from os.urandom instead.
-        return os.path.join(self._directory, f".locked_targets-{uuid.uuid4().hex}.tmp")
+        # one task would draw the same name. The staging area's names come from os.urandom.
+        return self._staging.new_path(".tmp")
 
     def move_to_final_destination(self) -> None:
         try:
             self._publish(self.tmp_path, self.path)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.tmp_path)
+            self._discard()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Publish if the block ended normally; if it raised, discard the file now, under the dump's lock."""
+        if exc_type is None:
+            super().__exit__(exc_type, exc, traceback)  # type: ignore[no-untyped-call]
+            return
+        self.raw.close()  # before removing: NFS keeps a removed file that is still open
+        self._discard()
+
+    def _discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.tmp_path)
+        self._staging.close()

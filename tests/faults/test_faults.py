@@ -10,17 +10,47 @@ import dataclasses
 import multiprocessing
 import os
 import signal
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
-from helpers.fault_processes import dump_stalling, payload_of, whole_writer
+from helpers.fault_processes import (
+    STALLED_BEFORE_COMMIT,
+    STALLED_BEFORE_COMPLETION,
+    dump_model_stalling,
+    dump_stalling,
+    dump_stalling_before_completion,
+    model_target,
+    payload_of,
+    whole_writer,
+)
 from helpers.lock_processes import SPAWN
+from helpers.s3_uploads import unfinished_uploads
 from helpers.targets import locked_target
 from locked_targets.locks import lock_key_for
 from locked_targets.settings import Settings
+
+
+def target_on(
+    kind: str, name: str, request: pytest.FixtureRequest, tmp_path: Path, settings: Settings
+) -> tuple[str, Settings]:
+    """A target called ``name`` on ``kind`` (local, s3 or gcs), and ``settings`` that also reach it."""
+    if kind == "local":
+        return str(tmp_path / "cache" / name), settings
+    store: Settings = request.getfixturevalue(f"{kind}_settings")
+    root: str = request.getfixturevalue(f"{kind}_root")
+    reaching = dataclasses.replace(
+        store,
+        redis_url=settings.redis_url,
+        key_prefix=settings.key_prefix,
+        lease_seconds=settings.lease_seconds,
+    )
+    return f"{root}/cache/{name}", reaching
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -28,23 +58,54 @@ def target_and_settings(
     request: pytest.FixtureRequest, tmp_path: Path, settings: Settings
 ) -> tuple[str, Settings]:
     """A target on a storage that enforces create-if-absent, and settings that reach it."""
-    if request.param == "local":
-        return str(tmp_path / "cache" / "faulted.pkl"), settings
-    s3_settings: Settings = request.getfixturevalue("s3_settings")
-    root: str = request.getfixturevalue("s3_root")
-    merged = dataclasses.replace(settings, s3_endpoint_url=s3_settings.s3_endpoint_url)
-    return f"{root}/cache/faulted.pkl", merged
+    return target_on(request.param, "faulted.pkl", request, tmp_path, settings)
+
+
+@pytest.fixture
+def private_temporary_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The temporary directory of this test and of the processes it starts, where uploads are staged."""
+    directory = tmp_path / "tmp"
+    directory.mkdir()
+    monkeypatch.setenv("TMPDIR", str(directory))
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    return directory
+
+
+@pytest.fixture(params=["local", "s3", "gcs"])
+def staging_target_and_settings(
+    request: pytest.FixtureRequest, tmp_path: Path, settings: Settings, private_temporary_directory: Path
+) -> tuple[str, Settings]:
+    """A target on any storage kind, with a lease of 2 s; what its dumps stage lands under ``tmp_path``."""
+    short = dataclasses.replace(settings, lease_seconds=2.0)
+    return target_on(request.param, "staged.pkl", request, tmp_path, short)
+
+
+def staged(directory: Path) -> list[Path]:
+    """What dumps staged under ``directory`` and left there."""
+    return sorted(directory.rglob(".locked_targets-*"))
+
+
+def start_stalling(
+    dump: Callable[..., None], *arguments: Any, stall_seconds: float, stalls_at: str = STALLED_BEFORE_COMMIT
+) -> tuple[multiprocessing.process.BaseProcess, multiprocessing.Queue[str]]:
+    """A process running ``dump(*arguments, events, stall_seconds)``; returns once it stalls ``stalls_at``."""
+    events: multiprocessing.Queue[str] = SPAWN.Queue()
+    process = SPAWN.Process(target=dump, args=(*arguments, events, stall_seconds))
+    process.start()
+    assert events.get(timeout=60) == stalls_at
+    return process, events
 
 
 def start_stalling_writer(
     path: str, settings: Settings, writer: str, *, stall_seconds: float
 ) -> tuple[multiprocessing.process.BaseProcess, multiprocessing.Queue[str]]:
     """A process that dumps ``writer``'s payload and stalls before the commit; returns once it stalls."""
-    events: multiprocessing.Queue[str] = SPAWN.Queue()
-    process = SPAWN.Process(target=dump_stalling, args=(path, settings, writer, events, stall_seconds))
-    process.start()
-    assert events.get(timeout=60) == "written, not yet committed"
-    return process, events
+    return start_stalling(dump_stalling, path, settings, writer, stall_seconds=stall_seconds)
+
+
+def kill(process: multiprocessing.process.BaseProcess) -> None:
+    process.kill()
+    process.join(timeout=30)
 
 
 def load_survivor(
@@ -111,9 +172,8 @@ def test_a_writer_killed_mid_dump_leaves_nothing_torn_and_frees_the_lock(
     path, settings = target_and_settings
     short = dataclasses.replace(settings, lease_seconds=2.0)
     doomed, _ = start_stalling_writer(path, short, "doomed", stall_seconds=30.0)
-    doomed.kill()
     killed_at = time.monotonic()
-    doomed.join(timeout=30)
+    kill(doomed)
     visible = locked_target(path, short).exists()
     locked_target(path, short).dump(payload_of("survivor"))
     took = time.monotonic() - killed_at
@@ -146,3 +206,57 @@ def test_killed_connections_during_renewal_never_let_two_writers_commit(
     )
     assert outcome == "dumped" or outcome.startswith("LockLost"), outcome
     assert survivor == expected
+
+
+def test_the_next_dump_clears_what_a_killed_writer_staged(
+    staging_target_and_settings: tuple[str, Settings], tmp_path: Path
+) -> None:
+    path, settings = staging_target_and_settings
+    doomed, _ = start_stalling_writer(path, settings, "doomed", stall_seconds=30.0)
+    kill(doomed)
+    left_behind = staged(tmp_path)
+    locked_target(path, settings).dump(payload_of("survivor"))
+    assert left_behind != [], "the killed writer left its staged file"
+    assert staged(tmp_path) == []
+    assert whole_writer(locked_target(path, settings).load()) == "survivor"
+
+
+@pytest.mark.usefixtures("private_temporary_directory")
+def test_the_next_dump_aborts_the_multipart_upload_of_a_killed_writer(
+    request: pytest.FixtureRequest, tmp_path: Path, settings: Settings, s3_endpoint: str
+) -> None:
+    path, short = target_on(
+        "s3", "large.pkl", request, tmp_path, dataclasses.replace(settings, lease_seconds=2.0)
+    )
+    doomed, _ = start_stalling(
+        dump_stalling_before_completion,
+        path,
+        short,
+        "doomed",
+        stall_seconds=30.0,
+        stalls_at=STALLED_BEFORE_COMPLETION,
+    )
+    kill(doomed)
+    left_behind = unfinished_uploads(s3_endpoint, path)
+    locked_target(path, short).dump(payload_of("survivor"))  # large enough for a multipart upload too
+    assert len(left_behind) == 1
+    assert unfinished_uploads(s3_endpoint, path) == []
+    assert whole_writer(locked_target(path, short).load()) == "survivor"
+
+
+@pytest.mark.usefixtures("private_temporary_directory")
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_the_next_model_dump_clears_what_a_killed_writer_staged(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, settings: Settings
+) -> None:
+    path, short = target_on(
+        kind, "model.zip", request, tmp_path, dataclasses.replace(settings, lease_seconds=2.0)
+    )
+    working = str(tmp_path / "work")
+    doomed, _ = start_stalling(dump_model_stalling, path, working, short, "doomed", stall_seconds=30.0)
+    kill(doomed)
+    left_behind = staged(tmp_path)
+    model_target(path, working, short).dump(payload_of("survivor"))
+    assert left_behind != [], "the killed writer left its model's files"
+    assert staged(tmp_path) == []
+    assert whole_writer(model_target(path, working, short).load()) == "survivor"
