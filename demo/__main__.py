@@ -5,8 +5,9 @@ under ``demo-output/``, starts the applications (``demo.app``) as separate proce
 releases them together, and prints per application the tasks it computed and those it
 skipped because another application computed them, then per task how many times it was
 computed, how many times its output was written, and whether every load was whole. By
-default the tasks take the run lock as well as the target lock. The redis-server and any
-application still running are stopped on the way out, also on Ctrl-C or SIGTERM.
+default the tasks take the run lock as well as the target lock; with ``--unlocked`` they
+use gokart's own targets, without Redis and without locked_targets. The redis-server and
+any application still running are stopped on the way out, also on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     locking.add_argument(
         "--unlocked",
         action="store_true",
-        help="configure no Redis, so nothing is locked: the same run without locked_targets' locks",
+        help="run the same pipeline on gokart's own targets (gokart.TaskOnKart, no Redis, no "
+        "locked_targets), to see what the locks prevent",
     )
     arguments = parser.parse_args(argv)
     arguments.run_lock = arguments.run_lock and not arguments.unlocked
@@ -63,18 +65,17 @@ def fresh_directory() -> str:
 
 
 def write_luigi_config(directory: str, redis_url: str | None, *, run_lock: bool) -> str:
+    """The applications' luigi configuration; ``[locked_targets]`` only with a Redis to lock in."""
     lines = [
         "[TaskOnKart]",
         f"workspace_directory = {os.path.join(directory, 'cache')}",
         f"local_temporary_directory = {os.path.join(directory, 'tmp')}",
         f"should_lock_run = {str(run_lock).lower()}",
-        "",
-        "[locked_targets]",
     ]
     if redis_url is not None:
-        lines.append(f"redis_url = {redis_url}")
-    # A locking bug then fails an application with LockTimeout instead of hanging the demo.
-    lines += ["wait_timeout_seconds = 30", "run_wait_timeout_seconds = 30"]
+        # A locking bug then fails an application with LockTimeout instead of hanging the demo.
+        lines += ["", "[locked_targets]", f"redis_url = {redis_url}"]
+        lines += ["wait_timeout_seconds = 30", "run_wait_timeout_seconds = 30"]
     path = os.path.join(directory, "luigi.cfg")
     with open(path, "w", encoding="utf-8") as config:
         config.write("\n".join(lines) + "\n")
@@ -82,7 +83,7 @@ def write_luigi_config(directory: str, redis_url: str | None, *, run_lock: bool)
 
 
 def run_applications(
-    count: int, directory: str, luigi_config: str, cleanup: contextlib.ExitStack
+    count: int, directory: str, luigi_config: str, cleanup: contextlib.ExitStack, *, locked: bool
 ) -> list[ApplicationResult]:
     """Start ``count`` applications, release them together once all are ready, collect their results."""
     applications = cleanup.enter_context(
@@ -91,6 +92,7 @@ def run_applications(
             luigi_config=luigi_config,
             events_log=os.path.join(directory, "events.log"),
             directory=directory,
+            locked_targets=locked,
         )
     )
     applications.wait_for_line(READY, time.monotonic() + READY_WITHIN_SECONDS)
@@ -109,7 +111,7 @@ def pipeline_shape() -> str:
 
 def locks_in_use(*, locked: bool, run_lock: bool) -> str:
     if not locked:
-        return "none (--unlocked)"
+        return "none: gokart's own targets, no locked_targets (--unlocked)"
     if run_lock:
         return "run lock (should_lock_run) and target lock"
     return "target lock only (--no-run-lock)"
@@ -139,7 +141,7 @@ def run_demo(arguments: argparse.Namespace) -> int:
         print(f"  locks      {locks_in_use(locked=locked, run_lock=arguments.run_lock)}")
         print(f"  directory  {shown(directory)} (luigi.cfg, cache/, events.log, one log per application)")
         started = time.monotonic()
-        results = run_applications(arguments.applications, directory, luigi_config, cleanup)
+        results = run_applications(arguments.applications, directory, luigi_config, cleanup, locked=locked)
         elapsed = time.monotonic() - started
     tasks = [task_class.__name__ for task_class in tasks_needed_for(FINAL_TASK)]
     counts = count_by_task(tasks, read_events(os.path.join(directory, "events.log")))

@@ -1,10 +1,11 @@
 """One application of the demo: builds the pipeline on the shared cache, then loads and checks every output.
 
 ``python -m demo`` runs several of these as separate processes. Each reads the luigi
-configuration from ``LUIGI_CONFIG_PATH`` and its name and side log from the environment
-(``demo.events``). It prints ``READY`` once its imports are done, waits for a line on
-stdin so that all applications start together, runs ``gokart.build`` with its own local
-scheduler, and prints one ``RESULT`` line of JSON. It notes in the side log each task
+configuration from ``LUIGI_CONFIG_PATH``, and from the environment its name and side log
+(``demo.events``) and whose targets its tasks use (``demo.pipeline``). It prints ``READY``
+once its imports are done, waits for a line on stdin so that all applications start
+together, runs ``gokart.build`` with its own local scheduler, and prints one ``RESULT``
+line of JSON. It notes in the side log each task
 luigi counts as done here, so that the demo can tell the tasks this application computed
 from those it skipped because another application computed them.
 """

@@ -23,7 +23,7 @@ class EventKind(enum.Enum):
 
     RUN = "run"  # the task's run() body executed: it computed its output
     COMPLETE = "complete"  # luigi counted the task done in this application (computed here or not)
-    WRITE = "write"  # the output reached the cache: LockedTarget let this dump through
+    WRITE = "write"  # the output reached the cache (with locked_targets: a dump the lock let through)
     LOAD = "load"  # the output was loaded; the detail says whether it was whole
 
 

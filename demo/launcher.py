@@ -12,6 +12,7 @@ import os
 import sys
 
 from demo.events import APPLICATION_VARIABLE, EVENTS_LOG_VARIABLE
+from demo.pipeline import TARGETS_VARIABLE
 from locked_targets.testing import LaunchedProcess, ProcessGroup, ProcessSpec
 
 # What an application prints on stdout: READY once imported, then one RESULT line of JSON.
@@ -36,8 +37,13 @@ class ApplicationResult:
         return self.error is None and not self.broken_outputs
 
 
-def start_applications(count: int, *, luigi_config: str, events_log: str, directory: str) -> ProcessGroup:
-    """``app-1`` to ``app-<count>``, held until released, each with its stderr in ``directory/<name>.log``."""
+def start_applications(
+    count: int, *, luigi_config: str, events_log: str, directory: str, locked_targets: bool
+) -> ProcessGroup:
+    """``app-1`` to ``app-<count>``, held until released, each with its stderr in ``directory/<name>.log``.
+
+    Without ``locked_targets`` their tasks use gokart's own targets (``demo.pipeline``).
+    """
     names = [f"app-{number}" for number in range(1, count + 1)]
     specs = [
         ProcessSpec(
@@ -46,6 +52,7 @@ def start_applications(count: int, *, luigi_config: str, events_log: str, direct
                 "LUIGI_CONFIG_PATH": luigi_config,
                 EVENTS_LOG_VARIABLE: events_log,
                 APPLICATION_VARIABLE: name,
+                TARGETS_VARIABLE: "locked_targets" if locked_targets else "gokart",
             },
             log_path=os.path.join(directory, f"{name}.log"),
         )

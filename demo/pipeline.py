@@ -8,15 +8,21 @@ Each ``run()`` notes itself in the side log, checks every input it loads, and du
 payload that holds its columns and their SHA-256, so any load can tell a whole output
 from a torn or foreign one. The output is the ``LockedTarget`` that ``make_target``
 returns, rebuilt around a storage target that notes each write reaching the cache.
+
+``python -m demo --unlocked`` undoes the one-import change in its applications
+(``DEMO_TARGETS=gokart`` in their environment): the tasks then subclass gokart's own
+``TaskOnKart``, and every output is the target gokart's ``make_target`` builds, wrapped
+only to note its writes: neither locked_targets' locks nor its storage.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar, TypedDict, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict, cast
 
 import gokart
 import numpy as np
@@ -28,6 +34,16 @@ from gokart.utils import FlattenableItems
 import locked_targets
 from demo.events import WHOLE, EventKind, EventLog
 from locked_targets.wrapped_target import WrappedTarget
+
+TARGETS_VARIABLE = "DEMO_TARGETS"
+"""``gokart`` in an application's environment: its tasks use gokart's own targets, unlocked."""
+
+# The tasks' base: locked_targets' TaskOnKart, or gokart's own when the applications run
+# unlocked. mypy checks the first.
+if TYPE_CHECKING or os.environ.get(TARGETS_VARIABLE) != "gokart":
+    from locked_targets import TaskOnKart
+else:
+    from gokart import TaskOnKart
 
 ROWS = 250_000  # three to five float64/int64 columns: 6 to 10 MB per output
 USERS = 5_000
@@ -86,8 +102,9 @@ def checked_load(load: Callable[[], object], task: str, events: EventLog) -> Pay
 class WriteRecorder(WrappedTarget):
     """A storage target that notes in the side log every write it performs, then delegates.
 
-    It sits under the lock (``LockedTarget`` wraps it), so it sees only the dumps the
-    lock let through: not those skipped because another application wrote first.
+    With locked_targets it sits under the lock (``LockedTarget`` wraps it), so it sees only
+    the dumps the lock let through: not those skipped because another application wrote
+    first. Unlocked, it wraps gokart's own target and sees every dump that reached the file.
     """
 
     def __init__(self, target: TargetOnKart, task: str) -> None:
@@ -105,7 +122,7 @@ class WriteRecorder(WrappedTarget):
         EventLog.of_this_process().record(EventKind.WRITE, self._task)
 
 
-class DemoTask(locked_targets.TaskOnKart[Payload]):
+class DemoTask(TaskOnKart[Payload]):
     """A task of the demo: loads and checks its inputs, computes its columns, dumps them with a checksum."""
 
     task_namespace = "demo"
@@ -118,11 +135,14 @@ class DemoTask(locked_targets.TaskOnKart[Payload]):
     def requires(self) -> FlattenableItems[gokart.TaskOnKart[Any]]:
         return {name: task_class() for name, task_class in self.inputs.items()}
 
-    def output(self) -> locked_targets.LockedTarget:
-        locked = self.make_target()
-        return locked_targets.LockedTarget(
-            WriteRecorder(locked.wrapped, self.name), settings=self.lock_settings(), task=self.task_id
-        )
+    def output(self) -> TargetOnKart:
+        """The task's cache file, noting each write: under the lock when locked_targets builds it."""
+        target = self.make_target()
+        if isinstance(target, locked_targets.LockedTarget):
+            return locked_targets.LockedTarget(
+                WriteRecorder(target.wrapped, self.name), settings=self.lock_settings(), task=self.task_id
+            )
+        return WriteRecorder(target, self.name)
 
     def run(self) -> None:
         events = EventLog.of_this_process()

@@ -135,7 +135,9 @@ def summary(
     ]
     text = "Summary: " + "; ".join(parts) + "."
     if not locked:
-        return text + " No Redis, no lock: nothing keeps two applications from writing the same output."
+        return f"{text} {unlocked_outcome(results, counts)}"
+    if succeeded < len(results) or broken or written_once < len(counts):
+        return text  # the problems above say what went wrong
     if run_lock and runs == len(counts):
         return text + (
             " The run lock let one application compute each task; the others waited for it (or came "
@@ -147,3 +149,31 @@ def summary(
             "together all compute it; the target lock lets only the first dump through and skips the others."
         )
     return text
+
+
+def unlocked_outcome(results: Sequence[ApplicationResult], counts: Sequence[TaskCounts]) -> str:
+    """What a run on gokart's own targets did, in words that agree with the counts."""
+    loads = sum(len(count.load_verdicts) for count in counts)
+    damage = [
+        f"{number} of {total} {what}"
+        for number, total, what in [
+            (
+                sum(len(count.written_by) > 1 for count in counts),
+                len(counts),
+                "outputs written more than once",
+            ),
+            (sum(not count.written_by for count in counts), len(counts), "outputs never written"),
+            (sum(count.broken_loads for count in counts), loads, "loads not whole"),
+            (sum(not result.succeeded for result in results), len(results), "applications failed"),
+        ]
+        if number
+    ]
+    if not damage:
+        return (
+            "Without locked_targets nothing keeps the applications apart, though in this run each output "
+            "happened to be written once and every load was whole: run it again."
+        )
+    return (
+        f"Without locked_targets (gokart's own targets, no lock): {', '.join(damage)}. Nothing keeps "
+        "applications that start a task together from writing its output at the same time."
+    )

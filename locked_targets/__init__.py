@@ -6,11 +6,10 @@ from locked_targets.errors import (
     LockError,
     LockLost,
     LockTimeout,
-    RunCollision,
 )
 from locked_targets.factories import make_large_data_frame_target, make_model_target, make_target
 from locked_targets.locks import lock_key_for
-from locked_targets.run_lock import RunWithLock, run_with_lock
+from locked_targets.run_lock import RunCollision, RunWithLock, run_with_lock
 from locked_targets.settings import Settings
 from locked_targets.storage.commit import current_fencing_token
 from locked_targets.target import LockedTarget

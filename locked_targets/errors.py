@@ -1,4 +1,4 @@
-"""Every exception locked_targets raises, in one place.
+"""Every exception locked_targets raises, in one place, but ``RunCollision`` (see the end).
 
 ``LockError`` is the base of everything that concerns a lock; a caller that wants
 to fail a task on any locking problem catches that alone. ``LockTimeout`` is also a
@@ -8,7 +8,13 @@ are read, and means a setting is wrong. ``CommitRefused`` is the storage's signa
 target that publication was refused; ``LockedTarget`` turns it into an outcome.
 
 Every error keeps each constructor argument as an attribute and survives pickling
-(so it crosses a process pool whole).
+(so it crosses a process pool whole), through ``KeepsArguments``.
+
+``RunCollision`` lives in ``locked_targets.run_lock`` (imported as
+``locked_targets.RunCollision``), built on ``KeepsArguments`` and ``LockError`` from here.
+It must also be gokart's ``TaskLockException``, so that ``gokart.build`` retries a
+collision as it retries a collision of gokart's own lock; and this module cannot import
+gokart, since the lock core imports it and must not depend on gokart, even indirectly.
 """
 
 from __future__ import annotations
@@ -20,8 +26,11 @@ def _rebuild(error_class: type[BaseException], arguments: dict[str, Any]) -> Bas
     return error_class(**arguments)
 
 
-class _KeepsArguments(Exception):
-    """Pickles by its constructor arguments: Python's default pickles only the message."""
+class KeepsArguments(Exception):
+    """Pickles by its constructor arguments: Python's default pickles only the message.
+
+    The base of every error here, and of ``run_lock.RunCollision``.
+    """
 
     _arguments: dict[str, Any]
 
@@ -34,7 +43,7 @@ class _KeepsArguments(Exception):
         return (_rebuild, (type(self), self._arguments))
 
 
-class ConfigurationError(_KeepsArguments, ValueError):
+class ConfigurationError(KeepsArguments, ValueError):
     """A ``[locked_targets]`` setting (or a gokart redis setting) has an invalid value."""
 
     setting: str
@@ -50,7 +59,7 @@ class LockError(Exception):
     """Base class of every locking failure."""
 
 
-class LockTimeout(_KeepsArguments, LockError, TimeoutError):
+class LockTimeout(KeepsArguments, LockError, TimeoutError):
     """The lock was not acquired within the configured wait timeout."""
 
     path: str
@@ -67,7 +76,7 @@ class LockTimeout(_KeepsArguments, LockError, TimeoutError):
         )
 
 
-class LockLost(_KeepsArguments, LockError):
+class LockLost(KeepsArguments, LockError):
     """A held lock ended before the operation it protects finished: its result is not trusted."""
 
     lock_key: str
@@ -80,7 +89,7 @@ class LockLost(_KeepsArguments, LockError):
         super().__init__(f"lost the lock of {path} (lock key {lock_key}) at {lost_at}: {reason}")
 
 
-class BackendUnavailable(_KeepsArguments, LockError, ConnectionError):
+class BackendUnavailable(KeepsArguments, LockError, ConnectionError):
     """Redis could not be reached or refused us; nothing was read or written unlocked."""
 
     address: str
@@ -91,27 +100,7 @@ class BackendUnavailable(_KeepsArguments, LockError, ConnectionError):
         super().__init__(f"Redis at {address} is unavailable: {reason}")
 
 
-class RunCollision(_KeepsArguments, LockError):
-    """Another application holds this task's run lock, and ``fail_on_collision`` says not to wait.
-
-    luigi marks the task failed, runs other independent tasks, and retries it later
-    (``[scheduler] retry_count``/``retry_delay``); by then the other application has
-    usually produced the output, and the retry finds the task complete.
-    """
-
-    task: str
-    lock_key: str
-    holder: str
-
-    def __init__(self, *, task: str, lock_key: str, holder: str) -> None:
-        self._keep(task=task, lock_key=lock_key, holder=holder)
-        super().__init__(
-            f"task {task} is already being computed by {holder} (run lock {lock_key}); "
-            "fail_on_collision is set, so this application does not wait: luigi will retry it"
-        )
-
-
-class CommitRefused(_KeepsArguments):
+class CommitRefused(KeepsArguments):
     """The storage refused to publish: an object of that name appeared since the dump began."""
 
     path: str

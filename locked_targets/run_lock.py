@@ -7,6 +7,10 @@ application completed meanwhile is skipped (single flight). The locks are renewe
 for as long as ``run()`` runs; a dump checks them before it writes, so a run that has
 lost its lock by then writes nothing and fails with ``LockLost``. (A loss during the
 write itself is reported at release; issue 4's write-once commit will refuse it.)
+
+``RunCollision``, raised instead of waiting under ``fail_on_collision``, is defined here
+rather than in ``errors``: it is also gokart's ``TaskLockException``, which ``errors``
+cannot import (see there).
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from typing import Any, TypeVar
 
 import luigi
 import luigi.task
+from gokart.conflict_prevention_lock.task_lock import TaskLockException
 from gokart.target import TargetOnKart
 
-from locked_targets.errors import LockTimeout, RunCollision
+from locked_targets.errors import KeepsArguments, LockError, LockTimeout
 from locked_targets.locks import LockNamespace, lock_for
 from locked_targets.process_state import after_fork
 from locked_targets.rwlock import HeldLock, LockMode, ReadWriteLock
@@ -37,6 +42,29 @@ _held_run_locks: ContextVar[tuple[HeldLock, ...]] = ContextVar("locked_targets_r
 _tasks_under_run_lock: ContextVar[frozenset[str]] = ContextVar(
     "locked_targets_locked_tasks", default=frozenset()
 )
+
+
+class RunCollision(KeepsArguments, LockError, TaskLockException):
+    """Another application holds this task's run lock, and ``fail_on_collision`` says not to wait.
+
+    luigi marks the task failed, runs other independent tasks, and retries it later
+    (``[scheduler] retry_count``/``retry_delay``); by then the other application has
+    usually produced the output, and the retry finds the task complete. As a gokart
+    ``TaskLockException`` it also makes ``gokart.build`` build again (with backoff, up to
+    its ``task_lock_exception_max_tries``), as a collision of gokart's own lock does.
+    """
+
+    task: str
+    lock_key: str
+    holder: str
+
+    def __init__(self, *, task: str, lock_key: str, holder: str) -> None:
+        self._keep(task=task, lock_key=lock_key, holder=holder)
+        super().__init__(
+            f"task {task} is already being computed by {holder} (run lock {lock_key}); "
+            "fail_on_collision is set, so this application does not wait: luigi retries the task later "
+            "(gokart.build builds again)"
+        )
 
 
 def RunWithLock(task_class_or_run: _Decorated) -> _Decorated:  # noqa: N802 -- gokart documents this name

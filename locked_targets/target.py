@@ -6,6 +6,11 @@ another application already produced the file, as gokart does; its storage commi
 checks the locks again and publishes create-if-absent (see ``commit``). The wrapped target's
 own gokart lock is bypassed (its ``_exists``/``_load``/``_dump``/``_remove`` are called
 directly), so nothing is locked twice.
+
+Publishing create-if-absent is the storage's part, so a target locked_targets did not
+build is looked at first (``_publishing_create_if_absent``): gokart's single-file target
+on a plain luigi local or S3 target is rebuilt on locked_targets' storage; any other is
+kept as it is, and a warning (once per class and process) says it publishes its own way.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from gokart.required_task_output import RequiredTaskOutput
-from gokart.target import TargetOnKart
+from gokart.target import SingleFileTarget, TargetOnKart
 from gokart.utils import FlattenableItems
 
 from locked_targets.errors import CommitRefused
@@ -26,11 +31,19 @@ from locked_targets.process_state import Once
 from locked_targets.run_lock import ensure_run_locks_held
 from locked_targets.rwlock import HeldLock, ReadWriteLock
 from locked_targets.settings import Settings
+from locked_targets.storage import storage_kind_for
+from locked_targets.storage.base import StorageFileTarget
 from locked_targets.storage.commit import CommitGuard, guarded_by
+from locked_targets.storage.model_target import ModelTarget
 from locked_targets.wrapped_target import WrappedTarget
 
 logger = logging.getLogger(__name__)
 _warned = Once()
+
+# The luigi targets under gokart's single-file targets (gokart's make_target builds them): they
+# publish by a rename (local) or a plain upload (S3), which replace an existing file. Named, not
+# imported: luigi's S3 module imports boto3, which a local cache never needs.
+_REBUILDABLE_LUIGI_TARGETS = frozenset({"luigi.local_target.LocalTarget", "luigi.contrib.s3.S3Target"})
 
 
 class LockedTarget(WrappedTarget):
@@ -39,8 +52,8 @@ class LockedTarget(WrappedTarget):
     def __init__(
         self, target: TargetOnKart, *, settings: Settings | None = None, task: str | None = None
     ) -> None:
-        super().__init__(target)
         self._settings = settings if settings is not None else Settings.from_luigi_config()
+        super().__init__(_publishing_create_if_absent(target, self._settings))
         self._lock = file_lock(target.path(), self._settings, task=task)
 
     def exists(self) -> bool:
@@ -115,6 +128,40 @@ def _ensure_locks_held(held: HeldLock | None) -> None:
     if held is not None:
         held.ensure_held()
     ensure_run_locks_held()
+
+
+def _publishing_create_if_absent(target: TargetOnKart, settings: Settings) -> TargetOnKart:
+    """``target`` made to publish create-if-absent where it can be; otherwise as it is, with a warning.
+
+    A target locked_targets built (wrapped or not) already does. gokart's single-file target
+    on a plain luigi local or S3 target is rebuilt, with its processor, on locked_targets'
+    storage kind for its path. Any other (gokart's model target, a GCS target of gokart's, a
+    custom one) cannot be rebuilt without losing what it does.
+    """
+    if _built_by_locked_targets(target):
+        return target
+    if type(target) is SingleFileTarget:
+        luigi_target = type(target._target)
+        if f"{luigi_target.__module__}.{luigi_target.__qualname__}" in _REBUILDABLE_LUIGI_TARGETS:
+            path = target.path()
+            return storage_kind_for(path).single_file_target(path, target._processor, settings)
+    if _warned.first_time(("publishes its own way", type(target))):
+        logger.warning(
+            "locked_targets: LockedTarget cannot publish a %s (such as %s) create-if-absent: locked_targets "
+            "did not build it and cannot rebuild it, so its dump publishes the way that class does (gokart's "
+            "own targets replace an existing file). The lock still keeps writers apart, but a "
+            "writer that lost its lock without noticing can replace another's file. Build it with "
+            "locked_targets.make_target, make_model_target or make_large_data_frame_target instead.",
+            type(target).__qualname__,
+            target.path(),
+        )
+    return target
+
+
+def _built_by_locked_targets(target: TargetOnKart) -> bool:
+    while isinstance(target, WrappedTarget):
+        target = target.wrapped
+    return isinstance(target, StorageFileTarget | ModelTarget)
 
 
 def file_lock(path: str, settings: Settings, *, task: str | None = None) -> ReadWriteLock | None:

@@ -51,13 +51,47 @@ def test_four_applications_compute_each_task_once_on_s3(
     assert applications.runs_per_task() == dict.fromkeys(TASK_FAMILIES, 1)
 
 
-def test_fail_on_collision_retries_and_still_computes_each_task_once(
+REPORT = repr(f"left={sum(range(100_000))} right={100_000 - 1}")
+
+
+def collided(output: str) -> bool:
+    return "RunCollision" in output
+
+
+def run_colliding_applications(
+    tmp_path: Path, settings: Settings, builder: str, *, retrying: bool = True
+) -> Applications:
+    """Four applications with ``fail_on_collision``, after checking that they collided and still
+    computed each task once, and that each ended with every output complete."""
+    applications = Applications(tmp_path, settings, retrying=retrying, fail_on_collision="true")
+    applications.run(str(tmp_path / "cache"), ["pipeline"] * 4, builder=builder)
+    assert any(map(collided, applications.outputs)), "no application collided"
+    assert applications.runs_per_task() == dict.fromkeys(TASK_FAMILIES, 1)
+    assert applications.complete() == [True] * 4
+    return applications
+
+
+def test_fail_on_collision_under_luigi_build_retries_but_returns_false_where_a_task_collided(
     tmp_path: Path, settings: Settings
 ) -> None:
-    applications = Applications(tmp_path, settings, fail_on_collision="true")
-    applications.run(str(tmp_path / "cache"), ["pipeline"] * 4)
-    assert any("RunCollision" in output for output in applications.outputs), "no application collided"
-    assert applications.runs_per_task() == dict.fromkeys(TASK_FAMILIES, 1)
+    applications = run_colliding_applications(tmp_path, settings, "luigi")
+    # luigi.build returns False once a task has failed, even if its retry succeeded.
+    assert applications.returned() == [repr(not collided(output)) for output in applications.outputs]
+
+
+def test_fail_on_collision_under_gokart_build_retries_and_returns_the_value(
+    tmp_path: Path, settings: Settings
+) -> None:
+    applications = run_colliding_applications(tmp_path, settings, "gokart")
+    assert applications.returned() == [REPORT] * 4
+
+
+def test_gokart_build_retries_a_run_collision_without_any_retry_settings(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """A RunCollision is a gokart TaskLockException: gokart.build builds again, as for its own lock."""
+    applications = run_colliding_applications(tmp_path, settings, "gokart", retrying=False)
+    assert applications.returned() == [REPORT] * 4
 
 
 @pytest.fixture

@@ -18,8 +18,15 @@ from gokart.file_processor import FileProcessor, make_file_processor
 
 import locked_targets
 import locked_targets.target
+from helpers.gokart_targets import dump_pausing_before_publishing, wait_for_file, wrapped_gokart_target
 from helpers.lock_processes import SPAWN
-from helpers.target_processes import frame_model_target, hold_lock_of, load_model_repeatedly
+from helpers.target_processes import (
+    frame_model_target,
+    hold_lock_of,
+    load_frame,
+    load_model_repeatedly,
+    save_frame,
+)
 from helpers.targets import locked_target
 from locked_targets import LockedTarget, LockLost, Settings
 from locked_targets.factories import make_target
@@ -239,3 +246,72 @@ def test_a_dump_can_read_its_growing_fencing_token(tmp_path: Path, settings: Set
     assert second is not None
     assert second > first
     assert locked_targets.current_fencing_token() is None
+
+
+@pytest.fixture(params=["local", "s3"])
+def cache_without_redis(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, Settings]:
+    """A cache root and settings without Redis: on local disk, or in a bucket of moto's S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "cache"), Settings()
+    s3_endpoint: str = request.getfixturevalue("s3_endpoint")
+    # gokart's own S3 client, too, talks only to moto (the child process inherits this).
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    return request.getfixturevalue("s3_root"), Settings(s3_endpoint_url=s3_endpoint)
+
+
+def test_a_wrapped_gokart_target_publishes_create_if_absent(
+    cache_without_redis: tuple[str, Settings], tmp_path: Path
+) -> None:
+    """A writer that found no file, then another publishes: the first one's publish is refused.
+
+    Without Redis both writers pass the existence check, as a writer that lost its lock
+    without noticing would; only the storage can then keep the first object.
+    """
+    root, settings = cache_without_redis
+    path = f"{root}/x.pkl"
+    paused, resume = str(tmp_path / "paused"), str(tmp_path / "resume")
+    first_writer = SPAWN.Process(
+        target=dump_pausing_before_publishing, args=(path, settings, "stale writer", paused, resume)
+    )
+    first_writer.start()
+    try:
+        wait_for_file(paused)
+        wrapped_gokart_target(path, settings).dump("published first")
+    finally:
+        Path(resume).touch()
+        first_writer.join(timeout=60)
+    assert first_writer.exitcode == 0
+    assert wrapped_gokart_target(path, settings).load() == "published first"
+
+
+def foreign_model_target(directory: Path) -> gokart.target.TargetOnKart:
+    """gokart's own model target: one locked_targets cannot rebuild."""
+    return gokart.target.make_model_target(
+        str(directory / "model.zip"), str(directory / "tmp"), save_frame, load_frame
+    )
+
+
+def test_a_target_that_cannot_be_rebuilt_is_kept_and_warned_of_once(
+    tmp_path: Path, settings: Settings, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(locked_targets.target, "_warned", Once())
+    models = [foreign_model_target(tmp_path / "a"), foreign_model_target(tmp_path / "b")]
+    with caplog.at_level(logging.WARNING, logger="locked_targets"):
+        wrapped = [LockedTarget(model, settings=settings) for model in models]
+    assert [each.wrapped for each in wrapped] == models
+    warnings = [record.getMessage() for record in caplog.records if "cannot publish" in record.getMessage()]
+    assert len(warnings) == 1
+    assert "ModelTarget" in warnings[0]
+
+
+def test_targets_locked_targets_built_are_wrapped_without_a_warning(
+    tmp_path: Path, settings: Settings, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(locked_targets.target, "_warned", Once())
+    with caplog.at_level(logging.WARNING, logger="locked_targets"):
+        single = locked_target(str(tmp_path / "x.pkl"), settings)
+        LockedTarget(single.wrapped, settings=settings)
+        frame_model_target(str(tmp_path / "model.zip"), str(tmp_path / "tmp"), settings)
+    assert [record.getMessage() for record in caplog.records] == []
