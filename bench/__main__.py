@@ -1,19 +1,67 @@
-"""Runs every scenario against one private redis-server and prints the tables (``make bench``)."""
+"""Runs every scenario against one private redis-server, prints the tables, draws the charts (``make bench``).
+
+Scenario 8 starts private servers of its own, so that what a build leaves is all they hold.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import platform
-import sys
 import tempfile
 import time
 from importlib.metadata import version
 
-from bench import goals, hot_target, per_call, round_trip, run_lock
+from bench import (
+    construction,
+    dag,
+    distance,
+    goals,
+    hot_target,
+    per_call,
+    plots,
+    redis_memory,
+    round_trip,
+    run_lock,
+)
 from bench.variants import RedisAddress, use_redis_for_locked_targets
 from locked_targets.testing import RedisServer
+
+_DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+
+
+@dataclasses.dataclass(frozen=True)
+class Effort:
+    """How much each scenario does: a full measurement, or a ``--quick`` smoke check."""
+
+    pings: int
+    calls: int
+    counted_calls: int
+    hot_seconds: float
+    step_seconds: float
+    construction_batches: int
+    constructions_per_batch: int
+    dag_sizes: tuple[int, ...]
+    distance_leaves: int
+    memory_leaves: int
+
+
+def effort_for(quick: bool) -> Effort:
+    """A full measurement, or with ``quick`` a smoke check: too few iterations to quote."""
+    return Effort(
+        pings=200 if quick else 3000,
+        calls=30 if quick else 400,
+        counted_calls=5 if quick else 20,
+        hot_seconds=0.5 if quick else 3.0,
+        step_seconds=0.2 if quick else 0.5,
+        construction_batches=3 if quick else 7,
+        constructions_per_batch=200 if quick else 2000,
+        dag_sizes=(10, 30) if quick else (100, 300, 1000),
+        distance_leaves=10 if quick else 200,
+        memory_leaves=20 if quick else 300,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,10 +69,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="few iterations: a smoke check, not a measurement"
     )
-    quick = parser.parse_args(argv).quick
-    pings, calls, counted_calls, hot_seconds, step_seconds = (
-        (200, 30, 5, 0.5, 0.2) if quick else (3000, 400, 20, 3.0, 0.5)
+    parser.add_argument(
+        "--charts",
+        metavar="DIRECTORY",
+        help="where to write the PNG charts (default: docs/, and no charts with --quick)",
     )
+    arguments = parser.parse_args(argv)
+    quick: bool = arguments.quick
+    effort = effort_for(quick)
+    charts: str | None = arguments.charts or (None if quick else _DOCS)
 
     started = time.monotonic()
     server = RedisServer().start()
@@ -38,24 +91,44 @@ def main(argv: list[str] | None = None) -> None:
             f"redis-server {server_version} (private, 127.0.0.1:{server.port}), "
             f"{os.cpu_count()} CPUs, {platform.system()} {platform.machine()}"
         )
-        round_trip_ms = round_trip.measure_round_trip_ms(server.url, pings)
-        print(round_trip.report(round_trip_ms, pings))
+        round_trip_ms = round_trip.measure_round_trip_ms(server.url, effort.pings)
+        print(round_trip.report(round_trip_ms, effort.pings))
         with tempfile.TemporaryDirectory(prefix="locked-targets-bench-") as directory:
-            per_call_result = per_call.measure(directory, redis, calls, counted_calls)
-            print(per_call.report(per_call_result))
-            sys.stdout.flush()
-            throughputs = hot_target.measure(directory, redis, hot_seconds)
-            print(hot_target.report(throughputs, hot_seconds))
-            sys.stdout.flush()
-            run_locks = run_lock.measure(directory, redis, step_seconds)
-            print(run_lock.report(run_locks, step_seconds))
+            per_call_result = per_call.measure(directory, redis, effort.calls, effort.counted_calls)
+            _show(per_call.report(per_call_result))
+            throughputs = hot_target.measure(directory, redis, effort.hot_seconds)
+            _show(hot_target.report(throughputs, effort.hot_seconds))
+            run_locks = run_lock.measure(directory, redis, effort.step_seconds)
+            _show(run_lock.report(run_locks, effort.step_seconds))
+            construction_result = construction.measure(
+                directory, redis, effort.construction_batches, effort.constructions_per_batch
+            )
+            _show(construction.report(construction_result))
+            dag_result = dag.measure(directory, redis, effort.dag_sizes)
+            _show(dag.report(dag_result))
+            distance_result = distance.measure(directory, redis, effort.distance_leaves, effort.pings)
+            _show(distance.report(distance_result))
+            leftovers = redis_memory.measure(directory, effort.memory_leaves)
+            _show(redis_memory.report(leftovers, effort.memory_leaves))
+        if charts is not None:
+            written = [
+                plots.write_dag_chart(dag_result, charts),
+                plots.write_distance_chart(distance_result, charts),
+            ]
+            print(f"\ncharts: {', '.join(written)}")
         print(goals.report(per_call_result, throughputs, run_locks))
+        print(goals.report_issue_9(construction_result, throughputs, dag_result, distance_result))
         print(f"\n(whole run: {time.monotonic() - started:.0f} s)")
     finally:
         # This process's listener for kept shared leases outlives the server; its
         # reconnect warnings after the server stops say nothing about the benchmark.
         logging.getLogger("locked_targets").setLevel(logging.ERROR)
         server.stop()
+
+
+def _show(report: str) -> None:
+    """Print a scenario's report at once: the whole run takes minutes."""
+    print(report, flush=True)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""The goals of issues 2 and 3 next to what this run measured, each row naming the variant it judges."""
+"""The goals of issues 2, 3 and 9 next to what this run measured, each row naming the variant it judges."""
 
 from __future__ import annotations
 
-from bench import hot_target, per_call, run_lock
-from bench.hot_target import Throughput
+from bench import dag, distance, hot_target, per_call, run_lock
+from bench.construction import BUILDERS, CONSTRUCTION_GOAL, ConstructionResult
+from bench.dag import DagResult
+from bench.distance import DistanceResult
+from bench.hot_target import Phase, Throughput
 from bench.per_call import OPERATIONS, ROUND_TRIP_GOALS, PerCallResult
 from bench.run_lock import RunLock, RunLockResult
 from bench.tables import heading, table, verdict
@@ -12,7 +15,7 @@ from bench.variants import LOCKED_VARIANTS, Variant
 
 def report(
     per_call_result: PerCallResult,
-    throughputs: dict[Variant | str, Throughput],
+    throughputs: dict[Phase, Throughput],
     run_locks: dict[RunLock, RunLockResult],
 ) -> str:
     return "\n".join(
@@ -31,9 +34,7 @@ def report(
     )
 
 
-def _issue_2_rows(
-    per_call_result: PerCallResult, throughputs: dict[Variant | str, Throughput]
-) -> list[list[str]]:
+def _issue_2_rows(per_call_result: PerCallResult, throughputs: dict[Phase, Throughput]) -> list[list[str]]:
     rows = []
     for operation in OPERATIONS:
         for locked in LOCKED_VARIANTS:
@@ -91,3 +92,76 @@ def _issue_3_rows(result: RunLockResult) -> list[list[str]]:
             verdict(all(count == 1 for count in runs)),
         ],
     ]
+
+
+def report_issue_9(
+    construction: ConstructionResult,
+    throughputs: dict[Phase, Throughput],
+    dag_result: DagResult,
+    distance_result: DistanceResult,
+) -> str:
+    locked = Variant.LOCKED_TARGET
+    rows = [
+        [
+            f"{builder}: (c) LockedTarget within {CONSTRUCTION_GOAL:g}x of (a) unlocked gokart",
+            f"{construction.ratio(builder, Variant.LOCKED_TARGET):.2f}x",
+            verdict(construction.goal_met(builder)),
+        ]
+        for builder in BUILDERS
+    ]
+    against_unlocked, against_gokart = hot_target.fresh_goals_met(throughputs)
+    rows += [
+        [
+            "hot target, fresh target per load: (c) >= "
+            f"{hot_target.FRESH_AGAINST_UNLOCKED_GOAL:g}x (a)'s loads per second",
+            f"{hot_target.fresh_speedup(throughputs, Variant.UNLOCKED):.2f}x",
+            verdict(against_unlocked),
+        ],
+        [
+            "hot target, fresh target per load: (c) >= "
+            f"{hot_target.FRESH_AGAINST_GOKART_LOCK_GOAL:g}x (b)'s loads per second",
+            f"{hot_target.fresh_speedup(throughputs, Variant.GOKART_LOCK):.1f}x",
+            verdict(against_gokart),
+        ],
+    ]
+    for mode, goal in (("cold", dag.LOOPBACK_COLD_GOAL), ("warm", dag.LOOPBACK_WARM_GOAL)):
+        for leaves in dag_result.sizes:
+            ratio = dag_result.ratio(leaves, locked, mode)
+            rows.append(
+                [
+                    f"DAG, N = {leaves}, {mode}, loopback: (c) {locked.title} within {goal:g}x of (a)",
+                    f"{ratio:.2f}x",
+                    verdict(ratio <= goal),
+                ]
+            )
+    farthest = distance_result.farthest
+    for mode, goal in (("cold", distance.DISTANT_COLD_GOAL), ("warm", distance.DISTANT_WARM_GOAL)):
+        ratio = distance_result.ratio(farthest, locked, mode)
+        rows.append(
+            [
+                f"DAG, N = {distance_result.leaves}, {mode}, Redis {distance.link_title(farthest)} away (RT "
+                f"{distance_result.measured_round_trip_ms[farthest]:.1f} ms): (c) within {goal:g}x of (a)",
+                f"{ratio:.2f}x",
+                verdict(ratio <= goal),
+            ]
+        )
+    for mode, goal in (("cold", dag.COLD_REQUESTS_GOAL), ("warm", dag.WARM_REQUESTS_GOAL)):
+        most = dag_result.most_requests(locked, mode)
+        rows.append(
+            [
+                f"DAG, {mode}: (c) waits for <= {goal:g} Redis requests per task (most over every N)",
+                f"{most:.2f}",
+                verdict(most <= goal),
+            ]
+        )
+    return "\n".join(
+        [
+            heading("Goals of issue 9"),
+            "(a) unlocked gokart, (b) gokart's lock, (c) LockedTarget (tasks on locked_targets.TaskOnKart in "
+            "the DAG), as in scenarios 3, 5 to 7.",
+            "A ratio of times is (c)'s over (a)'s; of loads per second, (c)'s over the other's. Requests per "
+            "task: sent by the thread running",
+            "the tasks, divided by N (scenario 6).",
+            table(["goal", "measured", "met"], rows),
+        ]
+    )

@@ -1,5 +1,8 @@
 """Scenario 3: eight OS processes load one hot 256 KiB target as fast as they can.
 
+Each variant runs twice: loading over and over through one target, and building a fresh
+target for every load (``make_target(path).load()``), as a task's ``self.load()`` does.
+
 The processes are spawned once and run one phase per variant; a barrier starts every
 phase in all processes (and the parent, which reads redis-server's CPU time) together.
 Each load is compared byte for byte with the object that was dumped, so a torn or
@@ -28,8 +31,24 @@ PROCESSES = 8
 OBJECT_BYTES = 256 * 1024
 # Issue 2's goal: LockedTarget's throughput within this factor of unlocked gokart.
 SLOWDOWN_GOAL = 1.5
+# Issue 9's goals, a fresh target per load: LockedTarget's throughput over unlocked gokart's
+# (at least), and over gokart's lock's (at least).
+FRESH_AGAINST_UNLOCKED_GOAL = 0.8
+FRESH_AGAINST_GOKART_LOCK_GOAL = 25.0
 REFERENCE = "reference"
-PHASES: tuple[Variant | str, ...] = (*Variant, REFERENCE)
+
+
+@dataclasses.dataclass(frozen=True)
+class FreshTargets:
+    """A phase in which every load goes through a target built for it, as a task's ``self.load()`` does."""
+
+    variant: Variant
+
+
+# A phase reuses one target of a variant, builds a fresh one per load, or is the (ref) phase.
+Phase = Variant | FreshTargets | str
+FRESH_VARIANTS = (Variant.UNLOCKED, Variant.GOKART_LOCK, Variant.LOCKED_TARGET)
+PHASES: tuple[Phase, ...] = (*Variant, REFERENCE, *(FreshTargets(variant) for variant in FRESH_VARIANTS))
 _SEED = 265  # gokart's issue about lock congestion
 _SPAWN = multiprocessing.get_context("spawn")
 # Spawning and importing gokart in 8 processes on 2 cores takes several seconds.
@@ -41,9 +60,11 @@ def hot_object() -> bytes:
     return random.Random(_SEED).randbytes(OBJECT_BYTES)
 
 
-def phase_title(phase: Variant | str) -> str:
+def phase_title(phase: Phase) -> str:
     if isinstance(phase, Variant):
         return f"{phase.letter} {phase.title}"
+    if isinstance(phase, FreshTargets):
+        return f"{phase.variant.letter} {phase.variant.title}, fresh target per load"
     return "(ref) 2 PINGs + unlocked load"
 
 
@@ -61,7 +82,7 @@ class WorkerPlan:
 class WorkerResult:
     """One worker's loads in one phase."""
 
-    phase: Variant | str
+    phase: Phase
     loads: int
     bad_loads: int
     seconds: float
@@ -70,7 +91,7 @@ class WorkerResult:
 
 
 def work(plan: WorkerPlan, start_together: Barrier, results: Queue[WorkerResult]) -> None:
-    """Entry point of a worker process: one timed phase of loads per variant, then the reference."""
+    """Entry point of a worker process: one timed phase of loads per entry of ``PHASES``, in order."""
     use_redis_for_locked_targets(plan.redis)
     expected = hot_object()
     if hashlib.sha256(expected).hexdigest() != plan.digest:
@@ -95,9 +116,12 @@ def work(plan: WorkerPlan, start_together: Barrier, results: Queue[WorkerResult]
         results.put(WorkerResult(phase, loads, bad_loads, elapsed, cpu, first_error))
 
 
-def _loader(phase: Variant | str, plan: WorkerPlan) -> Callable[[], object]:
+def _loader(phase: Phase, plan: WorkerPlan) -> Callable[[], object]:
     if isinstance(phase, Variant):
         return make_target(phase, plan.path, plan.redis).load
+    if isinstance(phase, FreshTargets):
+        variant = phase.variant
+        return lambda: make_target(variant, plan.path, plan.redis).load()
     client = redis.Redis.from_url(plan.redis.url)
     target = make_target(Variant.UNLOCKED, plan.path, plan.redis)
 
@@ -122,7 +146,7 @@ class Throughput:
     first_error: str | None
 
 
-def measure(directory: str, redis_address: RedisAddress, seconds: float) -> dict[Variant | str, Throughput]:
+def measure(directory: str, redis_address: RedisAddress, seconds: float) -> dict[Phase, Throughput]:
     payload = hot_object()
     path = os.path.join(directory, "hot.pkl")
     make_target(Variant.UNLOCKED, path, redis_address).dump(payload)
@@ -139,7 +163,7 @@ def measure(directory: str, redis_address: RedisAddress, seconds: float) -> dict
         worker.start()
     server = redis.Redis.from_url(redis_address.url)
     try:
-        throughputs: dict[Variant | str, Throughput] = {}
+        throughputs: dict[Phase, Throughput] = {}
         for phase in PHASES:
             start_together.wait(timeout=_START_TIMEOUT_SECONDS)
             server_cpu_started = _server_cpu_seconds(server)
@@ -171,29 +195,47 @@ def _total(phase: list[WorkerResult], server_cpu_seconds: float) -> Throughput:
     )
 
 
-def slowdown(throughputs: dict[Variant | str, Throughput], variant: Variant) -> float:
+def slowdown(throughputs: dict[Phase, Throughput], variant: Variant) -> float:
     """How many times fewer loads per second ``variant`` made than unlocked gokart."""
     return throughputs[Variant.UNLOCKED].loads_per_second / throughputs[variant].loads_per_second
 
 
-def reference_slowdown(throughputs: dict[Variant | str, Throughput]) -> float:
+def reference_slowdown(throughputs: dict[Phase, Throughput]) -> float:
     """The slowdown of the (ref) phase: an unlocked load plus two PINGs."""
     return throughputs[Variant.UNLOCKED].loads_per_second / throughputs[REFERENCE].loads_per_second
 
 
-def slowdown_goal_met(throughputs: dict[Variant | str, Throughput], variant: Variant) -> bool:
+def slowdown_goal_met(throughputs: dict[Phase, Throughput], variant: Variant) -> bool:
     return slowdown(throughputs, variant) <= SLOWDOWN_GOAL
 
 
-def report(throughputs: dict[Variant | str, Throughput], seconds: float) -> str:
-    unlocked = throughputs[Variant.UNLOCKED].loads_per_second
+def fresh_speedup(throughputs: dict[Phase, Throughput], over: Variant) -> float:
+    """LockedTarget's loads per second over ``over``'s, both building a fresh target per load."""
+    locked = throughputs[FreshTargets(Variant.LOCKED_TARGET)].loads_per_second
+    return locked / throughputs[FreshTargets(over)].loads_per_second
+
+
+def fresh_goals_met(throughputs: dict[Phase, Throughput]) -> tuple[bool, bool]:
+    """Whether LockedTarget, a fresh target per load, meets issue 9's goals: against (a), against (b)."""
+    return (
+        fresh_speedup(throughputs, Variant.UNLOCKED) >= FRESH_AGAINST_UNLOCKED_GOAL,
+        fresh_speedup(throughputs, Variant.GOKART_LOCK) >= FRESH_AGAINST_GOKART_LOCK_GOAL,
+    )
+
+
+def _unlocked_of_its_kind(phase: Phase) -> Phase:
+    """The unlocked phase a row is compared with: a fresh target per load, or one target reused."""
+    return FreshTargets(Variant.UNLOCKED) if isinstance(phase, FreshTargets) else Variant.UNLOCKED
+
+
+def report(throughputs: dict[Phase, Throughput], seconds: float) -> str:
     rows = [
         [
             phase_title(phase),
             f"{result.loads_per_second:,.0f}",
             f"{result.loads:,}",
             f"{result.bad_loads:,}",
-            f"{unlocked / result.loads_per_second:.2f}x",
+            f"{throughputs[_unlocked_of_its_kind(phase)].loads_per_second / result.loads_per_second:.2f}x",
             f"{result.worker_cpu_seconds / result.loads * 1e6:,.0f}",
             f"{result.server_cpu_seconds / result.loads * 1e6:,.1f}",
         ]
@@ -213,6 +255,8 @@ def report(throughputs: dict[Variant | str, Throughput], seconds: float) -> str:
             "CPU per load: worker processes' CPU time (all their threads) and redis-server's, "
             "divided by the loads; the (ref) row",
             "adds two PINGs to each unlocked load: the floor for any lock that asks Redis twice per load.",
+            "The 'fresh target per load' rows build a target for every load, as a task's self.load() does; "
+            "their slowdown is over (a)'s fresh row.",
             "",
             table(
                 [
@@ -220,7 +264,7 @@ def report(throughputs: dict[Variant | str, Throughput], seconds: float) -> str:
                     "loads/s (all processes)",
                     "loads",
                     "bad loads",
-                    "slowdown (unlocked / row)",
+                    "slowdown ((a) / row)",
                     "worker CPU us/load",
                     "redis CPU us/load",
                 ],
@@ -238,5 +282,17 @@ def report(throughputs: dict[Variant | str, Throughput], seconds: float) -> str:
             f"{slowdown(throughputs, Variant.LOCKED_TARGET_NO_KEPT_LEASES):.2f}x  "
             "(each load asks Redis twice; the (ref) row's floor for that: "
             f"{reference_slowdown(throughputs):.2f}x)",
+            *_fresh_lines(throughputs),
         ]
     )
+
+
+def _fresh_lines(throughputs: dict[Phase, Throughput]) -> list[str]:
+    against_unlocked, against_gokart = fresh_goals_met(throughputs)
+    locked = phase_title(FreshTargets(Variant.LOCKED_TARGET))
+    return [
+        f"{locked} / (a) fresh: {fresh_speedup(throughputs, Variant.UNLOCKED):.2f}x the loads per second "
+        f"(goal >= {FRESH_AGAINST_UNLOCKED_GOAL}x: {verdict(against_unlocked)})",
+        f"{locked} / (b) fresh: {fresh_speedup(throughputs, Variant.GOKART_LOCK):.1f}x the loads per second "
+        f"(goal >= {FRESH_AGAINST_GOKART_LOCK_GOAL:g}x: {verdict(against_gokart)})",
+    ]

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from bench.applications import failure_with_log
 from bench.run_lock_application import READY
 from bench.run_lock_pipeline import (
     APPLICATION_VARIABLE,
@@ -182,7 +183,7 @@ def start_together(
             processes.release()
             processes.wait(time.monotonic() + _APPLICATION_TIMEOUT_SECONDS, expect_success=True)
         except ProcessFailed as failure:
-            raise RuntimeError(_failure(directory, failure)) from failure
+            raise RuntimeError(f"run lock scenario in {directory}: {failure_with_log(failure)}") from failure
     events = _read_side_log(side_log)
     finished = max(event.time for event in events if event.name == "finished")
     return PipelineRun(wall_seconds=finished - started, events=events)
@@ -194,14 +195,6 @@ def _read_side_log(path: str) -> tuple[Event, ...]:
         Event(name=name, step=None if step == "-" else int(step), application=application, time=float(at))
         for name, step, application, at in fields
     )
-
-
-def _failure(directory: str, failure: ProcessFailed) -> str:
-    """What went wrong, with the end of the application's stderr."""
-    assert failure.process.log_path is not None
-    with open(failure.process.log_path) as file:
-        output = file.read()
-    return f"run lock scenario in {directory}: {failure}:\n{output[-3000:]}"
 
 
 def lag_summary(lags: Sequence[float]) -> str:

@@ -1,0 +1,280 @@
+"""Scenario 6: gokart.build of N small leaves and an aggregate: unlocked, under gokart's lock, under ours.
+
+Every build runs in a fresh process (``bench.dag_application``), so luigi's instance cache
+and gokart's state never carry over, on a workspace of its own. A cold build starts from
+an empty cache and computes every task; the warm build that follows, in a new process on
+the same workspace, finds every leaf present and only the aggregate's output removed: N
+completeness checks, N loads and one dump. The variants of one size run one after the
+other, so drift in the machine's load touches all of them alike.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from bench.applications import failure_with_log
+from bench.dag_application import CONTROL_URL_VARIABLE, RESULT, BuildReport
+from bench.tables import heading, table
+from bench.variants import RedisAddress, Variant
+from locked_targets.testing import ProcessFailed, ProcessGroup, ProcessSpec
+
+# Issue 9's goals on loopback: locked_targets' build time over unlocked gokart's.
+LOOPBACK_COLD_GOAL = 1.15
+LOOPBACK_WARM_GOAL = 1.1
+# Issue 9's goals: Redis requests the thread running the tasks waits for, per leaf.
+COLD_REQUESTS_GOAL = 3.0
+WARM_REQUESTS_GOAL = 1.0
+SCRIPT_COMMANDS = ("evalsha", "eval")
+MODES = ("cold", "warm")
+_BUILD_TIMEOUT_SECONDS = 600.0
+_REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# The variants of scenario 2 a pipeline can be written in ((d) is a setting of (c), left out here).
+DAG_VARIANTS = (Variant.UNLOCKED, Variant.GOKART_LOCK, Variant.LOCKED_TARGET)
+# How each variant's tasks are written and configured, for the legend of each table.
+TASK_RECIPES = {
+    Variant.UNLOCKED: "tasks on gokart.TaskOnKart, no Redis",
+    Variant.GOKART_LOCK: "tasks on gokart.TaskOnKart, [TaskOnKart] redis_host and redis_port set",
+    Variant.LOCKED_TARGET: "tasks on locked_targets.TaskOnKart, [locked_targets] redis_url set",
+}
+
+
+def luigi_config(
+    variant: Variant, workspace: str, redis: RedisAddress, lease_seconds: float | None
+) -> configparser.ConfigParser:
+    """The luigi configuration of one build; ``lease_seconds`` shortens locked_targets' leases."""
+    config = configparser.ConfigParser()
+    config["core"] = {"autoload_range": "false"}
+    config["TaskOnKart"] = {
+        "workspace_directory": os.path.join(workspace, "cache"),
+        "local_temporary_directory": os.path.join(workspace, "tmp"),
+    }
+    if variant is Variant.GOKART_LOCK:
+        config["TaskOnKart"].update(redis_host=redis.host, redis_port=str(redis.port))
+    if variant is Variant.LOCKED_TARGET:
+        config["locked_targets"] = {"redis_url": redis.url}
+        if lease_seconds is not None:
+            config["locked_targets"]["lease_seconds"] = f"{lease_seconds:g}"
+    return config
+
+
+# The variants that take a lock in Redis.
+LOCKED_DAG_VARIANTS = (Variant.GOKART_LOCK, Variant.LOCKED_TARGET)
+
+
+@dataclasses.dataclass(frozen=True)
+class Workspace:
+    """Where one variant's builds keep their cache, and the Redis they lock in."""
+
+    directory: str
+    variant: Variant
+    leaves: int
+    redis: RedisAddress
+    """What the builds connect to: the server, or a delay proxy in front of it."""
+    control_url: str
+    """The server itself, whose statistics each build resets and reads."""
+    lease_seconds: float | None = None
+    """locked_targets' ``lease_seconds``, if not its default (gokart's lock refuses 10 s or less)."""
+
+    def build(self, mode: str) -> BuildReport:
+        """One ``cold`` or ``warm`` build in a fresh process; its report."""
+        os.makedirs(self.directory, exist_ok=True)
+        config = os.path.join(self.directory, "luigi.cfg")
+        with open(config, "w") as file:
+            luigi_config(self.variant, self.directory, self.redis, self.lease_seconds).write(file)
+        spec = ProcessSpec(
+            name=f"dag-{self.variant.name.lower()}-{self.leaves}-{mode}",
+            arguments=[
+                "locked_targets" if self.variant is Variant.LOCKED_TARGET else "gokart",
+                str(self.leaves),
+                mode,
+            ],
+            environment={"LUIGI_CONFIG_PATH": config, CONTROL_URL_VARIABLE: self.control_url},
+            log_path=os.path.join(self.directory, f"{mode}.log"),
+        )
+        command = [sys.executable, "-m", "bench.dag_application"]
+        deadline = time.monotonic() + _BUILD_TIMEOUT_SECONDS
+        with ProcessGroup(command, [spec], cwd=_REPOSITORY) as process:
+            try:
+                [result] = process.wait_for_line(RESULT, deadline)
+                process.wait(deadline, expect_success=True)
+            except ProcessFailed as failure:
+                raise RuntimeError(failure_with_log(failure)) from failure
+        return BuildReport.from_json(result)
+
+    def cold_and_warm(self) -> ColdAndWarm:
+        return ColdAndWarm(cold=self.build("cold"), warm=self.build("warm"))
+
+    def cached_files(self) -> int:
+        """How many files the builds wrote into the cache: the targets whose locks were taken."""
+        return sum(len(files) for _, _, files in os.walk(os.path.join(self.directory, "cache")))
+
+
+@dataclasses.dataclass(frozen=True)
+class ColdAndWarm:
+    """A cold build on an empty cache, then a warm one with only the aggregate's output missing."""
+
+    cold: BuildReport
+    warm: BuildReport
+
+    def seconds(self, mode: str) -> float:
+        return self.in_mode(mode).seconds
+
+    def in_mode(self, mode: str) -> BuildReport:
+        return self.cold if mode == "cold" else self.warm
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestsPerLeaf:
+    """One build's Redis traffic divided by its N leaves."""
+
+    main_thread: float
+    background: float
+    scripts: float
+    server_commands: float
+
+    @classmethod
+    def of(cls, report: BuildReport, leaves: int) -> RequestsPerLeaf:
+        commands = report.server_commands
+        return cls(
+            main_thread=report.requests.main_thread / leaves,
+            background=report.requests.background / leaves,
+            scripts=sum(commands.get(name, 0) for name in SCRIPT_COMMANDS) / leaves,
+            server_commands=sum(commands.values()) / leaves,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DagResult:
+    """Per number of leaves, per variant: the cold and the warm build."""
+
+    builds: dict[tuple[int, Variant], ColdAndWarm]
+
+    @property
+    def sizes(self) -> list[int]:
+        return sorted({leaves for leaves, _ in self.builds})
+
+    def ratio(self, leaves: int, variant: Variant, mode: str) -> float:
+        """``variant``'s build time over unlocked gokart's, for ``leaves`` leaves."""
+        unlocked = self.builds[leaves, Variant.UNLOCKED]
+        return self.builds[leaves, variant].seconds(mode) / unlocked.seconds(mode)
+
+    def requests(self, leaves: int, variant: Variant, mode: str) -> RequestsPerLeaf:
+        return RequestsPerLeaf.of(self.builds[leaves, variant].in_mode(mode), leaves)
+
+    def most_requests(self, variant: Variant, mode: str) -> float:
+        """The most requests per leaf the thread running the tasks waited for, over every size."""
+        return max(self.requests(leaves, variant, mode).main_thread for leaves in self.sizes)
+
+
+def measure(directory: str, redis: RedisAddress, sizes: Sequence[int]) -> DagResult:
+    builds = {}
+    for leaves in sizes:
+        for variant in DAG_VARIANTS:
+            workspace = Workspace(
+                directory=os.path.join(directory, f"dag-{leaves}-{variant.name.lower()}"),
+                variant=variant,
+                leaves=leaves,
+                redis=redis,
+                control_url=redis.url,
+            )
+            builds[leaves, variant] = workspace.cold_and_warm()
+    return DagResult(builds)
+
+
+def legend() -> list[str]:
+    return [f"  {variant.letter} {variant.title}: {TASK_RECIPES[variant]}" for variant in DAG_VARIANTS]
+
+
+def requests_legend() -> list[str]:
+    return [
+        "Redis requests per leaf (the build's requests / N): 'waited' = sent by the thread running the tasks "
+        "(luigi's worker), each a round trip",
+        "it waits for; 'background' = lease renewals, the pub/sub listener, gokart's lock extender (counted "
+        "in redis-py, a pipeline once);",
+        "'scripts' and 'all commands' = INFO commandstats of the server (CONFIG RESETSTAT before the build); "
+        "'all commands' includes those",
+        "run inside Lua scripts, which Redis cannot tell from requests. Goals: waited <= "
+        f"{COLD_REQUESTS_GOAL:g} per cold leaf, <= {WARM_REQUESTS_GOAL:g} per warm leaf.",
+    ]
+
+
+def requests_cells(requests: RequestsPerLeaf) -> list[str]:
+    return [
+        f"{requests.main_thread:.2f}",
+        f"{requests.background:.2f}",
+        f"{requests.scripts:.2f}",
+        f"{requests.server_commands:.1f}",
+    ]
+
+
+REQUESTS_HEADERS = ("waited", "background", "scripts", "all commands")
+
+
+def report(result: DagResult) -> str:
+    time_rows = []
+    request_rows = []
+    for leaves in result.sizes:
+        for variant in DAG_VARIANTS:
+            builds = result.builds[leaves, variant]
+            time_rows.append(
+                [
+                    str(leaves),
+                    f"{variant.letter} {variant.title}",
+                    *(
+                        cell
+                        for mode in MODES
+                        for cell in (
+                            f"{builds.seconds(mode):.2f}",
+                            f"{result.ratio(leaves, variant, mode):.2f}x",
+                        )
+                    ),
+                ]
+            )
+            if variant is not Variant.UNLOCKED:
+                request_rows.append(
+                    [
+                        str(leaves),
+                        f"{variant.letter} {variant.title}",
+                        *(
+                            cell
+                            for mode in MODES
+                            for cell in requests_cells(result.requests(leaves, variant, mode))
+                        ),
+                    ]
+                )
+    return "\n".join(
+        [
+            heading("6. A DAG of N small tasks, built with gokart.build (Redis on loopback)"),
+            "N leaves, each dumping a small dict, and one aggregate that requires and loads them all; one "
+            "gokart.build with its local scheduler",
+            "and one worker, each build in a fresh process on a workspace of its own (wall time of the build "
+            "alone, timed inside that process).",
+            "cold: empty cache, every task computed (gokart also dumps 5 log files per task). warm: every "
+            "leaf present, the aggregate's",
+            "output removed: N completeness checks, N loads, one aggregate run. Ratios: over (a) of the same "
+            "N and mode. Run lock off.",
+            *legend(),
+            "",
+            table(
+                ["N", "variant", "cold s", "cold / (a)", "warm s", "warm / (a)"],
+                time_rows,
+            ),
+            "",
+            *requests_legend(),
+            table(
+                [
+                    "N",
+                    "variant",
+                    *(f"{mode} {header}" for mode in MODES for header in REQUESTS_HEADERS),
+                ],
+                request_rows,
+            ),
+        ]
+    )

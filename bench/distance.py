@@ -1,0 +1,142 @@
+"""Scenario 7: scenario 6's DAG with Redis farther away, behind a delay proxy (Redis "in another cluster").
+
+Both locked variants reach the bench's server through ``bench.delay_proxy`` at each
+added round trip (and directly, for loopback); unlocked gokart needs no Redis, so it is
+built once and every ratio is over it. Each link's round trip is measured with PINGs
+through it, since the proxy's own work adds a little to the delay it is asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Iterator
+
+from bench.dag import (
+    LOCKED_DAG_VARIANTS,
+    MODES,
+    ColdAndWarm,
+    RequestsPerLeaf,
+    Workspace,
+    legend,
+)
+from bench.delay_proxy import delay_proxy
+from bench.round_trip import measure_round_trip_ms
+from bench.tables import heading, table
+from bench.variants import RedisAddress, Variant
+
+# Round trips the proxy adds, in ms; 0 is the direct loopback connection.
+ADDED_ROUND_TRIPS_MS = (0.0, 1.0, 5.0)
+# Issue 9's goals at the farthest link: locked_targets' build time over unlocked gokart's.
+DISTANT_COLD_GOAL = 4.0
+DISTANT_WARM_GOAL = 3.0
+
+
+def link_title(added_ms: float) -> str:
+    """How a table names a link: by the round trip the proxy adds to it."""
+    return "loopback" if added_ms == 0 else f"+{added_ms:g} ms"
+
+
+@dataclasses.dataclass(frozen=True)
+class DistanceResult:
+    """Unlocked gokart's builds; per added round trip, the one measured and each locked variant's builds."""
+
+    leaves: int
+    unlocked: ColdAndWarm
+    measured_round_trip_ms: dict[float, float]
+    builds: dict[tuple[float, Variant], ColdAndWarm]
+
+    @property
+    def farthest(self) -> float:
+        """The largest round trip the proxy added, in ms."""
+        return max(self.measured_round_trip_ms)
+
+    def ratio(self, added_ms: float, variant: Variant, mode: str) -> float:
+        return self.builds[added_ms, variant].seconds(mode) / self.unlocked.seconds(mode)
+
+    def requests(self, added_ms: float, variant: Variant, mode: str) -> RequestsPerLeaf:
+        return RequestsPerLeaf.of(self.builds[added_ms, variant].in_mode(mode), self.leaves)
+
+
+@contextlib.contextmanager
+def _reached_through(redis: RedisAddress, added_ms: float) -> Iterator[RedisAddress]:
+    """``redis`` itself for no added delay, else a delay proxy in front of it."""
+    if added_ms == 0:
+        yield redis
+        return
+    with delay_proxy(redis.port, added_ms / 1000) as port:
+        yield RedisAddress(url=f"redis://127.0.0.1:{port}/0", host="127.0.0.1", port=port)
+
+
+def measure(directory: str, redis: RedisAddress, leaves: int, pings: int) -> DistanceResult:
+    def workspace(name: str, variant: Variant, reached_at: RedisAddress) -> Workspace:
+        return Workspace(
+            directory=os.path.join(directory, f"distance-{name}-{variant.name.lower()}"),
+            variant=variant,
+            leaves=leaves,
+            redis=reached_at,
+            control_url=redis.url,
+        )
+
+    unlocked = workspace("none", Variant.UNLOCKED, redis).cold_and_warm()
+    measured_round_trip_ms = {}
+    builds = {}
+    for added_ms in ADDED_ROUND_TRIPS_MS:
+        with _reached_through(redis, added_ms) as reached_at:
+            measured_round_trip_ms[added_ms] = measure_round_trip_ms(reached_at.url, pings)
+            for variant in LOCKED_DAG_VARIANTS:
+                builds[added_ms, variant] = workspace(f"{added_ms:g}ms", variant, reached_at).cold_and_warm()
+    return DistanceResult(leaves, unlocked, measured_round_trip_ms, builds)
+
+
+def report(result: DistanceResult) -> str:
+    rows = [
+        [
+            "-",
+            "-",
+            f"{Variant.UNLOCKED.letter} {Variant.UNLOCKED.title}",
+            *(cell for mode in MODES for cell in (f"{result.unlocked.seconds(mode):.2f}", "1.00x", "-")),
+        ]
+    ]
+    for added_ms, measured_ms in result.measured_round_trip_ms.items():
+        for variant in LOCKED_DAG_VARIANTS:
+            builds = result.builds[added_ms, variant]
+            rows.append(
+                [
+                    link_title(added_ms),
+                    f"{measured_ms:.2f}",
+                    f"{variant.letter} {variant.title}",
+                    *(
+                        cell
+                        for mode in MODES
+                        for cell in (
+                            f"{builds.seconds(mode):.2f}",
+                            f"{result.ratio(added_ms, variant, mode):.2f}x",
+                            f"{result.requests(added_ms, variant, mode).main_thread:.2f}",
+                        )
+                    ),
+                ]
+            )
+    return "\n".join(
+        [
+            heading(f"7. The DAG of scenario 6 (N = {result.leaves}) with Redis behind a delay proxy"),
+            "An asyncio TCP proxy on 127.0.0.1 delays every chunk by half the added round trip in each "
+            "direction (order kept per direction;",
+            "pub/sub goes through it too); (b) and (c) reach Redis through it, (a) needs no Redis. RT = "
+            "median PING through the link.",
+            "Ratios: over (a)'s build of the same mode. 'waited' = requests per leaf sent by the thread "
+            "running the tasks (see scenario 6).",
+            *legend(),
+            "",
+            table(
+                [
+                    "link",
+                    "RT ms",
+                    "variant",
+                    *(f"{mode} {header}" for mode in MODES for header in ("s", "/ (a)", "waited")),
+                ],
+                rows,
+            ),
+        ]
+    )
