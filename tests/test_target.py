@@ -35,13 +35,12 @@ from locked_targets.process_state import Once
 
 
 def hold_in_another_process(path: str, settings: Settings, mode: str, seconds: float) -> float:
-    """Start a process holding the lock; return when it surely holds it (monotonic time of release)."""
-    process = SPAWN.Process(target=hold_lock_of, args=(path, settings, mode, seconds))
-    started = time.monotonic()
+    """Start a process holding the lock; return once it holds it (monotonic time it was acquired)."""
+    acquired = SPAWN.Event()
+    process = SPAWN.Process(target=hold_lock_of, args=(path, settings, mode, seconds, acquired))
     process.start()
-    time.sleep(3.0)  # spawning and importing takes a while on a busy machine
-    assert process.is_alive(), "the holder process died early"
-    return started
+    assert acquired.wait(timeout=60), "the holder process did not take the lock"
+    return time.monotonic()
 
 
 def test_dump_then_load_round_trips(tmp_path: Path, settings: Settings) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import multiprocessing.synchronize
 import time
 from typing import Any
 
@@ -18,8 +19,13 @@ from locked_targets.settings import Settings
 from locked_targets.target import LockedTarget
 
 
-def hold_lock_of(path: str, settings: Settings, mode: str, seconds: float) -> None:
-    """Hold the lock of the target at ``path`` for ``seconds``, as another application would."""
+def hold_lock_of(
+    path: str, settings: Settings, mode: str, seconds: float, acquired: multiprocessing.synchronize.Event
+) -> None:
+    """Hold the lock of the target at ``path`` for ``seconds``, as another application would.
+
+    ``acquired`` is set once the lock is held, so the test starts its own call only then.
+    """
     assert settings.redis_url is not None
     lock = ReadWriteLock(
         connection_for(settings.redis_url),
@@ -28,6 +34,7 @@ def hold_lock_of(path: str, settings: Settings, mode: str, seconds: float) -> No
         task="OtherApplication_0",
     )
     held = lock.acquire(LockMode(mode))
+    acquired.set()
     time.sleep(seconds)
     held.release()
 
