@@ -66,13 +66,14 @@ def lock_for(
 
 
 def lease_terms(settings: Settings) -> LeaseTerms:
-    """The lease, renewal interval and Redis retry deadline that ``settings`` give every lock."""
+    """What ``settings`` give every lock: lease, renewal interval, Redis retry deadline, fencing memory."""
     return LeaseTerms(
         lease_seconds=settings.lease_seconds,
         renewal_interval_seconds=settings.effective_renewal_interval_seconds,
         redis_retry_deadline_seconds=(
             settings.redis_retry_deadline_seconds if settings.on_redis_error == "wait" else None
         ),
+        fencing_memory_seconds=settings.fencing_memory_seconds,
     )
 
 

@@ -7,24 +7,29 @@ Python's waits can count, and the lease long enough for a renewal to be retried.
 compatibility ``[TaskOnKart] redis_host``/``redis_port``/``redis_timeout`` (or the
 same task parameters) switch locking on when ``redis_url`` is not set. A key of
 ``[locked_targets]`` that no setting reads is logged once per process, since a typo
-in ``redis_url`` would otherwise switch locking off without a word.
+in ``redis_url`` would otherwise switch locking off without a word. luigi builds targets
+all the time, so a process reads and checks a configuration once and reuses its settings
+until any value they are read from changes (``_SettingsMemory``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import logging
+import os
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Hashable
 from configparser import ConfigParser
 from typing import Any, Literal, TypeVar, cast, get_args
 
 import luigi.configuration
 
 from locked_targets.errors import ConfigurationError
-from locked_targets.process_state import Once
+from locked_targets.process_state import Once, ProcessLocal
 from locked_targets.rwlock.connection import HIDDEN, redacted_url, redis_address
+from locked_targets.rwlock.scripts import DEFAULT_FENCING_MEMORY_SECONDS
 
 SECTION = "locked_targets"
 GOKART_SECTION = "TaskOnKart"
@@ -78,6 +83,9 @@ RENEWAL_INTERVAL_BOUNDS = _Bounds(0.1, LEASE_BOUNDS.longest / 2)
 WAIT_BOUNDS = _Bounds(0.0, 30 * _DAY_SECONDS)
 SHARED_LEASE_IDLE_BOUNDS = _Bounds(0.0, LEASE_BOUNDS.longest)
 REDIS_RETRY_DEADLINE_BOUNDS = _Bounds(1.0, 30 * _DAY_SECONDS)
+# However short the fencing memory, the lock keeps its counter at least one lease; 30 days
+# is far longer than any backward step of a server clock it has to outlast.
+FENCING_MEMORY_BOUNDS = _Bounds(1.0, 30 * _DAY_SECONDS)
 _PORT_RANGE = range(1, 65536)
 # A host name or IPv4 address, or an IPv6 address (which the URL puts in brackets).
 _HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
@@ -179,6 +187,9 @@ class Settings:
     # cannot tell through the alias.
     on_redis_error: OnRedisError = _setting("fail", _on_redis_error)  # noqa: RUF009
     redis_retry_deadline_seconds: float = _setting(600.0, _number, bounds=REDIS_RETRY_DEADLINE_BOUNDS)
+    fencing_memory_seconds: float = _setting(
+        DEFAULT_FENCING_MEMORY_SECONDS, _number, bounds=FENCING_MEMORY_BOUNDS
+    )
     s3_endpoint_url: str | None = _setting(None, _text, shown=redacted_url)
     gcs_endpoint_url: str | None = _setting(None, _text, shown=redacted_url)
     gcs_project: str | None = _setting(None, _text)
@@ -248,16 +259,36 @@ class Settings:
         redis_port: int | None = None,
         redis_timeout: int | None = None,
     ) -> Settings:
-        """Build settings from luigi's configuration.
+        """Settings from luigi's configuration: read and checked once per configuration, then reused.
 
         The keyword arguments are a gokart task's own ``redis_*`` parameters; when
-        omitted, the ``[TaskOnKart]`` section supplies them.
+        omitted, the ``[TaskOnKart]`` section supplies them. luigi builds a task's targets
+        again on every ``complete()``, ``input()`` and ``load()``, so the settings of an
+        unchanged configuration are the very same object (see ``_SettingsMemory``).
         """
         config = luigi.configuration.get_config()  # type: ignore[no-untyped-call]
+        return _remembered_settings.get().settings(
+            config,
+            (cls, redis_host, redis_port, redis_timeout),
+            functools.partial(
+                cls._read, config, redis_host=redis_host, redis_port=redis_port, redis_timeout=redis_timeout
+            ),
+        )
+
+    @classmethod
+    def _read(
+        cls,
+        config: luigi.configuration.LuigiConfigParser,
+        *,
+        redis_host: str | None,
+        redis_port: int | None,
+        redis_timeout: int | None,
+    ) -> Settings:
+        """Read and check every setting of ``config``, as ``from_luigi_config`` describes."""
         _report_unknown_settings(config)
 
         def option(name: str, parse: _Parser[_Value]) -> _Value | None:
-            raw = config.get(SECTION, name, None)
+            raw = config.get(SECTION, name, None)  # type: ignore[no-untyped-call]
             if raw is None or str(raw).strip() == "":
                 return None
             return parse(name, str(raw).strip())
@@ -344,7 +375,7 @@ def _report_unknown_settings(config: ConfigParser) -> None:
     """Warn, once per key and process, of each ``[locked_targets]`` key that no setting reads.
 
     Its setting keeps the default meanwhile: for a misspelt ``redis_url``, no locking at all.
-    Settings are read for every target, so this stays a few set operations when all is well.
+    It runs when a configuration is read, once per configuration (see ``_SettingsMemory``).
     """
     for key in sorted(_unread_keys(config)):
         if _reported_unknown_settings.first_time(key):
@@ -369,3 +400,84 @@ def _hint_for(unknown_key: str) -> str:
     if nearest:
         return f"did you mean {nearest[0]}?"
     return f"the settings are {', '.join(_SETTING_NAMES)}."
+
+
+# luigi's ``${NAME}`` interpolation of environment variables in a .cfg value (its EnvironmentInterpolation).
+_ENVIRONMENT_REFERENCE = re.compile(r"\$\{([^}]+)\}")
+# Distinct configurations (and task parameters) remembered at once; more are forgotten together.
+_MOST_REMEMBERED = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class _Remembered:
+    """Settings built from one configuration, and the environment variables its values named, as they were."""
+
+    settings: Settings
+    environment: tuple[tuple[str, str | None], ...]
+
+    def environment_unchanged(self) -> bool:
+        return all(os.environ.get(name) == value for name, value in self.environment)
+
+
+class _SettingsMemory:
+    """The settings this process built from luigi's configuration, by what they were built from.
+
+    The key is a fingerprint of everything ``from_luigi_config`` reads, uninterpolated: the
+    raw values of ``[locked_targets]``, ``[TaskOnKart]`` and ``[DEFAULT]`` (``%(name)s`` refers
+    only to those), the ``Settings`` class and the task's parameters; the parser object itself
+    is kept, so a new one (luigi's TOML parser, a fresh ``LuigiConfigParser``) forgets all. A
+    value naming ``${NAME}`` is reused only while those environment variables are unchanged.
+    Errors are not remembered: a wrong setting fails on every read.
+    """
+
+    def __init__(self) -> None:
+        self._config: ConfigParser | None = None
+        self._remembered: dict[Hashable, _Remembered] = {}
+
+    def settings(
+        self, config: ConfigParser, parameters: tuple[object, ...], read: Callable[[], Settings]
+    ) -> Settings:
+        if config is not self._config:
+            self._config, self._remembered = config, {}
+        raw = _raw_values(config)
+        key = (raw, parameters)
+        try:
+            remembered = self._remembered.get(key)
+        except TypeError:  # a value that cannot be a key (a TOML list): read it every time
+            return read()
+        if remembered is not None and remembered.environment_unchanged():
+            return remembered.settings
+        settings = read()
+        if len(self._remembered) >= _MOST_REMEMBERED:
+            self._remembered.clear()
+        self._remembered[key] = _Remembered(settings, _environment_named_in(raw))
+        return settings
+
+
+_remembered_settings = ProcessLocal(_SettingsMemory)
+
+
+def _raw_values(config: ConfigParser) -> tuple[tuple[tuple[str, object], ...], ...]:
+    """The uninterpolated values of the sections ``from_luigi_config`` reads, as they are now."""
+    if isinstance(config, luigi.configuration.LuigiTomlParser):
+        return tuple(tuple(config.data.get(section, {}).items()) for section in (SECTION, GOKART_SECTION))
+    sections: dict[str, dict[str, object]] = vars(config)["_sections"]
+    return (
+        tuple(config.defaults().items()),
+        tuple(sections.get(SECTION, {}).items()),
+        tuple(sections.get(GOKART_SECTION, {}).items()),
+    )
+
+
+def _environment_named_in(
+    raw: tuple[tuple[tuple[str, object], ...], ...],
+) -> tuple[tuple[str, str | None], ...]:
+    """The environment variables that ``${NAME}`` in ``raw``'s values name, with their values now."""
+    names = {
+        name
+        for section in raw
+        for _, value in section
+        if isinstance(value, str) and "${" in value
+        for name in _ENVIRONMENT_REFERENCE.findall(value)
+    }
+    return tuple((name, os.environ.get(name)) for name in sorted(names))

@@ -54,7 +54,12 @@ class LockedTarget(WrappedTarget):
     ) -> None:
         self._settings = settings if settings is not None else Settings.from_luigi_config()
         super().__init__(_publishing_create_if_absent(target, self._settings))
-        self._lock = file_lock(target.path(), self._settings, task=task)
+        self._task = task
+        # Built on the first call that locks (see _file_lock): luigi builds targets far more
+        # often than it reads or writes them, and the lock's keys cost a realpath and a SHA-256.
+        self._lock: ReadWriteLock | None = None
+        if not self._settings.locking_enabled:
+            warn_unlocked_once()
 
     def exists(self) -> bool:
         with self._hold_shared():
@@ -117,10 +122,23 @@ class LockedTarget(WrappedTarget):
         return self._target.last_modification_time()
 
     def _hold_shared(self) -> AbstractContextManager[HeldLock | None]:
-        return self._lock.shared() if self._lock is not None else nullcontext()
+        lock = self._file_lock()
+        return lock.shared() if lock is not None else nullcontext()
 
     def _hold_exclusive(self) -> AbstractContextManager[HeldLock | None]:
-        return self._lock.exclusive() if self._lock is not None else nullcontext()
+        lock = self._file_lock()
+        return lock.exclusive() if lock is not None else nullcontext()
+
+    def _file_lock(self) -> ReadWriteLock | None:
+        """The lock of this target's file, built on first use and kept; None when nothing is locked."""
+        if self._lock is None and self._settings.locking_enabled:
+            self._lock = lock_for(
+                self.path(),
+                self._settings,
+                task=self._task,
+                wait_timeout_seconds=self._settings.wait_timeout_seconds,
+            )
+        return self._lock
 
 
 def _ensure_locks_held(held: HeldLock | None) -> None:
@@ -162,14 +180,6 @@ def _built_by_locked_targets(target: TargetOnKart) -> bool:
     while isinstance(target, WrappedTarget):
         target = target.wrapped
     return isinstance(target, StorageFileTarget | ModelTarget)
-
-
-def file_lock(path: str, settings: Settings, *, task: str | None = None) -> ReadWriteLock | None:
-    """The lock of the cache file at ``path``, or None (with one warning) when no Redis is configured."""
-    if settings.redis_url is None:
-        warn_unlocked_once()
-        return None
-    return lock_for(path, settings, task=task, wait_timeout_seconds=settings.wait_timeout_seconds)
 
 
 def warn_unlocked_once() -> None:

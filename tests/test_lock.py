@@ -228,6 +228,19 @@ def test_an_attempt_retried_after_a_lost_reply_is_granted_not_blocked_by_itself(
         lock._abandon(token)
 
 
+def test_a_retried_grant_gets_its_own_fencing_token_back_with_a_memory_shorter_than_the_lease(
+    redis_url: str, key_prefix: str
+) -> None:
+    connection = connection_for(redis_url)
+    keys = make_lock(redis_url, f"{key_prefix}{{retried-fence}}").keys
+    granted = scripts.acquire_exclusive(connection, keys, "lost-reply", 30, "{}", fencing_memory_seconds=0.05)
+    time.sleep(0.2)  # the memory has passed, the lease has not
+    retried = scripts.acquire_exclusive(connection, keys, "lost-reply", 30, "{}", fencing_memory_seconds=0.05)
+    assert isinstance(granted, scripts.Granted)
+    assert retried == granted
+    scripts.release(connection, keys, "lost-reply")
+
+
 def test_each_exclusive_grant_gets_a_larger_fencing_token(
     redis_url: str, key_prefix: str, redis_client: redis.Redis
 ) -> None:

@@ -57,11 +57,11 @@ def raw_acquire_shared(connection: RedisConnection, keys: LockKeys, lease: str) 
 
 
 def raw_acquire_exclusive(
-    connection: RedisConnection, keys: LockKeys, lease: str, fence_kept: str = "1000000"
+    connection: RedisConnection, keys: LockKeys, lease: str, fencing_memory: str = "1000000"
 ) -> Any:
     return connection.script(scripts.ACQUIRE_EXCLUSIVE)(
         keys=list(keys.every_key),
-        args=[secrets.token_hex(8), lease, "hostile test", keys.revoke_channel, fence_kept],
+        args=[secrets.token_hex(8), lease, "hostile test", keys.revoke_channel, fencing_memory],
     )
 
 
@@ -75,7 +75,7 @@ RawCall = Callable[[RedisConnection, LockKeys, str], Any]
 RAW_ACQUISITIONS: list[tuple[str, RawCall, int]] = [
     ("shared lease", raw_acquire_shared, 2),
     ("exclusive lease", raw_acquire_exclusive, 2),
-    ("fence kept", lambda connection, keys, ms: raw_acquire_exclusive(connection, keys, "30000", ms), 5),
+    ("fencing memory", lambda connection, keys, ms: raw_acquire_exclusive(connection, keys, "30000", ms), 5),
 ]
 
 
@@ -117,11 +117,20 @@ def test_a_renewal_sent_a_hostile_duration_is_refused_and_every_key_keeps_its_tt
     assert max(redis_client.pttl(key) for key in (keys.writer, keys.readers)) <= 30_000
 
 
+def acquire_exclusive_remembering_for(
+    connection: RedisConnection, keys: LockKeys, token: str, seconds: Any, description: str
+) -> scripts.Attempt:
+    """An exclusive attempt with a plausible lease and ``seconds`` of fencing memory."""
+    return scripts.acquire_exclusive(connection, keys, token, 30, description, fencing_memory_seconds=seconds)
+
+
 @pytest.mark.parametrize("seconds", [-5.0, 0.0, 1e12, 1e300, math.nan, math.inf, -math.inf, "abc"], ids=str)
 @pytest.mark.parametrize(
-    "attempt", [scripts.acquire_shared, scripts.acquire_exclusive], ids=["shared", "exclusive"]
+    "attempt",
+    [scripts.acquire_shared, scripts.acquire_exclusive, acquire_exclusive_remembering_for],
+    ids=["shared", "exclusive", "fencing memory"],
 )
-def test_a_hostile_lease_through_the_python_functions_leaves_no_key_without_a_ttl(
+def test_a_hostile_duration_through_the_python_functions_leaves_no_key_without_a_ttl(
     connection: RedisConnection,
     keys: LockKeys,
     redis_client: redis.Redis,
@@ -130,7 +139,7 @@ def test_a_hostile_lease_through_the_python_functions_leaves_no_key_without_a_tt
     seconds: Any,
 ) -> None:
     token = secrets.token_hex(8)
-    # A lease of no more than 0 s is sent as 1 ms (and granted); the others are refused,
+    # A duration of no more than 0 s is sent as 1 ms (and granted); the others are refused,
     # by Python (NaN, infinities, text) or by the script (too long).
     refused = (redis.ResponseError, ValueError, OverflowError, TypeError)
     with contextlib.suppress(*refused):

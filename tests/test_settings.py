@@ -438,3 +438,115 @@ def built_or_refused(build: Callable[[], Settings]) -> tuple[Settings | None, st
         return build(), None
     except ConfigurationError as error:
         return None, str(error)
+
+
+# Settings are read once per configuration and reused: luigi builds targets on every
+# complete(), input() and load(). Every kind of change below must still be seen at once.
+
+
+def test_an_unchanged_configuration_gives_the_very_same_settings(
+    luigi_config: luigi.configuration.LuigiConfigParser,
+) -> None:
+    set_option(luigi_config, "locked_targets", "redis_url", "redis://cache-redis:6379/0")
+    assert Settings.from_luigi_config() is Settings.from_luigi_config()
+
+
+def test_a_set_option_is_seen_at_once(luigi_config: luigi.configuration.LuigiConfigParser) -> None:
+    set_option(luigi_config, "locked_targets", "lease_seconds", "90")
+    Settings.from_luigi_config()
+    set_option(luigi_config, "locked_targets", "lease_seconds", "120")
+    assert Settings.from_luigi_config().lease_seconds == 120
+
+
+def test_a_removed_option_is_seen_at_once(luigi_config: luigi.configuration.LuigiConfigParser) -> None:
+    set_option(luigi_config, "locked_targets", "redis_url", "redis://cache-redis:6379/0")
+    Settings.from_luigi_config()
+    luigi_config.remove_option("locked_targets", "redis_url")
+    assert Settings.from_luigi_config().redis_url is None
+
+
+def test_a_changed_gokart_option_is_seen_at_once(luigi_config: luigi.configuration.LuigiConfigParser) -> None:
+    set_option(luigi_config, "TaskOnKart", "redis_host", "gokart-redis")
+    set_option(luigi_config, "TaskOnKart", "redis_port", "6379")
+    Settings.from_luigi_config()
+    set_option(luigi_config, "TaskOnKart", "redis_port", "6380")
+    assert Settings.from_luigi_config().redis_url == "redis://gokart-redis:6380/0"
+
+
+def test_a_changed_default_value_a_setting_refers_to_is_seen_at_once(
+    luigi_config: luigi.configuration.LuigiConfigParser,
+) -> None:
+    # luigi's own set() refuses [DEFAULT]; configparser's writes it.
+    ConfigParser.set(luigi_config, "DEFAULT", "cache_lease", "90")
+    try:
+        set_option(luigi_config, "locked_targets", "lease_seconds", "%(cache_lease)s")
+        Settings.from_luigi_config()
+        ConfigParser.set(luigi_config, "DEFAULT", "cache_lease", "120")
+        assert Settings.from_luigi_config().lease_seconds == 120
+    finally:
+        luigi_config.remove_option("DEFAULT", "cache_lease")
+
+
+def test_a_changed_environment_variable_a_setting_names_is_seen_at_once(
+    luigi_config: luigi.configuration.LuigiConfigParser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOCKED_TARGETS_TEST_REDIS_HOST", "first-redis")
+    set_option(
+        luigi_config, "locked_targets", "redis_url", "redis://${LOCKED_TARGETS_TEST_REDIS_HOST}:6379/0"
+    )
+    Settings.from_luigi_config()
+    monkeypatch.setenv("LOCKED_TARGETS_TEST_REDIS_HOST", "second-redis")
+    assert Settings.from_luigi_config().redis_url == "redis://second-redis:6379/0"
+
+
+def test_different_task_parameters_get_their_own_settings(
+    luigi_config: luigi.configuration.LuigiConfigParser,
+) -> None:
+    first = Settings.from_luigi_config(redis_host="task-redis", redis_port=7000)
+    second = Settings.from_luigi_config(redis_host="task-redis", redis_port=7001)
+    assert (first.redis_url, second.redis_url) == ("redis://task-redis:7000/0", "redis://task-redis:7001/0")
+
+
+def test_a_new_luigi_parser_instance_is_seen_at_once(
+    luigi_config: luigi.configuration.LuigiConfigParser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_option(luigi_config, "locked_targets", "lease_seconds", "90")
+    Settings.from_luigi_config()
+    # What luigi's instance() does when there is none yet: a new parser that reads the files again.
+    monkeypatch.setattr(luigi.configuration.LuigiConfigParser, "_instance", None)
+    fresh = luigi.configuration.get_config()  # type: ignore[no-untyped-call]
+    assert fresh is not luigi_config
+    assert Settings.from_luigi_config().lease_seconds == Settings().lease_seconds
+
+
+def test_a_switch_to_the_toml_parser_is_seen_at_once(
+    luigi_config: luigi.configuration.LuigiConfigParser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_option(luigi_config, "locked_targets", "lease_seconds", "90")
+    Settings.from_luigi_config()
+    toml_config = luigi.configuration.LuigiTomlParser()
+    toml_config.data = {"locked_targets": {"lease_seconds": 120}}
+    # luigi refuses its TOML parser unless the toml package is installed; the data is set here.
+    monkeypatch.setattr(luigi.configuration.LuigiTomlParser, "enabled", True)
+    monkeypatch.setattr(luigi.configuration.LuigiTomlParser, "_instance", toml_config)
+    monkeypatch.setenv("LUIGI_CONFIG_PARSER", "toml")
+    assert Settings.from_luigi_config().lease_seconds == 120
+
+
+def test_a_change_to_the_toml_data_is_seen_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    toml_config = luigi.configuration.LuigiTomlParser()
+    toml_config.data = {"locked_targets": {"lease_seconds": 90}}
+    monkeypatch.setattr(luigi.configuration, "get_config", lambda: toml_config)
+    Settings.from_luigi_config()
+    toml_config.set("locked_targets", "lease_seconds", 120)  # type: ignore[no-untyped-call]
+    assert Settings.from_luigi_config().lease_seconds == 120
+
+
+def test_a_misspelt_setting_is_reported_once_across_changes_of_the_configuration(
+    luigi_config: luigi.configuration.LuigiConfigParser, caplog: pytest.LogCaptureFixture
+) -> None:
+    set_option(luigi_config, "locked_targets", "wait_timeout_secs", "60")
+    first = warnings_when_read(caplog)
+    set_option(luigi_config, "locked_targets", "lease_seconds", "90")
+    assert warnings_when_read(caplog) == first
+    assert len(first) == 1

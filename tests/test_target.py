@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import redis
 from gokart.file_processor import FileProcessor, make_file_processor
 
 import locked_targets
+import locked_targets.locks
 import locked_targets.target
 from helpers.gokart_targets import dump_pausing_before_publishing, wait_for_file, wrapped_gokart_target
 from helpers.lock_processes import SPAWN
@@ -314,3 +316,24 @@ def test_targets_locked_targets_built_are_wrapped_without_a_warning(
         LockedTarget(single.wrapped, settings=settings)
         frame_model_target(str(tmp_path / "model.zip"), str(tmp_path / "tmp"), settings)
     assert [record.getMessage() for record in caplog.records] == []
+
+
+def test_building_a_target_connects_to_no_redis_until_the_target_is_used(
+    tmp_path: Path, settings: Settings
+) -> None:
+    # A database of its own gives this test a Redis URL no other test has connected to.
+    unused_url = urllib.parse.urlsplit(str(settings.redis_url))._replace(path="/11").geturl()
+    unused = dataclasses.replace(settings, redis_url=unused_url)
+    connections = len(locked_targets.locks._connections.values())
+    target = locked_target(str(tmp_path / "x.pkl"), unused)
+    assert len(locked_targets.locks._connections.values()) == connections
+    target.exists()
+    assert len(locked_targets.locks._connections.values()) == connections + 1
+
+
+def test_a_target_builds_its_lock_once_and_keeps_it(tmp_path: Path, settings: Settings) -> None:
+    target = locked_target(str(tmp_path / "x.pkl"), settings)
+    target.dump("kept")
+    lock = target._file_lock()
+    assert target.load() == "kept"
+    assert target._file_lock() is lock

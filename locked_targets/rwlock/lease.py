@@ -51,6 +51,8 @@ class LeaseTerms:
     renewal_interval_seconds: float
     redis_retry_deadline_seconds: float | None = None
     """How long a failing Redis is retried (``on_redis_error = wait``); None: fail at once."""
+    fencing_memory_seconds: float = scripts.DEFAULT_FENCING_MEMORY_SECONDS
+    """How long the fencing counter outlives the last exclusive grant (at least one lease)."""
 
 
 class LockMode(enum.Enum):

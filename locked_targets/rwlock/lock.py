@@ -128,8 +128,18 @@ class ReadWriteLock:
             logger.debug("could not abandon an attempt on %s: %s", self.keys.path, error)
 
     def _try_acquire(self, mode: LockMode, token: str, description: str) -> scripts.Attempt:
-        acquire = scripts.acquire_shared if mode is LockMode.SHARED else scripts.acquire_exclusive
-        return acquire(self.connection, self.keys, token, self.terms.lease_seconds, description)
+        if mode is LockMode.SHARED:
+            return scripts.acquire_shared(
+                self.connection, self.keys, token, self.terms.lease_seconds, description
+            )
+        return scripts.acquire_exclusive(
+            self.connection,
+            self.keys,
+            token,
+            self.terms.lease_seconds,
+            description,
+            fencing_memory_seconds=self.terms.fencing_memory_seconds,
+        )
 
     def _wait(
         self,

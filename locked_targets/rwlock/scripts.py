@@ -18,8 +18,10 @@ from redis.client import Pipeline
 from locked_targets.rwlock.connection import RedisConnection
 from locked_targets.rwlock.keys import LockKeys
 
-# The fencing counter outlives the lock by this long, so tokens keep growing across uses.
-FENCE_KEPT_SECONDS = 30 * 24 * 3600.0
+# How long the fencing counter outlives the lock's last exclusive grant, unless configured.
+# Tokens are at least the server time in µs, so the counter only has to outlast how far it
+# can run ahead of that clock: a backward step of the clock (docs/design.md, "Fencing tokens").
+DEFAULT_FENCING_MEMORY_SECONDS = 600.0
 
 # The longest duration a script takes (ms): a year. It keeps the server time in ms plus a
 # duration far below 10^14, so every sum stays a whole number, exact in Lua's doubles and
@@ -152,7 +154,8 @@ def acquire_shared(
 
 # KEYS[1] writer, KEYS[2] readers, KEYS[3] waiting_writers, KEYS[4] holders, KEYS[5] fence
 # ARGV[1] token, ARGV[2] lease (ms), ARGV[3] description of the holder, ARGV[4] the
-# revoke channel, ARGV[5] how long the fencing counter outlives its last grant (ms)
+# revoke channel, ARGV[5] how long the fencing counter outlives its last grant (ms; it is
+# kept at least one lease, so a retry whose reply was lost still finds its token there)
 # Returns {1, fencing token} when acquired, else as ACQUIRE_SHARED (error reply included).
 # A writer is admitted when there is no writer and no live reader; otherwise it
 # (re)registers as waiting, with a lease, which shuts out new readers. When readers
@@ -162,12 +165,15 @@ ACQUIRE_EXCLUSIVE = (
     + """
 local lease = duration_ms(2)
 if not lease then return refused(2) end
-if not duration_ms(5) then return refused(5) end
+local memory = duration_ms(5)
+if not memory then return refused(5) end
+memory = math.max(memory, lease)
 local now = now_ms()
 local blocker = redis.call('GET', KEYS[1])
 local wait_ms = 0
 if blocker == ARGV[1] then  -- a retry of an attempt whose reply was lost
   redis.call('PEXPIRE', KEYS[1], lease)
+  keep_alive(KEYS[5], memory)
   return {1, tonumber(redis.call('GET', KEYS[5]) or '0')}
 end
 if blocker then
@@ -195,16 +201,25 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local fence = math.max(tonumber(redis.call('GET', KEYS[5]) or '0') + 1, now_us)
-redis.call('SET', KEYS[5], string.format('%d', fence), 'PX', ARGV[5])
+redis.call('SET', KEYS[5], string.format('%d', fence), 'PX', memory)
 return {1, fence}
 """
 )
 
 
 def acquire_exclusive(
-    connection: RedisConnection, keys: LockKeys, token: str, lease_seconds: float, description: str
+    connection: RedisConnection,
+    keys: LockKeys,
+    token: str,
+    lease_seconds: float,
+    description: str,
+    *,
+    fencing_memory_seconds: float = DEFAULT_FENCING_MEMORY_SECONDS,
 ) -> Attempt:
-    """One attempt to become the lock's only holder, or else its waiting writer."""
+    """One attempt to become the lock's only holder, or else its waiting writer.
+
+    A grant keeps the fencing counter for ``fencing_memory_seconds`` (at least one lease).
+    """
     reply: list[Any] = connection.script(ACQUIRE_EXCLUSIVE)(
         keys=list(keys.every_key),
         args=[
@@ -212,7 +227,7 @@ def acquire_exclusive(
             milliseconds(lease_seconds),
             description,
             keys.revoke_channel,
-            milliseconds(FENCE_KEPT_SECONDS),
+            milliseconds(fencing_memory_seconds),
         ],
     )
     return Granted(fencing_token=int(reply[1])) if int(reply[0]) == 1 else _blocked(reply)
