@@ -71,7 +71,7 @@ class _Bounds:
         return self.shortest <= value <= self.longest  # False for NaN too
 
     def __str__(self) -> str:
-        return f"from {self.shortest:g} to {self.longest:g}"
+        return f"from {self.shortest:.10g} to {self.longest:.10g}"  # 2592000, not 2.592e+06
 
 
 # A lease must outlast a renewal round trip and a retry (its renewal interval is at most

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import uuid
@@ -18,7 +19,6 @@ from locked_targets.locks import connection_for, lease_terms, lock_key_for
 from locked_targets.rwlock import LockMode, ReadWriteLock, redis_address, scripts
 from locked_targets.settings import (
     LEASE_BOUNDS,
-    REDIS_RETRY_DEADLINE_BOUNDS,
     RENEWAL_INTERVAL_BOUNDS,
     SHARED_LEASE_IDLE_BOUNDS,
     WAIT_BOUNDS,
@@ -27,13 +27,11 @@ from locked_targets.settings import (
 
 SECRET = "Pw-7f3c9a"  # the password every fuzzed URL carries somewhere, never to be shown
 
+# Every duration setting and its bounds, as Settings declares them: a new one is fuzzed too.
 DURATION_BOUNDS = {
-    "lease_seconds": LEASE_BOUNDS,
-    "renewal_interval_seconds": RENEWAL_INTERVAL_BOUNDS,
-    "wait_timeout_seconds": WAIT_BOUNDS,
-    "run_wait_timeout_seconds": WAIT_BOUNDS,
-    "shared_lease_idle_seconds": SHARED_LEASE_IDLE_BOUNDS,
-    "redis_retry_deadline_seconds": REDIS_RETRY_DEADLINE_BOUNDS,
+    field.name: field.metadata["bounds"]
+    for field in dataclasses.fields(Settings)
+    if field.metadata["bounds"] is not None
 }
 
 # Each part of a setting as (plausible values, hostile values). An example draws one part (a
