@@ -40,7 +40,8 @@ class KeepsArguments(Exception):
         self.__dict__.update(arguments)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self._arguments))
+        # The state restores what was added after construction too (``add_note``'s __notes__).
+        return (_rebuild, (type(self), self._arguments), self.__dict__)
 
 
 class ConfigurationError(KeepsArguments, ValueError):

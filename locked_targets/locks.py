@@ -14,6 +14,7 @@ leases per connection (both in ``process_state``); kept leases are given back at
 from __future__ import annotations
 
 import enum
+import functools
 import multiprocessing.util
 
 from locked_targets.process_state import ProcessLocalMap
@@ -53,7 +54,12 @@ def lock_for(
         raise ValueError("locking is not configured: settings.redis_url is None")
     connection = connection_for(settings.redis_url)
     keep_shared = namespace is LockNamespace.TARGET and settings.shared_lease_idle_seconds > 0
-    shared_leases = shared_leases_for(connection, settings.shared_lease_idle_seconds) if keep_shared else None
+    # Looked up at each use, not here: a lock built before a fork must not lend the parent's leases.
+    shared_leases = (
+        functools.partial(shared_leases_for, connection, settings.shared_lease_idle_seconds)
+        if keep_shared
+        else None
+    )
     return ReadWriteLock(
         connection,
         lock_key_for(path, settings, namespace),

@@ -5,8 +5,8 @@ per-storage prefixes apply). It is taken all or none, in sorted key order, so tw
 tasks whose outputs overlap cannot deadlock. Once held, a task that another
 application completed meanwhile is skipped (single flight). The locks are renewed
 for as long as ``run()`` runs; a dump checks them before it writes, so a run that has
-lost its lock by then writes nothing and fails with ``LockLost``. (A loss during the
-write itself is reported at release; issue 4's write-once commit will refuse it.)
+lost its lock by then writes nothing and fails with ``LockLost``; a loss during the write
+itself is caught by the commit's guard, and a stale commit is refused by the storage.
 
 ``RunCollision``, raised instead of waiting under ``fail_on_collision``, is defined here
 rather than in ``errors``: it is also gokart's ``TaskLockException``, which ``errors``

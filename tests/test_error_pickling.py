@@ -11,6 +11,7 @@ import inspect
 import multiprocessing
 import pickle
 import pkgutil
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from types import ModuleType
@@ -184,3 +185,11 @@ def test_every_exception_class_of_the_library_is_defined_in_errors_but_the_docum
     outside = {(module, name) for module, name in defined if module != errors.__name__}
     assert outside == DEFINED_OUTSIDE_ERRORS
     assert "RunCollision" in (errors.__doc__ or ""), "errors.py must say where RunCollision lives and why"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes came with Python 3.11")
+@pytest.mark.parametrize("error_class", list(ERRORS), ids=lambda cls: cls.__name__)
+def test_a_note_added_to_an_error_survives_pickling(error_class: type[Exception]) -> None:
+    error = _build(error_class)
+    error.add_note("while dumping s3://bucket/cache/x.pkl")  # type: ignore[attr-defined,unused-ignore]
+    assert pickle.loads(pickle.dumps(error)).__notes__ == ["while dumping s3://bucket/cache/x.pkl"]

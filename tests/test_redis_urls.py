@@ -135,6 +135,11 @@ def test_a_peer_that_is_not_redis_is_reported_naming_its_address() -> None:
         ("redis://h:1/0?pass%77ord=s3cret", "redis://h:1/0?pass%77ord=***"),
         ("redis://h:1/0?password=s3cret@x", "redis://h:***@x"),
         ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+        ("redis://h:1/0?password=s3c;ret", "redis://h:1/0?password=***"),
+        ("redis://user:s3cret", "redis://user:***"),
+        ("redis://:s3cret/0", "redis://:***/0"),
+        ("redis://[::1]:6379/0", "redis://[::1]:6379/0"),
+        ("rediss://[::1]:s3cret", "rediss://[::1]:***"),
     ],
 )
 def test_a_url_is_shown_with_every_secret_hidden(url: str, shown: str) -> None:

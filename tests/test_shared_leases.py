@@ -14,7 +14,7 @@ import redis
 from helpers.lock_processes import SPAWN
 from helpers.target_processes import read_and_exit, read_repeatedly
 from helpers.targets import locked_target
-from locked_targets.locks import lock_key_for
+from locked_targets.locks import lock_for, lock_key_for
 from locked_targets.settings import Settings
 from locked_targets.testing import RedisServer
 
@@ -125,3 +125,29 @@ def test_a_malformed_revocation_does_not_stop_the_listener(
     took = time.monotonic() - began
     reader.join(timeout=30)
     assert took < 2.0, "the reader's listener should still hear the writer's revocation"
+
+
+def test_a_forked_child_reads_under_a_lease_of_its_own_not_its_parents(
+    tmp_path: Path, settings: Settings
+) -> None:
+    lock = lock_for(str(tmp_path / "x.pkl"), settings, wait_timeout_seconds=30)
+    for _ in range(2):  # the parent now keeps its shared lease between reads
+        with lock.shared():
+            pass
+    fork = multiprocessing.get_context("fork")
+    reading, done = fork.Event(), fork.Event()
+
+    def read_slowly() -> None:
+        with lock.shared():
+            reading.set()
+            time.sleep(2.0)
+            done.set()
+
+    child = fork.Process(target=read_slowly)
+    child.start()
+    try:
+        assert reading.wait(timeout=30), "the child did not start reading"
+        with lock.exclusive():  # gives back the parent's lease; the child's own must still block
+            assert done.is_set(), "a writer got in while the forked child was reading"
+    finally:
+        child.join(timeout=30)

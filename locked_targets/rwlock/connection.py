@@ -70,7 +70,10 @@ _WHOLE_NUMBER = re.compile(r"[0-9]+")
 # What redacted_url hides: the user information (but a user name before a colon) between the
 # scheme and the last "@", and the value of every query parameter whose name says credential.
 _SCHEME_AND_SLASHES = re.compile(r"[^:/?#@]*:?/*")
-_QUERY_PAIR = re.compile(r"(?<=[?&;])([^=&#?;]*)=([^&#;]*)")
+# Pairs end at "&" only: redis-py (parse_qsl) reads a ";" as part of a value.
+_QUERY_PAIR = re.compile(r"(?<=[?&])([^=&#?]*)=([^&#]*)")
+# Without "@", what follows the last ":" of the authority is a port, or a password that lost its host.
+_AUTHORITY_WITHOUT_USER = re.compile(r"^([^:/?#@]*:?/*(?:\[[^\]/?#@]*\]|[^/?#@:\[]*):)([^/?#@]*)")
 _CREDENTIAL_NAME = re.compile(r"pass|pwd|secret|token|credential|auth", re.IGNORECASE)
 HIDDEN = "***"
 """What a message shows in place of a secret."""
@@ -83,6 +86,7 @@ def redacted_url(url: str) -> str:
     query parameter whose name says credential (``password=***``). Malformed URLs are redacted
     too (``rediss//user:pw@host``, ``redis:/user:pw@host``): everything between the scheme and
     the last ``@`` is taken for user information, and only a user name before a colon is kept.
+    Without any ``@``, a non-numeric "port" (``redis://user:pw``) is hidden as a password.
     """
     shown = url
     at = url.rfind("@")
@@ -90,7 +94,15 @@ def redacted_url(url: str) -> str:
         start = _matched_end(_SCHEME_AND_SLASHES, url)
         user, colon, _secret = url[start:at].partition(":")
         shown = url[:start] + (f"{user}:{HIDDEN}" if colon else HIDDEN) + url[at:]
+    else:
+        shown = _AUTHORITY_WITHOUT_USER.sub(_port_or_hidden, url, count=1)
     return _QUERY_PAIR.sub(_redacted_pair, shown)
+
+
+def _port_or_hidden(authority: re.Match[str]) -> str:
+    """``host:port`` as it is; ``user:secret`` (a URL whose ``@host`` was forgotten) hidden."""
+    after_colon = authority[2]
+    return authority[0] if after_colon == "" or after_colon.isdigit() else f"{authority[1]}{HIDDEN}"
 
 
 def _matched_end(pattern: re.Pattern[str], text: str) -> int:

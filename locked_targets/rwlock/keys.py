@@ -50,7 +50,7 @@ class LockKeys:
         ":waiting_writers", "Sorted set: tokens of writers waiting for the lock, scored by expiry (ms)."
     )
     holders = _Named(":holders", "Hash: token to a description of the holder (host, pid, task, since).")
-    fence = _Named(":fence", "String: the last fencing token granted; outlives the lock (long TTL).")
+    fence = _Named(":fence", "String: the last fencing token granted; kept the fencing memory after it.")
     released_channel = _Named(":released", "Pub/sub channel on which a release wakes the waiters.")
     revoke_channel = _Named(
         REVOKE_CHANNEL_SUFFIX, "Pub/sub channel on which a waiting writer asks for kept shared leases back."

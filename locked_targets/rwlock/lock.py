@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
 import redis
@@ -56,14 +56,15 @@ class ReadWriteLock:
     """The task on whose behalf the lock is held, as holders' descriptions name it."""
     label: str | None = None
     """How messages name this lock ("run lock"); without it, its mode does ("read lock")."""
-    shared_leases: SharedLeases | None = None
-    """Where shared holds are kept between reads in this process, so repeated reads cost no round trip."""
+    shared_leases: Callable[[], SharedLeases] | None = None
+    """This process's kept shared leases, asked for at each use (a forked child gets its own),
+    so repeated reads cost no round trip; None: every read acquires and releases."""
     clock: Clock = SYSTEM_CLOCK
 
     def shared(self) -> AbstractContextManager[HeldLock]:
         """Hold the lock as one of possibly many readers for the duration of a ``with`` block."""
         if self.shared_leases is not None:
-            return self.shared_leases.hold(self.keys.base, self._acquire_shared)
+            return self.shared_leases().hold(self.keys.base, self._acquire_shared)
         return self._shared_once()
 
     def _acquire_shared(self) -> HeldLock:
@@ -81,7 +82,7 @@ class ReadWriteLock:
     def exclusive(self) -> Iterator[HeldLock]:
         """Hold the lock alone for the duration of the block."""
         if self.shared_leases is not None:  # a shared lease this process keeps would block us
-            self.shared_leases.revoke(self.keys.base)
+            self.shared_leases().revoke(self.keys.base)
         held = self.acquire(LockMode.EXCLUSIVE)
         try:
             yield held

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import os
 import time
@@ -35,6 +36,8 @@ from locked_targets.storage.commit import before_commit, commit_metadata, holds_
 from locked_targets.storage.remote_zip import RemoteZipClient
 from locked_targets.storage.staging import refused_if_cleared
 from locked_targets.storage.write_once import WriteOnceFile
+
+logger = logging.getLogger(__name__)
 
 MEBIBYTE = 2**20
 MULTIPART_THRESHOLD = 8 * MEBIBYTE
@@ -169,7 +172,12 @@ def _abort_unfinished_uploads(s3: Any, bucket: str, key: str) -> None:
     Called under the key's exclusive lock, so none is a live holder's. Their parts are billed
     until aborted; a writer whose upload is aborted fails at its next part or at completion.
     """
-    for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key):
+    try:
+        pages = list(s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key))
+    except ClientError as error:  # no s3:ListBucketMultipartUploads, or a store without the API
+        logger.debug("could not list the unfinished uploads of s3://%s/%s: %s", bucket, key, error)
+        return
+    for page in pages:
         for upload in page.get("Uploads", []):
             if upload["Key"] == key:
                 with contextlib.suppress(ClientError):  # its writer completed or aborted it meanwhile
