@@ -12,9 +12,14 @@ from locked_targets.rwlock.scripts import Blocked, Relation
 _HOST = socket.gethostname()
 
 
-def describe_holder(*, task: str | None, lock: str, since: float) -> str:
-    """What a holder stores about itself: host, pid, task, which lock and since when (epoch seconds)."""
-    return json.dumps({"host": _HOST, "pid": os.getpid(), "task": task, "lock": lock, "since": since})
+def describe_holder(*, path: str, task: str | None, lock: str, since: float) -> str:
+    """What a holder stores about itself: what it locks, host, pid, task, which lock and since when.
+
+    The path is there for operators: a lock's keys are a digest of it (``since`` is epoch seconds).
+    """
+    return json.dumps(
+        {"path": path, "host": _HOST, "pid": os.getpid(), "task": task, "lock": lock, "since": since}
+    )
 
 
 def readable_blocker(blocked: Blocked) -> str:

@@ -107,7 +107,9 @@ class ReadWriteLock:
 
     def _acquire_once(self, mode: LockMode) -> HeldLock:
         token = secrets.token_hex(16)
-        description = describe_holder(task=self.task, lock=self.name(mode), since=self.clock.wall())
+        description = describe_holder(
+            path=self.keys.path, task=self.task, lock=self.name(mode), since=self.clock.wall()
+        )
         started = self.clock.monotonic()
         try:
             with self.connection.errors_translated():
