@@ -16,8 +16,9 @@ from __future__ import annotations
 import enum
 import functools
 import multiprocessing.util
+import os
 
-from locked_targets.process_state import ProcessLocalMap
+from locked_targets.process_state import ProcessLocal, ProcessLocalMap
 from locked_targets.rwlock import LeaseTerms, LockKeys, ReadWriteLock, RedisConnection, SharedLeases
 from locked_targets.settings import Settings
 from locked_targets.storage import storage_kind_for
@@ -49,7 +50,36 @@ def lock_for(
     task: str | None = None,
     wait_timeout_seconds: float | None,
 ) -> ReadWriteLock:
-    """The lock of the cache file at ``path`` in ``namespace``, on the Redis of ``settings``."""
+    """The lock of the cache file at ``path`` in ``namespace``, on the Redis of ``settings``.
+
+    luigi builds a task's targets again and again (18 times per task in a 1,000-task build)
+    and a lock's keys cost a real path and a SHA-256, so the process remembers the most
+    recent few thousand locks it built: a symbolic link on a cache path that changes while
+    the process runs is not followed to its new file.
+    """
+    remembered = _remembered_locks.get()
+    # By the settings' id, not their value (hashing every field costs more than the lookup
+    # saves); each entry holds its settings, so no other object can take that id meanwhile.
+    # A relative path names another file after a chdir.
+    where = path if os.path.isabs(path) or "://" in path else os.path.join(os.getcwd(), path)
+    key = (where, id(settings), namespace, task, wait_timeout_seconds)
+    known = remembered.get(key)
+    if known is not None:
+        return known[1]
+    lock = _new_lock(path, settings, namespace, task, wait_timeout_seconds)
+    if len(remembered) >= _MOST_REMEMBERED_LOCKS:
+        remembered.clear()
+    remembered[key] = (settings, lock)
+    return lock
+
+
+def _new_lock(
+    path: str,
+    settings: Settings,
+    namespace: LockNamespace,
+    task: str | None,
+    wait_timeout_seconds: float | None,
+) -> ReadWriteLock:
     if settings.redis_url is None:
         raise ValueError("locking is not configured: settings.redis_url is None")
     connection = connection_for(settings.redis_url)
@@ -83,6 +113,9 @@ def lease_terms(settings: Settings) -> LeaseTerms:
     )
 
 
+_MOST_REMEMBERED_LOCKS = 4096
+# A forked child starts with none: a lock refers to its process's connection.
+_remembered_locks: ProcessLocal[dict[tuple[object, ...], tuple[Settings, ReadWriteLock]]] = ProcessLocal(dict)
 _connections: ProcessLocalMap[str, RedisConnection] = ProcessLocalMap()
 _kept_shared_leases: ProcessLocalMap[tuple[RedisConnection, float], SharedLeases] = ProcessLocalMap()
 

@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 _Result = TypeVar("_Result")
 _Decorated = TypeVar("_Decorated", bound=Callable[..., Any])
+# Marks a run method that takes the run lock.
+_MARK = "__locked_targets_run_lock__"
 _held_run_locks: ContextVar[tuple[HeldLock, ...]] = ContextVar("locked_targets_run_locks", default=())
 _tasks_under_run_lock: ContextVar[frozenset[str]] = ContextVar(
     "locked_targets_locked_tasks", default=frozenset()
@@ -103,6 +105,11 @@ def run_under_lock(task: luigi.Task, run: Callable[[], _Result]) -> _Result | No
         return result
 
 
+def runs_under_lock(task: luigi.Task) -> bool:
+    """Whether ``task``'s run takes its run lock (``RunWithLock``, or ``should_lock_run``)."""
+    return bool(getattr(task, "should_lock_run", False) or getattr(task.run, _MARK, False))
+
+
 def ensure_run_locks_held() -> None:
     """Raise ``LockLost`` if a run lock held by the current run has slipped away."""
     for held in _held_run_locks.get():
@@ -110,14 +117,14 @@ def ensure_run_locks_held() -> None:
 
 
 def _locked_run_method(run: _Decorated) -> _Decorated:
-    if getattr(run, "__locked_targets_run_lock__", False):
+    if getattr(run, _MARK, False):
         return run
 
     @functools.wraps(run)
     def locked_run(task: luigi.Task, *args: Any, **kwargs: Any) -> Any:
         return run_under_lock(task, lambda: run(task, *args, **kwargs))
 
-    locked_run.__locked_targets_run_lock__ = True  # type: ignore[attr-defined]
+    setattr(locked_run, _MARK, True)
     return locked_run  # type: ignore[return-value]
 
 

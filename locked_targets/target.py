@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any
@@ -29,7 +30,7 @@ from locked_targets.errors import CommitRefused
 from locked_targets.locks import lock_for
 from locked_targets.process_state import Once
 from locked_targets.run_lock import ensure_run_locks_held
-from locked_targets.rwlock import HeldLock, ReadWriteLock
+from locked_targets.rwlock import HeldLock, ReadWriteLock, take_ahead, taken_ahead
 from locked_targets.settings import Settings
 from locked_targets.storage import storage_kind_for
 from locked_targets.storage.base import StorageFileTarget
@@ -139,6 +140,22 @@ class LockedTarget(WrappedTarget):
                 wait_timeout_seconds=self._settings.wait_timeout_seconds,
             )
         return self._lock
+
+
+def take_write_locks_ahead(targets: Iterable[TargetOnKart]) -> bool:
+    """Take the exclusive locks of the ``LockedTarget``s among ``targets`` together, in one
+    round trip, for this thread's coming dumps; True if it got them all (see ``taken_ahead``)."""
+    locks = [
+        lock
+        for target in targets
+        if isinstance(target, LockedTarget) and (lock := target._file_lock()) is not None
+    ]
+    return bool(locks) and take_ahead(locks)
+
+
+def release_write_locks_taken_ahead() -> None:
+    """Give back the locks this thread took ahead and did not use (its task has ended)."""
+    taken_ahead().release_mine()
 
 
 def _ensure_locks_held(held: HeldLock | None) -> None:

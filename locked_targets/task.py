@@ -8,16 +8,28 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import gokart
+import luigi
 from gokart.file_processor import FileProcessor
-from gokart.target import LargeDataFrameProcessor
+from gokart.target import LargeDataFrameProcessor, TargetOnKart
+from gokart.utils import flatten
 
 from locked_targets import factories
 from locked_targets.factories import DEFAULT_MAX_BYTE
-from locked_targets.run_lock import run_under_lock
+from locked_targets.run_lock import run_under_lock, runs_under_lock
 from locked_targets.settings import GOKART_SECTION, Settings, check_gokart_parameters
-from locked_targets.target import LockedTarget
+from locked_targets.target import LockedTarget, release_write_locks_taken_ahead, take_write_locks_ahead
 
 T = TypeVar("T")
+
+# How gokart's task builds the target of each log file it dumps around a run (random seed,
+# parameters and module versions at START, processing time and the task log at the end).
+_GOKART_LOG_FILE_TARGETS = (
+    "_get_random_seeds_target",
+    "_get_task_params_target",
+    "_get_module_versions_target",
+    "_get_processing_time_target",
+    "_get_task_log_target",
+)
 
 
 class TaskOnKart(gokart.TaskOnKart[T]):
@@ -52,6 +64,32 @@ class TaskOnKart(gokart.TaskOnKart[T]):
         cls._add_configuration(resolved, "TaskOnKart")
         values = dict(cls.get_param_values(cls.get_params(), args, resolved))  # type: ignore[no-untyped-call]
         return bool(values.get("should_lock_run", False))
+
+    def trigger_event(self, event: str, *args: Any, **kwargs: Any) -> None:
+        """luigi's events, with this task's write locks taken together as its run starts.
+
+        Taken at ``START``, before gokart's own handlers dump the first log files, and given
+        back (those unused) when the task has succeeded or failed; a run that ends with new
+        dependencies keeps them until the next task of the thread starts. A task under the
+        run lock takes none: its dumps wait for the run lock, which another application may
+        hold while it waits for these.
+        """
+        if event == luigi.Event.START:
+            release_write_locks_taken_ahead()
+            if not runs_under_lock(self):
+                take_write_locks_ahead(self._files_a_run_writes())
+        try:
+            super().trigger_event(event, *args, **kwargs)  # type: ignore[no-untyped-call]
+        finally:
+            if event in (luigi.Event.SUCCESS, luigi.Event.FAILURE):
+                release_write_locks_taken_ahead()
+
+    def _files_a_run_writes(self) -> list[TargetOnKart]:
+        """The outputs, and the log files gokart dumps around a run (when it dumps them)."""
+        files: list[TargetOnKart] = list(flatten(self.output()))
+        if self.should_dump_supplementary_log_files:
+            files += [getattr(self, getter)() for getter in _GOKART_LOG_FILE_TARGETS]
+        return files
 
     def lock_settings(self) -> Settings:
         """The settings this task's locks use (luigi configuration plus its redis parameters)."""

@@ -39,6 +39,14 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A server of this test's own, so command counts are not disturbed by other tests."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client

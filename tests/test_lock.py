@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import multiprocessing
-import queue
+import signal
 import threading
 import time
 import uuid
@@ -12,55 +11,12 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from helpers.lock_processes import SPAWN, hold, make_lock
+from helpers.lock_processes import SPAWN, Holders, die_with_release_unsent, make_lock
 from helpers.redis_keys import keys_without_ttl
 from locked_targets.errors import LockLost, LockTimeout
 from locked_targets.locks import connection_for
 from locked_targets.rwlock import LockMode, scripts
-
-
-class Holders:
-    """Processes that hold one lock, and the timeline of what they did."""
-
-    def __init__(self, redis_url: str, base: str) -> None:
-        self.redis_url = redis_url
-        self.base = base
-        self.events: multiprocessing.Queue[tuple[str, str, float]] = SPAWN.Queue()
-        self.release_events: dict[str, multiprocessing.Queue[str]] = {}
-        self.processes: list[multiprocessing.process.BaseProcess] = []
-
-    def start(self, name: str, mode: str, lease_seconds: float = 30) -> None:
-        release: multiprocessing.Queue[str] = SPAWN.Queue()
-        self.release_events[name] = release
-        process = SPAWN.Process(
-            target=hold, args=(self.redis_url, self.base, mode, self.events, release, name, lease_seconds)
-        )
-        process.start()
-        self.processes.append(process)
-
-    def next_event(self, timeout: float = 20) -> tuple[str, str, float]:
-        return self.events.get(timeout=timeout)
-
-    def expect(self, name: str, what: str, timeout: float = 20) -> float:
-        got = self.next_event(timeout)
-        assert got[:2] == (name, what), f"expected {name} {what}, got {got}"
-        return got[2]
-
-    def nothing_happens(self, seconds: float) -> None:
-        with pytest.raises(queue.Empty):
-            self.events.get(timeout=seconds)
-
-    def release(self, name: str) -> None:
-        self.release_events[name].put("release")
-
-    def stop(self) -> None:
-        for name, process in zip(self.release_events, self.processes, strict=True):
-            if process.is_alive():
-                self.release(name)
-        for process in self.processes:
-            process.join(timeout=20)
-            if process.is_alive():
-                process.kill()
+from locked_targets.rwlock.releases import releaser
 
 
 @pytest.fixture
@@ -122,7 +78,27 @@ def test_waiter_acquires_within_50_ms_of_the_release(holders: Holders) -> None:
     holders.release("writer")
     released_at = holders.expect("writer", "released")
     acquired_at = holders.expect("waiter", "acquired")
+    # The holder's release went to its background thread; the waiter is woken when it is sent.
     assert acquired_at - released_at < 0.050
+
+
+def test_a_holder_killed_before_its_release_was_sent_blocks_others_one_lease_at_most(
+    redis_url: str, key_prefix: str, redis_client: redis.Redis
+) -> None:
+    lease_seconds = 2.0
+    base = f"{key_prefix}{{killed-releasing}}"
+    doomed = SPAWN.Process(target=die_with_release_unsent, args=(redis_url, base, lease_seconds))
+    doomed.start()
+    doomed.join(timeout=30)
+    assert doomed.exitcode == -signal.SIGKILL
+    lock = make_lock(redis_url, base)
+    assert redis_client.pttl(lock.keys.writer) > 0, "the release was to be still unsent at the kill"
+    began = time.monotonic()
+    held = lock.acquire(LockMode.EXCLUSIVE)
+    waited = time.monotonic() - began
+    held.release()
+    print(f"waited {waited:.2f} s for a lock whose holder died with its release unsent")
+    assert waited <= lease_seconds + 0.5
 
 
 def test_a_killed_holder_frees_the_lock_when_its_lease_ends(holders: Holders) -> None:
@@ -189,6 +165,7 @@ def test_only_the_owner_can_release(redis_url: str, key_prefix: str, redis_clien
     assert not scripts.release(connection_for(redis_url), lock.keys, "not-the-token")
     assert redis_client.get(lock.keys.writer) == held.token.encode()
     held.release()
+    assert releaser().wait_until_sent()
     assert redis_client.get(lock.keys.writer) is None
 
 
@@ -222,9 +199,9 @@ def test_an_attempt_retried_after_a_lost_reply_is_granted_not_blocked_by_itself(
     lock = make_lock(redis_url, f"{key_prefix}{{retried}}")
     for mode in (LockMode.EXCLUSIVE, LockMode.SHARED):
         token = f"token-{mode.value}"
-        assert isinstance(lock._try_acquire(mode, token, "{}"), scripts.Granted)
+        assert isinstance(lock._try_acquire(mode, token, "{}", None), scripts.Granted)
         # the same attempt, sent again
-        assert isinstance(lock._try_acquire(mode, token, "{}"), scripts.Granted)
+        assert isinstance(lock._try_acquire(mode, token, "{}", None), scripts.Granted)
         lock._abandon(token)
 
 

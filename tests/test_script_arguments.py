@@ -121,7 +121,10 @@ def acquire_exclusive_remembering_for(
     connection: RedisConnection, keys: LockKeys, token: str, seconds: Any, description: str
 ) -> scripts.Attempt:
     """An exclusive attempt with a plausible lease and ``seconds`` of fencing memory."""
-    return scripts.acquire_exclusive(connection, keys, token, 30, description, fencing_memory_seconds=seconds)
+    attempt: scripts.Attempt = scripts.acquire_exclusive(
+        connection, keys, token, 30, description, fencing_memory_seconds=seconds
+    )
+    return attempt
 
 
 @pytest.mark.parametrize("seconds", [-5.0, 0.0, 1e12, 1e300, math.nan, math.inf, -math.inf, "abc"], ids=str)

@@ -5,26 +5,17 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 
 from helpers.lock_processes import SPAWN
 from helpers.target_processes import read_and_exit, read_repeatedly
 from helpers.targets import locked_target
 from locked_targets.locks import lock_for, lock_key_for
+from locked_targets.rwlock.releases import releaser
 from locked_targets.settings import Settings
 from locked_targets.testing import RedisServer
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    """A server of this test's own, so command counts are not disturbed by other tests."""
-    server = RedisServer().start()
-    yield server
-    server.stop()
 
 
 def start_keeping_reader(path: str, settings: Settings) -> multiprocessing.process.BaseProcess:
@@ -64,6 +55,7 @@ def test_keeping_leases_can_be_switched_off(tmp_path: Path, private_redis: Redis
     before = script_calls(client)
     for _ in range(20):
         target.load()
+    assert releaser().wait_until_sent()
     assert script_calls(client) - before >= 40  # acquire and release for every load
 
 
@@ -102,7 +94,7 @@ def test_a_process_that_exits_gives_back_its_kept_leases(
     tmp_path: Path, settings: Settings, redis_client: redis.Redis
 ) -> None:
     path = str(tmp_path / "exit.pkl")
-    locked_target(path, settings).dump("x")
+    locked_target(path, dataclasses.replace(settings, shared_lease_idle_seconds=0)).dump("x")
     kept = SPAWN.Queue()
     process = SPAWN.Process(target=read_and_exit, args=(path, settings, kept))
     process.start()

@@ -204,14 +204,19 @@ class ForgottenWhileLoading(FileProcessor):
         self._inner.dump(obj, file)
 
 
-def test_a_load_whose_lease_was_lost_raises_lock_lost(
+def test_a_load_whose_lease_redis_forgot_raises_lock_lost_once_a_renewal_has_told(
     tmp_path: Path, settings: Settings, redis_client: redis.Redis
 ) -> None:
-    cold = dataclasses.replace(settings, shared_lease_idle_seconds=0)
+    cold = dataclasses.replace(settings, shared_lease_idle_seconds=0, lease_seconds=1.0)
     path = str(tmp_path / "x.pkl")
     locked_target(path, cold).dump("x")
     readers = lock_key_for(path, cold).readers
-    processor = ForgottenWhileLoading(make_file_processor(path), lambda: redis_client.delete(readers))
+
+    def forget_for_longer_than_a_renewal_interval() -> None:
+        redis_client.delete(readers)
+        time.sleep(cold.lease_seconds)
+
+    processor = ForgottenWhileLoading(make_file_processor(path), forget_for_longer_than_a_renewal_interval)
     target = make_target(path, processor=processor, settings=cold)
     with pytest.raises(LockLost, match="no longer knew this holder"):
         target.load()

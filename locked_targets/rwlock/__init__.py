@@ -3,16 +3,18 @@
 It knows nothing of gokart, luigi or storage: it locks ``LockKeys`` on a
 ``RedisConnection``. Modules, from the bottom up: ``clock``, ``keys``, ``connection``
 (the client and its error translation), ``scripts`` (the Lua protocol), ``retry``,
-``holders``, ``waiting``, ``lease`` (held locks and their renewal), ``shared_leases``
-(kept between reads) and ``lock`` (``ReadWriteLock``). Every duration is in seconds.
+``holders``, ``waiting``, ``releases`` (sent in the background), ``lease`` (held locks and
+their renewal), ``shared_leases`` (kept between reads), ``taken_ahead`` (a task's write
+locks, taken together) and ``lock`` (``ReadWriteLock``). Every duration is in seconds.
 """
 
 from locked_targets.rwlock.clock import SYSTEM_CLOCK, Clock
 from locked_targets.rwlock.connection import RedisConnection, redis_address
 from locked_targets.rwlock.keys import LockKeys
 from locked_targets.rwlock.lease import HeldLock, LeaseTerms, LockMode
-from locked_targets.rwlock.lock import ReadWriteLock
+from locked_targets.rwlock.lock import ReadWriteLock, take_ahead
 from locked_targets.rwlock.shared_leases import SharedLeases
+from locked_targets.rwlock.taken_ahead import taken_ahead
 
 __all__ = [
     "SYSTEM_CLOCK",
@@ -25,4 +27,6 @@ __all__ = [
     "RedisConnection",
     "SharedLeases",
     "redis_address",
+    "take_ahead",
+    "taken_ahead",
 ]

@@ -275,6 +275,10 @@ class RedisConnection:
                 registered = self._scripts[source] = self.client.register_script(source)
             return registered
 
+    def batch(self) -> ScriptBatch:
+        """Script calls to send together, in one round trip."""
+        return ScriptBatch(self)
+
     @contextmanager
     def errors_translated(self) -> Iterator[None]:
         """Re-raise Redis connection and authentication failures as ``BackendUnavailable``.
@@ -375,3 +379,44 @@ def await_subscription(pubsub: PubSub) -> None:
     while pubsub.get_message(timeout=max(0.0, deadline - time.monotonic())) is None:
         if time.monotonic() >= deadline:
             raise redis.TimeoutError("Redis did not confirm a subscription in time")
+
+
+class ScriptBatch:
+    """Script calls sent together by EVALSHA in one round trip, their replies read in order.
+
+    A redis-py pipeline of scripts first asks ``SCRIPT EXISTS`` in a round trip of its own;
+    a batch sends the calls at once and loads a script only where the server says it lacks
+    it (after a restart), then sends those calls again: a call refused for that never ran.
+    """
+
+    def __init__(self, connection: RedisConnection) -> None:
+        self._connection = connection
+        self._calls: list[tuple[Script, list[Any], list[Any]]] = []
+
+    def add(self, script: Script, keys: list[Any], args: list[Any]) -> None:
+        self._calls.append((script, keys, args))
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def send(self) -> list[Any]:
+        """Every call's reply, or the error it got (a ``redis.ResponseError``), in the order added."""
+        replies = self._send(self._calls)
+        unknown = [
+            index for index, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)
+        ]
+        if unknown:
+            for script in {self._calls[index][0] for index in unknown}:
+                script.sha = self._connection.client.script_load(script.script)
+            for index, reply in zip(
+                unknown, self._send([self._calls[index] for index in unknown]), strict=True
+            ):
+                replies[index] = reply
+        return replies
+
+    def _send(self, calls: list[tuple[Script, list[Any], list[Any]]]) -> list[Any]:
+        pipeline = self._connection.client.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipeline.evalsha(script.sha, len(keys), *keys, *args)
+        replies: list[Any] = pipeline.execute(raise_on_error=False)
+        return replies

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import logging
 import math
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -24,9 +26,9 @@ from locked_targets.errors import LockLost
 from locked_targets.process_state import ProcessLocal
 from locked_targets.rwlock import scripts
 from locked_targets.rwlock.clock import SYSTEM_CLOCK, Clock
-from locked_targets.rwlock.connection import RedisConnection
+from locked_targets.rwlock.connection import RedisConnection, ScriptBatch
 from locked_targets.rwlock.keys import LockKeys
-from locked_targets.rwlock.retry import with_redis_retries
+from locked_targets.rwlock.releases import Handover, releaser
 
 logger = logging.getLogger(__name__)
 
@@ -108,24 +110,92 @@ class HeldLock:
             )
 
     def release(self) -> None:
-        """Give the lock back; raise ``LockLost`` if it had already slipped away."""
-        self._released = True  # a renewal answered after this point says nothing about the lock
-        lease_keeper().forget(self)
-        released = with_redis_retries(
-            self._release_once,
-            what=f"releasing the lock of {self.keys.path}",
-            redis_retry_deadline_seconds=self.terms.redis_retry_deadline_seconds,
+        """Give the lock back, without waiting for Redis (``releases``); raise ``LockLost`` if it
+        had already slipped away, as far as the renewals have told.
+
+        A release Redis answers with "not held" (it restarted, or a failover forgot the lock)
+        comes after the caller went on: it is logged, and changes nothing the caller did.
+        """
+        self.stop_renewing()
+        self._hand_over(
+            functools.partial(scripts.release, self.connection, self.keys, self.token),
+            self._release_answered,
+        )
+        self.ensure_held()
+
+    def release_quietly(self) -> None:
+        """Give the lock back where nothing done under it is left to judge: a lost lock is only logged."""
+        try:
+            self.release()
+        except LockLost as error:
+            logger.debug("giving back the lock of %s: %s", self.keys.path, error)
+
+    def downgrade(self, description: str) -> HeldLock:
+        """Turn this exclusive hold into a shared one (the same token), without waiting for Redis.
+
+        The shared hold is trusted as long as the exclusive lease was, until Redis confirms
+        the change, which renews the lease; if Redis says the token no longer held the lock,
+        it is lost. Raises ``LockLost`` (releasing instead) if the lock had slipped away.
+        """
+        if self.lost:
+            self.release()
+        self.stop_renewing()
+        shared = HeldLock(
+            connection=self.connection,
+            keys=self.keys,
+            terms=self.terms,
+            mode=LockMode.SHARED,
+            token=self.token,
+            lease_started=self._clock.monotonic(),
             clock=self._clock,
         )
-        if not released and self._lost is None:
+        shared.confirmed_until = self.confirmed_until
+        sent_no_earlier_than = self._clock.monotonic()
+        self._hand_over(
+            functools.partial(
+                scripts.downgrade,
+                self.connection,
+                self.keys,
+                self.token,
+                self.terms.lease_seconds,
+                description,
+            ),
+            functools.partial(shared._downgrade_answered, sent_no_earlier_than),
+        )
+        lease_keeper().keep(shared)
+        return shared
+
+    def stop_renewing(self) -> None:
+        """Renew this lease no more: it is being released, or handed to a step that gives it up."""
+        self._released = True  # a renewal answered after this point says nothing about the lock
+        lease_keeper().forget(self)
+
+    def _hand_over(self, add: Callable[..., object], answered: Callable[[object], None]) -> None:
+        releaser().hand_over(
+            Handover(
+                connection=self.connection,
+                add=lambda batch: add(batch=batch),
+                answered=answered,
+                # Redis ends the lease by itself no later than a lease after its last renewal.
+                give_up_at=self._clock.monotonic() + self.terms.lease_seconds,
+            )
+        )
+
+    def _release_answered(self, reply: object) -> None:
+        if isinstance(reply, Exception):
+            logger.warning(
+                "could not release the lock of %s (its lease will end it): %s", self.keys.path, reply
+            )
+        elif reply != 1 and self._lost is None:
             self.mark_lost(
                 "Redis no longer knew this holder at release: its lease had expired or Redis restarted"
             )
-        self.ensure_held()
 
-    def _release_once(self) -> bool:
-        with self.connection.errors_translated():
-            return scripts.release(self.connection, self.keys, self.token)
+    def _downgrade_answered(self, sent_no_earlier_than: float, reply: object) -> None:
+        if reply == 1 or isinstance(reply, Exception):
+            self.extension_answered(reply, sent_no_earlier_than)
+        else:
+            self.mark_lost("Redis no longer knew this holder when its write lock became a read lock")
 
     def verify(self, why: str) -> None:
         """Ask Redis (one round trip) whether this holder still owns the lock; mark it lost if not."""
@@ -140,9 +210,9 @@ class HeldLock:
             self._lost = (reason, self._clock.wall())
             logger.warning("lost the %s lock of %s: %s", self.mode.value, self.keys.path, reason)
 
-    def extend(self, pipeline: redis.client.Pipeline | None = None) -> Any:
-        """Renew the lease (with ``pipeline``, only queue the renewal): 1 while still owned."""
-        return scripts.extend(self.connection, self.keys, self.token, self.terms.lease_seconds, pipeline)
+    def extend(self, batch: ScriptBatch | None = None) -> Any:
+        """Renew the lease (with ``batch``, only add the renewal to it): 1 while still owned."""
+        return scripts.extend(self.connection, self.keys, self.token, self.terms.lease_seconds, batch)
 
     def extension_answered(self, reply: object, sent_at: float) -> None:
         if self._released:
@@ -228,10 +298,10 @@ def _renew_together(connection: RedisConnection, group: list[HeldLock]) -> None:
     """Extend a group of leases on one server in a single round trip."""
     sent_at = SYSTEM_CLOCK.monotonic()
     try:
-        pipeline = connection.client.pipeline(transaction=False)
+        batch = connection.batch()
         for held in group:
-            held.extend(pipeline)
-        replies = pipeline.execute(raise_on_error=False)
+            held.extend(batch)
+        replies = batch.send()
     except (redis.RedisError, OSError) as error:
         for held in group:
             held.extension_failed(error)

@@ -21,22 +21,24 @@ Time is the Redis server's (``TIME``), so clients on different machines agree on
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 
 import redis
 
-from locked_targets.errors import BackendUnavailable, LockTimeout
+from locked_targets.errors import BackendUnavailable, LockError, LockTimeout
 from locked_targets.rwlock import scripts
 from locked_targets.rwlock.clock import SYSTEM_CLOCK, Clock
-from locked_targets.rwlock.connection import RedisConnection, await_subscription
+from locked_targets.rwlock.connection import RedisConnection, ScriptBatch, await_subscription
 from locked_targets.rwlock.holders import describe_holder, readable_blocker
 from locked_targets.rwlock.keys import LockKeys
 from locked_targets.rwlock.lease import HeldLock, LeaseTerms, LockMode, lease_keeper
 from locked_targets.rwlock.retry import with_redis_retries
 from locked_targets.rwlock.shared_leases import SharedLeases
+from locked_targets.rwlock.taken_ahead import taken_ahead
 from locked_targets.rwlock.waiting import WaitReporter
 
 logger = logging.getLogger(__name__)
@@ -62,7 +64,13 @@ class ReadWriteLock:
     clock: Clock = SYSTEM_CLOCK
 
     def shared(self) -> AbstractContextManager[HeldLock]:
-        """Hold the lock as one of possibly many readers for the duration of a ``with`` block."""
+        """Hold the lock as one of possibly many readers for the duration of a ``with`` block.
+
+        A thread that holds the lock exclusively, taken ahead, reads under that.
+        """
+        ahead = taken_ahead().peek(self.keys.base)
+        if ahead is not None:
+            return _lent(ahead)
         if self.shared_leases is not None:
             return self.shared_leases().hold(self.keys.base, self._acquire_shared)
         return self._shared_once()
@@ -80,22 +88,39 @@ class ReadWriteLock:
 
     @contextmanager
     def exclusive(self) -> Iterator[HeldLock]:
-        """Hold the lock alone for the duration of the block."""
-        if self.shared_leases is not None:  # a shared lease this process keeps would block us
-            self.shared_leases().revoke(self.keys.base)
-        held = self.acquire(LockMode.EXCLUSIVE)
+        """Hold the lock alone for the duration of the block.
+
+        With kept shared leases, a lease this process keeps on the lock is given up in the
+        acquiring step itself (an upgrade), and the exclusive hold ends as a kept shared
+        lease (a downgrade), so reading what was just written costs no round trip.
+        """
+        leases = self.shared_leases() if self.shared_leases is not None else None
+        held = taken_ahead().claim(self.keys.base)
+        if held is None:
+            kept = leases.take_for_upgrade(self.keys.base) if leases is not None else None
+            try:
+                held = self.acquire(LockMode.EXCLUSIVE, giving_up=kept.token if kept is not None else None)
+            except BaseException:
+                if kept is not None:  # the step that gives it up may never have run
+                    kept.release_quietly()
+                raise
         try:
             yield held
         finally:
-            held.release()
+            if leases is not None:
+                leases.keep_downgraded(self.keys.base, held, self._description(LockMode.SHARED))
+            else:
+                held.release()
 
-    def acquire(self, mode: LockMode) -> HeldLock:
+    def acquire(self, mode: LockMode, *, giving_up: str | None = None) -> HeldLock:
         """Take the lock in ``mode``, waiting (woken by releases) up to the wait timeout.
 
-        With a Redis retry deadline, a failing Redis is retried until it.
+        ``giving_up``: the token of this process's own shared lease, dropped by the same
+        step that takes the exclusive lock. With a Redis retry deadline, a failing Redis is
+        retried until it.
         """
         return with_redis_retries(
-            lambda: self._acquire_once(mode),
+            lambda: self._acquire_once(mode, giving_up),
             what=f"acquiring the {self.name(mode)} of {self.keys.path}",
             redis_retry_deadline_seconds=self.terms.redis_retry_deadline_seconds,
             clock=self.clock,
@@ -105,19 +130,23 @@ class ReadWriteLock:
         """How messages name this lock held in ``mode``: 'read lock', 'write lock', or its label."""
         return self.label or f"{mode.value} lock"
 
-    def _acquire_once(self, mode: LockMode) -> HeldLock:
-        token = secrets.token_hex(16)
-        description = describe_holder(
+    def _description(self, mode: LockMode) -> str:
+        return describe_holder(
             path=self.keys.path, task=self.task, lock=self.name(mode), since=self.clock.wall()
         )
+
+    def _acquire_once(self, mode: LockMode, giving_up: str | None) -> HeldLock:
+        token = secrets.token_hex(16)
+        description = self._description(mode)
         started = self.clock.monotonic()
+        attempt_to_get = functools.partial(self._try_acquire, mode, token, description, giving_up)
         try:
             with self.connection.errors_translated():
-                attempt = self._try_acquire(mode, token, description)
+                attempt = attempt_to_get()
                 granted_at = started
                 if isinstance(attempt, scripts.Blocked):
                     # The lease runs from when the winning attempt was sent, not from when waiting began.
-                    granted_at, attempt = self._wait(mode, token, description, started, attempt)
+                    granted_at, attempt = self._wait(mode, attempt_to_get, token, started, attempt)
         except BackendUnavailable:
             self._abandon(token)
             raise
@@ -130,25 +159,29 @@ class ReadWriteLock:
         except (redis.RedisError, OSError) as error:
             logger.debug("could not abandon an attempt on %s: %s", self.keys.path, error)
 
-    def _try_acquire(self, mode: LockMode, token: str, description: str) -> scripts.Attempt:
+    def _try_acquire(
+        self, mode: LockMode, token: str, description: str, giving_up: str | None
+    ) -> scripts.Attempt:
         if mode is LockMode.SHARED:
             return scripts.acquire_shared(
                 self.connection, self.keys, token, self.terms.lease_seconds, description
             )
-        return scripts.acquire_exclusive(
+        attempt: scripts.Attempt = scripts.acquire_exclusive(
             self.connection,
             self.keys,
             token,
             self.terms.lease_seconds,
             description,
             fencing_memory_seconds=self.terms.fencing_memory_seconds,
+            giving_up=giving_up,
         )
+        return attempt
 
     def _wait(
         self,
         mode: LockMode,
+        attempt_to_get: Callable[[], scripts.Attempt],
         token: str,
-        description: str,
         started: float,
         blocked: scripts.Blocked,
     ) -> tuple[float, scripts.Granted]:
@@ -160,7 +193,7 @@ class ReadWriteLock:
             await_subscription(pubsub)
             while True:
                 attempt_at = self.clock.monotonic()
-                attempt = self._try_acquire(mode, token, description)
+                attempt = attempt_to_get()
                 if isinstance(attempt, scripts.Granted):
                     return attempt_at, attempt
                 holder = readable_blocker(attempt)
@@ -210,3 +243,93 @@ class ReadWriteLock:
         )
         lease_keeper().keep(held)
         return held
+
+
+@contextmanager
+def _lent(held: HeldLock) -> Iterator[HeldLock]:
+    """A read under a lock the thread holds anyway: checked at its end, not released."""
+    yield held
+    held.ensure_held()
+
+
+def take_ahead(locks: Sequence[ReadWriteLock]) -> bool:
+    """Take the exclusive lock of every one of ``locks`` at once (one round trip per server),
+    for the calling thread's coming writes (``taken_ahead``); True if all were free.
+
+    Nothing waits: if any is held by another, or Redis fails, none is kept and the writes
+    acquire their locks one at a time. A kept shared lease of one of them is given up
+    in the same step (an upgrade).
+    """
+    attempts = [_AheadAttempt.prepare(lock) for lock in locks]
+    granted: list[HeldLock] = []
+    try:
+        for connection in {attempt.lock.connection for attempt in attempts}:
+            mine = [attempt for attempt in attempts if attempt.lock.connection is connection]
+            batch = connection.batch()
+            for attempt in mine:
+                attempt.add(batch)
+            sent_at = SYSTEM_CLOCK.monotonic()
+            with connection.errors_translated():
+                replies = batch.send()
+            for attempt, reply in zip(mine, replies, strict=True):
+                held = attempt.answered(reply, sent_at)
+                if held is not None:
+                    granted.append(held)
+    except (LockError, redis.RedisError, OSError) as error:
+        logger.debug("could not take %d locks ahead: %s", len(locks), error)
+    if len(granted) == len(attempts):
+        taken_ahead().keep(granted)
+        return True
+    for attempt in attempts:
+        attempt.give_back()
+    return False
+
+
+@dataclasses.dataclass
+class _AheadAttempt:
+    """One lock's part in ``take_ahead``."""
+
+    lock: ReadWriteLock
+    token: str
+    giving_up: HeldLock | None
+    held: HeldLock | None = None
+    answered_at_all: bool = False
+
+    @classmethod
+    def prepare(cls, lock: ReadWriteLock) -> _AheadAttempt:
+        leases = lock.shared_leases() if lock.shared_leases is not None else None
+        kept = leases.take_for_upgrade(lock.keys.base) if leases is not None else None
+        return cls(lock, secrets.token_hex(16), kept)
+
+    def add(self, batch: ScriptBatch) -> None:
+        lock = self.lock
+        scripts.acquire_exclusive(
+            lock.connection,
+            lock.keys,
+            self.token,
+            lock.terms.lease_seconds,
+            lock._description(LockMode.EXCLUSIVE),
+            fencing_memory_seconds=lock.terms.fencing_memory_seconds,
+            giving_up=self.giving_up.token if self.giving_up is not None else None,
+            in_line=False,
+            batch=batch,
+        )
+
+    def answered(self, reply: object, sent_at: float) -> HeldLock | None:
+        if isinstance(reply, Exception):
+            raise reply
+        assert isinstance(reply, list)
+        self.answered_at_all = True
+        attempt = scripts.exclusive_attempt(reply)
+        if isinstance(attempt, scripts.Granted):
+            self.held = self.lock._register(LockMode.EXCLUSIVE, self.token, sent_at, attempt.fencing_token)
+        return self.held
+
+    def give_back(self) -> None:
+        """Release what this attempt may hold (an unanswered attempt may have been granted)."""
+        if self.held is not None:
+            self.held.release_quietly()
+        elif not self.answered_at_all:
+            self.lock._abandon(self.token)
+        if self.giving_up is not None:
+            self.giving_up.release_quietly()

@@ -13,9 +13,7 @@ import dataclasses
 import enum
 from typing import Any
 
-from redis.client import Pipeline
-
-from locked_targets.rwlock.connection import RedisConnection
+from locked_targets.rwlock.connection import RedisConnection, ScriptBatch
 from locked_targets.rwlock.keys import LockKeys
 
 # How long the fencing counter outlives the lock's last exclusive grant, unless configured.
@@ -65,6 +63,17 @@ end
 def milliseconds(seconds: float) -> int:
     """A duration as the whole, positive number of milliseconds a script takes."""
     return max(1, round(seconds * 1000))
+
+
+def _run(
+    connection: RedisConnection, source: str, keys: list[Any], args: list[Any], batch: ScriptBatch | None
+) -> Any:
+    """Run a script now and return its reply, or only add it to ``batch`` (its reply comes from ``send``)."""
+    script = connection.script(source)
+    if batch is not None:
+        batch.add(script, keys, args)
+        return None
+    return script(keys=keys, args=args)
 
 
 class Relation(enum.Enum):
@@ -145,9 +154,12 @@ def acquire_shared(
     connection: RedisConnection, keys: LockKeys, token: str, lease_seconds: float, description: str
 ) -> Attempt:
     """One attempt to join the readers of the lock."""
-    reply: list[Any] = connection.script(ACQUIRE_SHARED)(
-        keys=[keys.writer, keys.readers, keys.waiting_writers, keys.holders],
-        args=[token, milliseconds(lease_seconds), description],
+    reply: list[Any] = _run(
+        connection,
+        ACQUIRE_SHARED,
+        [keys.writer, keys.readers, keys.waiting_writers, keys.holders],
+        [token, milliseconds(lease_seconds), description],
+        None,
     )
     return Granted(fencing_token=None) if int(reply[0]) == 1 else _blocked(reply)
 
@@ -155,11 +167,14 @@ def acquire_shared(
 # KEYS[1] writer, KEYS[2] readers, KEYS[3] waiting_writers, KEYS[4] holders, KEYS[5] fence
 # ARGV[1] token, ARGV[2] lease (ms), ARGV[3] description of the holder, ARGV[4] the
 # revoke channel, ARGV[5] how long the fencing counter outlives its last grant (ms; it is
-# kept at least one lease, so a retry whose reply was lost still finds its token there)
+# kept at least one lease, so a retry whose reply was lost still finds its token there),
+# ARGV[6] the token of the caller's own shared lease, given up first (an upgrade), or '',
+# ARGV[7] '1' to wait in line when blocked, '0' to only try
 # Returns {1, fencing token} when acquired, else as ACQUIRE_SHARED (error reply included).
-# A writer is admitted when there is no writer and no live reader; otherwise it
-# (re)registers as waiting, with a lease, which shuts out new readers. When readers
-# block it, it asks them (through ARGV[4]) to give back leases they keep between reads.
+# A writer is admitted when there is no writer and no live reader; otherwise, waiting in
+# line, it (re)registers as waiting, with a lease, which shuts out new readers, and when
+# readers block it, it asks them (through ARGV[4]) to give back leases they keep between
+# reads. A writer that only tries leaves no trace when blocked.
 ACQUIRE_EXCLUSIVE = (
     _LUA_HELPERS
     + """
@@ -168,7 +183,11 @@ if not lease then return refused(2) end
 local memory = duration_ms(5)
 if not memory then return refused(5) end
 memory = math.max(memory, lease)
+local in_line = ARGV[7] == '1'
 local now = now_ms()
+if ARGV[6] ~= '' and redis.call('ZREM', KEYS[2], ARGV[6]) == 1 then
+  redis.call('HDEL', KEYS[4], ARGV[6])
+end
 local blocker = redis.call('GET', KEYS[1])
 local wait_ms = 0
 if blocker == ARGV[1] then  -- a retry of an attempt whose reply was lost
@@ -184,8 +203,11 @@ else
   if #reader > 0 then
     blocker = reader[1]
     wait_ms = tonumber(reader[2]) - now
-    redis.call('PUBLISH', ARGV[4], 'writer waiting')
+    if in_line then redis.call('PUBLISH', ARGV[4], 'writer waiting') end
   end
+end
+if blocker and not in_line then
+  return {0, wait_ms, redis.call('HGET', KEYS[4], blocker) or '', 'holds'}
 end
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
 keep_alive(KEYS[4], lease)
@@ -215,21 +237,37 @@ def acquire_exclusive(
     description: str,
     *,
     fencing_memory_seconds: float = DEFAULT_FENCING_MEMORY_SECONDS,
-) -> Attempt:
-    """One attempt to become the lock's only holder, or else its waiting writer.
+    giving_up: str | None = None,
+    in_line: bool = True,
+    batch: ScriptBatch | None = None,
+) -> Any:
+    """One attempt to become the lock's only holder, or else (``in_line``) its waiting writer.
 
-    A grant keeps the fencing counter for ``fencing_memory_seconds`` (at least one lease).
+    ``giving_up`` is the token of this caller's own shared lease, dropped in the same step
+    (an upgrade). A grant keeps the fencing counter for ``fencing_memory_seconds`` (at
+    least one lease). Returns the ``Attempt``; with ``batch`` the call is only added,
+    and ``exclusive_attempt`` reads its reply.
     """
-    reply: list[Any] = connection.script(ACQUIRE_EXCLUSIVE)(
-        keys=list(keys.every_key),
-        args=[
+    reply = _run(
+        connection,
+        ACQUIRE_EXCLUSIVE,
+        list(keys.every_key),
+        [
             token,
             milliseconds(lease_seconds),
             description,
             keys.revoke_channel,
             milliseconds(fencing_memory_seconds),
+            giving_up or "",
+            "1" if in_line else "0",
         ],
+        batch,
     )
+    return reply if batch is not None else exclusive_attempt(reply)
+
+
+def exclusive_attempt(reply: list[Any]) -> Attempt:
+    """What an ``ACQUIRE_EXCLUSIVE`` reply says."""
     return Granted(fencing_token=int(reply[1])) if int(reply[0]) == 1 else _blocked(reply)
 
 
@@ -255,13 +293,64 @@ return released
 """
 
 
-def release(connection: RedisConnection, keys: LockKeys, token: str) -> bool:
-    """Give up whatever ``token`` holds or waits for; True if it still held the lock."""
-    released: int = connection.script(RELEASE)(
-        keys=[keys.writer, keys.readers, keys.waiting_writers, keys.holders],
-        args=[token, keys.released_channel],
+def release(connection: RedisConnection, keys: LockKeys, token: str, batch: ScriptBatch | None = None) -> Any:
+    """Give up whatever ``token`` holds or waits for: 1 if it still held the lock, else 0.
+
+    With ``batch`` the call is only added (its reply comes from ``batch.send()``).
+    """
+    return _run(
+        connection,
+        RELEASE,
+        [keys.writer, keys.readers, keys.waiting_writers, keys.holders],
+        [token, keys.released_channel],
+        batch,
     )
-    return released == 1
+
+
+# KEYS[1] writer, KEYS[2] readers, KEYS[3] holders
+# ARGV[1] token, ARGV[2] lease (ms), ARGV[3] the holder's new description, ARGV[4] the
+# released channel
+# Returns 1 if the token held the lock alone and now holds it shared, with a fresh lease;
+# 0 (changing nothing) if it no longer held it; an error reply if the lease is out of range.
+# Readers waiting for the writer are woken; a waiting writer, woken too, finds a reader
+# in its way and asks for the lease back on the revoke channel, as with any kept lease.
+DOWNGRADE = (
+    _LUA_HELPERS
+    + """
+local lease = duration_ms(2)
+if not lease then return refused(2) end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZADD', KEYS[2], now_ms() + lease, ARGV[1])
+keep_alive(KEYS[2], lease)
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+keep_alive(KEYS[3], lease)
+redis.call('PUBLISH', ARGV[4], 'downgraded')
+return 1
+"""
+)
+
+
+def downgrade(
+    connection: RedisConnection,
+    keys: LockKeys,
+    token: str,
+    lease_seconds: float,
+    description: str,
+    *,
+    batch: ScriptBatch | None = None,
+) -> Any:
+    """Turn ``token``'s exclusive hold into a shared one: 1 if it still held the lock, else 0.
+
+    With ``batch`` the call is only added.
+    """
+    return _run(
+        connection,
+        DOWNGRADE,
+        [keys.writer, keys.readers, keys.holders],
+        [token, milliseconds(lease_seconds), description, keys.released_channel],
+        batch,
+    )
 
 
 # KEYS[1] waiting_writers, KEYS[2] holders
@@ -277,9 +366,7 @@ end
 
 def cancel_wait(connection: RedisConnection, keys: LockKeys, token: str) -> None:
     """Withdraw a waiting writer, waking readers it held back."""
-    connection.script(CANCEL_WAIT)(
-        keys=[keys.waiting_writers, keys.holders], args=[token, keys.released_channel]
-    )
+    _run(connection, CANCEL_WAIT, [keys.waiting_writers, keys.holders], [token, keys.released_channel], None)
 
 
 # KEYS[1] writer, KEYS[2] readers, KEYS[3] holders
@@ -314,15 +401,17 @@ def extend(
     keys: LockKeys,
     token: str,
     lease_seconds: float,
-    pipeline: Pipeline | None = None,
+    batch: ScriptBatch | None = None,
 ) -> Any:
     """Renew ``token``'s lease: 1 while it still holds the lock, 0 if not.
 
-    With ``pipeline`` the call is only queued (its reply comes from ``pipeline.execute()``),
-    so one round trip renews many leases.
+    With ``batch`` the call is only added (its reply comes from ``batch.send()``), so one
+    round trip renews many leases.
     """
-    return connection.script(EXTEND)(
-        keys=[keys.writer, keys.readers, keys.holders],
-        args=[token, milliseconds(lease_seconds)],
-        client=pipeline,
+    return _run(
+        connection,
+        EXTEND,
+        [keys.writer, keys.readers, keys.holders],
+        [token, milliseconds(lease_seconds)],
+        batch,
     )

@@ -24,10 +24,10 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-from locked_targets.errors import LockError
 from locked_targets.rwlock.connection import RedisConnection, await_subscription
 from locked_targets.rwlock.keys import REVOKE_CHANNEL_PATTERN, base_of_revoke_channel
 from locked_targets.rwlock.lease import HeldLock
+from locked_targets.rwlock.releases import releaser
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,42 @@ class SharedLeases:
             return held, None
         return held, self._keep(base, held, subscription, heard)
 
+    def take_for_upgrade(self, base: str) -> HeldLock | None:
+        """The kept lease of ``base``, no longer kept nor renewed, for an exclusive acquisition
+        to give up in its own step; None if there is none, or local reads still use it
+        (then it is revoked, and released when they end)."""
+        with self._mutex:
+            kept = self._kept.get(base)
+            if kept is None:
+                return None
+            kept.revoked = True
+            if kept.readers > 0:
+                return None
+            del self._kept[base]
+        kept.held.stop_renewing()
+        return kept.held
+
+    def keep_downgraded(self, base: str, held: HeldLock, description: str) -> None:
+        """End the exclusive hold ``held``: kept as a shared lease if this process can keep
+        one, else released. Raises ``LockLost`` if the lock had slipped away.
+
+        Unlike a lease acquired shared, no revocation can have been missed: a writer asks
+        only once readers block it, and until the downgrade there is no reader to block it.
+        """
+        with self._mutex:
+            keep = self._listening.is_set() and base not in self._kept and not held.lost
+        if not keep:
+            held.release()
+            return
+        shared = held.downgrade(description)
+        with self._mutex:
+            if base in self._kept or not self._listening.is_set():
+                kept = None
+            else:
+                kept = self._kept[base] = _KeptLease(shared, readers=0, idle_since=time.monotonic())
+        if kept is None:
+            shared.release_quietly()
+
     def revoke(self, base: str) -> None:
         """Stop lending the lease of ``base``; release it now if no local read uses it."""
         with self._mutex:
@@ -85,7 +121,7 @@ class SharedLeases:
             if kept.readers > 0:
                 return
             del self._kept[base]
-        _release_quietly(kept.held)
+        kept.held.release_quietly()
 
     def release_all(self) -> None:
         """Give back every kept lease that no local read uses (at exit, or when revocations may be missed)."""
@@ -93,6 +129,7 @@ class SharedLeases:
             bases = list(self._kept)
         for base in bases:
             self.revoke(base)
+        releaser().wait_until_sent()  # at exit, nothing else would wait for them
 
     def _lend(self, base: str) -> _KeptLease | None:
         self._start_listener()
@@ -204,10 +241,3 @@ class _SharedHold:
             self._held.release()
         else:
             self._leases._give_back_after_read(self._base, self._kept)
-
-
-def _release_quietly(held: HeldLock) -> None:
-    try:
-        held.release()
-    except LockError as error:  # nobody is reading under it: a lost lease harms no one now
-        logger.debug("giving back the shared lease of %s: %s", held.keys.path, error)

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import queue
+import signal
+import sys
 import time
+
+import pytest
 
 from locked_targets.locks import connection_for
 from locked_targets.rwlock import LeaseTerms, LockKeys, LockMode, ReadWriteLock
+from locked_targets.rwlock.releases import releaser
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -40,3 +47,59 @@ def hold(
     released_at = time.monotonic()
     held.release()
     events.put((name, "released", released_at))
+
+
+def die_with_release_unsent(redis_url: str, base: str, lease_seconds: float) -> None:
+    """Hold ``base`` exclusively, hand its release to the background, and be killed before it is sent."""
+    lock = make_lock(redis_url, base, lease_seconds)
+    lock.acquire(LockMode.SHARED).release()  # the sending thread is up and idle
+    releaser().wait_until_sent()
+    held = lock.acquire(LockMode.EXCLUSIVE)
+    # The sending thread gets no turn before the kill: this thread keeps the interpreter.
+    sys.setswitchinterval(60)
+    held.release()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Holders:
+    """Processes that hold one lock, and the timeline of what they did."""
+
+    def __init__(self, redis_url: str, base: str) -> None:
+        self.redis_url = redis_url
+        self.base = base
+        self.events: multiprocessing.Queue[tuple[str, str, float]] = SPAWN.Queue()
+        self.release_events: dict[str, multiprocessing.Queue[str]] = {}
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+
+    def start(self, name: str, mode: str, lease_seconds: float = 30) -> None:
+        release: multiprocessing.Queue[str] = SPAWN.Queue()
+        self.release_events[name] = release
+        process = SPAWN.Process(
+            target=hold, args=(self.redis_url, self.base, mode, self.events, release, name, lease_seconds)
+        )
+        process.start()
+        self.processes.append(process)
+
+    def next_event(self, timeout: float = 20) -> tuple[str, str, float]:
+        return self.events.get(timeout=timeout)
+
+    def expect(self, name: str, what: str, timeout: float = 20) -> float:
+        got = self.next_event(timeout)
+        assert got[:2] == (name, what), f"expected {name} {what}, got {got}"
+        return got[2]
+
+    def nothing_happens(self, seconds: float) -> None:
+        with pytest.raises(queue.Empty):
+            self.events.get(timeout=seconds)
+
+    def release(self, name: str) -> None:
+        self.release_events[name].put("release")
+
+    def stop(self) -> None:
+        for name, process in zip(self.release_events, self.processes, strict=True):
+            if process.is_alive():
+                self.release(name)
+        for process in self.processes:
+            process.join(timeout=20)
+            if process.is_alive():
+                process.kill()

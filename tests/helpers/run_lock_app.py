@@ -17,7 +17,7 @@ import gokart
 import luigi
 import luigi.task
 
-from helpers.run_lock_pipeline import Overlapping, Source, pipeline
+from helpers.run_lock_pipeline import FreeSum, Overlapping, Source, pipeline
 
 RETURNED = "run-lock-app-returned"
 COMPLETE = "run-lock-app-complete"
@@ -54,6 +54,7 @@ def main(workspace: str, scheduler: str, what: str, builder: str) -> int:
         "source": Source(workspace_directory=workspace),
         "overlapping": Overlapping(workspace_directory=workspace),
         "overlapping-reversed": Overlapping(workspace_directory=workspace, reverse=True),
+        "free-pipeline": FreeSum(workspace_directory=workspace),
     }
     build = {"luigi": build_with_luigi, "gokart": build_with_gokart}[builder]
     returned, succeeded = build(tasks[what], scheduler)

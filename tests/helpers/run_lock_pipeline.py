@@ -115,3 +115,25 @@ class Overlapping(locked_targets.TaskOnKart[None]):
         record_run(self)
         for target in self.shared_targets():
             target.dump("shared")
+
+
+class FreeLeaf(locked_targets.TaskOnKart[int]):
+    """A task without a run lock: its write locks are taken together as its run starts."""
+
+    index: int = luigi.IntParameter()
+
+    def run(self) -> None:
+        record_run(self)
+        self.dump(self.index)
+
+
+class FreeSum(locked_targets.TaskOnKart[int]):
+    """Sums four ``FreeLeaf``s, without a run lock either."""
+
+    def requires(self) -> FlattenableItems[gokart.TaskOnKart[int]]:
+        return [FreeLeaf(workspace_directory=self.workspace_directory, index=index) for index in range(4)]
+
+    def run(self) -> None:
+        record_run(self)
+        leaves: list[int] = self.load()
+        self.dump(sum(leaves))

@@ -1,0 +1,152 @@
+"""Releases (and downgrades) sent by a background thread, so the caller never waits for them.
+
+Giving a lock back cannot change what the holder did under it: a commit was checked
+against the lease before it published, and a read against the lease when it ended.
+So the thread that held the lock only hands the release over and goes on; one daemon
+thread per process sends whatever is queued, woken at once (a waiter gets the lock a
+round trip after the holder's end), and sends everything queued for one server in a
+single round trip. A request that fails is tried again until the lease it would end has
+ended anyway. At exit, also of a multiprocessing child (which skips ``atexit``), the
+process waits, for a bounded time, until the queue is sent; a process killed before
+that leaves its locks to expire with their leases, as any crashed holder does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing.util
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import redis
+
+from locked_targets.process_state import ProcessLocal
+from locked_targets.rwlock.connection import RedisConnection, ScriptBatch
+
+logger = logging.getLogger(__name__)
+
+# After a failed send, try the requests again this soon.
+_RETRY_AFTER_SECONDS = 0.2
+# How long a process's exit waits for its queued releases (Redis may be gone).
+_EXIT_WAIT_SECONDS = 5.0
+# Runs after the kept shared leases are handed back at exit (their Finalize has priority 10).
+_EXIT_PRIORITY = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Handover:
+    """One request to send later: how to add it to a batch, and who hears its reply."""
+
+    connection: RedisConnection
+    add: Callable[[ScriptBatch], object]
+    answered: Callable[[object], None]
+    """Called with the script's reply, or the exception it got."""
+    give_up_at: float
+    """When (monotonic) the lease this request ends would have ended by itself."""
+
+
+@dataclasses.dataclass
+class _Queued:
+    request: Handover
+    not_before: float = 0.0
+    """When (monotonic) to send it: at once, or after a failed send, a little later."""
+    tried: bool = False
+
+
+class Releaser:
+    """The process's queue of handed-over requests, and the thread that sends them."""
+
+    def __init__(self) -> None:
+        self._queue: list[_Queued] = []
+        self._changed = threading.Condition()
+        self._untried_in_flight = 0
+        self._thread: threading.Thread | None = None
+
+    def hand_over(self, request: Handover) -> None:
+        with self._changed:
+            self._queue.append(_Queued(request))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._send_forever, name="locked_targets-releases", daemon=True
+                )
+                self._thread.start()
+                multiprocessing.util.Finalize(None, self.wait_until_sent, exitpriority=_EXIT_PRIORITY)
+            self._changed.notify_all()
+
+    def wait_until_sent(self, timeout_seconds: float = _EXIT_WAIT_SECONDS) -> bool:
+        """Wait until every request handed over so far was sent once (answered, or failed and
+        retried in the background while its lease lasts); False on timeout."""
+        deadline = time.monotonic() + timeout_seconds
+        with self._changed:
+            while self._untried_in_flight or any(not queued.tried for queued in self._queue):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    logger.warning(
+                        "%d lock releases are still unsent: their leases will end them", len(self._queue)
+                    )
+                    return False
+                self._changed.wait(timeout=left)
+        return True
+
+    def _send_forever(self) -> None:
+        while True:
+            with self._changed:
+                due = self._wait_for_due()
+                self._untried_in_flight = sum(not queued.tried for queued in due)
+            retry = self._send(due)
+            with self._changed:
+                self._queue.extend(retry)
+                self._untried_in_flight = 0
+                self._changed.notify_all()
+
+    def _wait_for_due(self) -> list[_Queued]:
+        """Take the requests due now out of the queue, waiting for one (called holding the condition)."""
+        while True:
+            now = time.monotonic()
+            due = [queued for queued in self._queue if queued.not_before <= now]
+            if due:
+                self._queue = [queued for queued in self._queue if queued.not_before > now]
+                return due
+            later = min((queued.not_before for queued in self._queue), default=None)
+            self._changed.wait(timeout=None if later is None else later - now)
+
+    def _send(self, due: list[_Queued]) -> list[_Queued]:
+        """Send ``due``, one batch per server; return those to try again later."""
+        by_connection: dict[RedisConnection, list[_Queued]] = defaultdict(list)
+        for queued in due:
+            by_connection[queued.request.connection].append(queued)
+        retry: list[_Queued] = []
+        for connection, group in by_connection.items():
+            batch = connection.batch()
+            for queued in group:
+                queued.request.add(batch)
+            try:
+                replies = batch.send()
+            except (redis.RedisError, OSError) as error:
+                now = time.monotonic()
+                for queued in group:
+                    if now < queued.request.give_up_at:
+                        retry.append(
+                            dataclasses.replace(queued, not_before=now + _RETRY_AFTER_SECONDS, tried=True)
+                        )
+                    else:
+                        queued.request.answered(error)
+                logger.debug(
+                    "could not send %d lock releases to %s: %s", len(group), connection.address, error
+                )
+                continue
+            for queued, reply in zip(group, replies, strict=True):
+                queued.request.answered(reply)
+        return retry
+
+
+# One sending thread per process; a forked child starts its own and never sends the parent's.
+_releaser: ProcessLocal[Releaser] = ProcessLocal(Releaser)
+
+
+def releaser() -> Releaser:
+    """The process's releaser, started on first use."""
+    return _releaser.get()

@@ -1,0 +1,73 @@
+"""Exclusive locks a thread took ahead of the writes it is about to make, all in one round trip.
+
+A task writes several files (its outputs, and gokart's log files) one after the other;
+taking their locks one by one costs a round trip each. ``ReadWriteLock.take_ahead``
+takes them together, only if it gets all of them at once, and leaves them here, in the
+taking thread's name: that thread's next ``exclusive()`` of one of them uses it instead
+of acquiring, and its reads of one it holds read under it. The thread gives back what it
+did not use when its task ends (``release_mine``), and the process at exit.
+
+Taking all or none keeps this free of deadlock: a thread that holds locks taken ahead
+waits only for locks it did not take ahead (its inputs), and one that could not take
+them all holds none of them while it acquires them one at a time, as without this.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.util
+import threading
+
+from locked_targets.process_state import ProcessLocal
+from locked_targets.rwlock.lease import HeldLock
+from locked_targets.rwlock.releases import releaser
+
+# Given back at exit before the queued releases are waited for (see ``releases``).
+_EXIT_PRIORITY = 10
+
+
+class TakenAhead:
+    """Exclusive locks taken ahead, by the thread that took them and the lock's base."""
+
+    def __init__(self) -> None:
+        self._by_thread: dict[int, dict[str, HeldLock]] = {}
+        self._mutex = threading.Lock()
+        multiprocessing.util.Finalize(None, self.release_all, exitpriority=_EXIT_PRIORITY)
+
+    def keep(self, held_locks: list[HeldLock]) -> None:
+        """Keep ``held_locks`` for the calling thread's later calls."""
+        with self._mutex:
+            mine = self._by_thread.setdefault(threading.get_ident(), {})
+            mine.update((held.keys.base, held) for held in held_locks)
+
+    def claim(self, base: str) -> HeldLock | None:
+        """The calling thread's lock of ``base`` taken ahead, now the caller's to end; None if none."""
+        with self._mutex:
+            return self._by_thread.get(threading.get_ident(), {}).pop(base, None)
+
+    def peek(self, base: str) -> HeldLock | None:
+        """The calling thread's lock of ``base`` taken ahead, still kept here; None if none."""
+        with self._mutex:
+            return self._by_thread.get(threading.get_ident(), {}).get(base)
+
+    def release_mine(self) -> None:
+        """Give back every lock the calling thread took ahead and did not use."""
+        with self._mutex:
+            mine = self._by_thread.pop(threading.get_ident(), {})
+        for held in mine.values():
+            held.release_quietly()
+
+    def release_all(self) -> None:
+        with self._mutex:
+            every = [held for mine in self._by_thread.values() for held in mine.values()]
+            self._by_thread.clear()
+        for held in every:
+            held.release_quietly()
+        releaser().wait_until_sent()  # at exit, nothing else would wait for them
+
+
+_taken_ahead: ProcessLocal[TakenAhead] = ProcessLocal(TakenAhead)
+
+
+def taken_ahead() -> TakenAhead:
+    """This process's locks taken ahead (a forked child has its own, empty)."""
+    return _taken_ahead.get()

@@ -1,0 +1,52 @@
+"""Round trips a gokart pipeline's tasks wait for, counted, so a regression fails the tests.
+
+A whole ``gokart.build`` (N leaves and an aggregate, as the benchmark builds it) runs in a
+fresh process against a server of this test's own: the process counts the requests its
+thread running the tasks sends (each one a round trip it waits for), and the server's
+``INFO commandstats``, reset before the build, counts every script it ran, background
+releases and renewals included. Timing stays out: the benchmark carries the figures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.dag import RequestsPerLeaf, Workspace
+from bench.variants import RedisAddress, Variant
+from locked_targets.testing import RedisServer
+
+LEAVES = 40
+
+
+@pytest.fixture
+def builds(tmp_path: Path, private_redis: RedisServer) -> Workspace:
+    return Workspace(
+        directory=str(tmp_path),
+        variant=Variant.LOCKED_TARGET,
+        leaves=LEAVES,
+        redis=RedisAddress(url=private_redis.url, host="127.0.0.1", port=private_redis.port),
+        control_url=private_redis.url,
+    )
+
+
+def test_a_cold_task_waits_for_two_round_trips_and_a_warm_one_for_one(builds: Workspace) -> None:
+    both = builds.cold_and_warm()
+    cold = RequestsPerLeaf.of(both.cold, LEAVES)
+    warm = RequestsPerLeaf.of(both.warm, LEAVES)
+    print(f"per leaf: cold {cold}, warm {warm}")
+    # Cold: its completeness check, then its six files' write locks taken together (the
+    # output and gokart's five log files). The aggregate's own requests and the
+    # connections' greetings are spread over the leaves.
+    assert cold.main_thread <= 2.6
+    # Warm: one completeness check per leaf; its load reads under the lease kept since.
+    assert warm.main_thread <= 1.3
+
+
+def test_a_cold_task_runs_at_most_fourteen_scripts_in_all(builds: Workspace) -> None:
+    cold = RequestsPerLeaf.of(builds.build("cold"), LEAVES)
+    print(f"per leaf: {cold}")
+    # One shared acquisition, six exclusive ones, and six downgrades or releases sent in the
+    # background: the releases moved off the critical path, they did not multiply.
+    assert cold.scripts <= 14
