@@ -1,4 +1,4 @@
-"""The ``locked-targets`` commands: status, ls, inspect, watch and break.
+"""The ``locked-targets`` commands: status, ls, inspect, watch, break and doctor.
 
 Each reads the library's own configuration (luigi's, ``[locked_targets]``), prints a table
 or, with ``--json``, one JSON document (``report``), and exits 0 when all is well, 1 when it
@@ -20,6 +20,13 @@ import redis
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 
+from locked_targets.cli.doctor import (
+    doctor_checks,
+    doctor_document,
+    doctor_table,
+    problems_of,
+    workspace_directory,
+)
 from locked_targets.cli.finding import NAMESPACES, STORAGE_EXAMPLE_PATHS, FoundLock, LockFinder
 from locked_targets.cli.report import (
     LockSummary,
@@ -362,3 +369,20 @@ def break_(session: _Session, path: str, namespace: str, yes: bool, reason: str)
     else:
         click.echo(message, err=refused)
     _exit_for([message] if refused else [])
+
+
+@main.command()
+@click.argument("paths", nargs=-1, metavar="[PATH]...")
+@_json_option
+@_pass_session
+def doctor(session: _Session, paths: tuple[str, ...]) -> None:
+    """Check that the lock service and the cache's storage are fit for locking, each with its fix.
+
+    The storage checks cover the workspace directory ([TaskOnKart] workspace_directory) and
+    each PATH, with scratch files only. Exit 1 if a check found a problem; warnings alone exit 0.
+    """
+    checks = doctor_checks(
+        session.connection, session.redis_url, session.settings, [workspace_directory(), *paths]
+    )
+    session.show(doctor_document(session.redis_url, checks), lambda: doctor_table(checks))
+    _exit_for(problems_of(checks))
