@@ -62,6 +62,13 @@ class TaskOnKart(gokart.TaskOnKart[T]):
     def _should_lock_run(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         resolved = dict(kwargs)
         cls._add_configuration(resolved, "TaskOnKart")
+        # Resolving every parameter, as luigi does, would cost as much again as building the task.
+        if not args:
+            if "should_lock_run" in resolved:
+                return bool(resolved["should_lock_run"])
+            parameter = dict(cls.get_params()).get("should_lock_run")  # type: ignore[no-untyped-call]
+            family = cls.get_task_family()  # type: ignore[no-untyped-call]
+            return bool(parameter is not None and parameter.task_value(family, "should_lock_run"))
         values = dict(cls.get_param_values(cls.get_params(), args, resolved))  # type: ignore[no-untyped-call]
         return bool(values.get("should_lock_run", False))
 

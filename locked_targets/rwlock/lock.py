@@ -38,7 +38,7 @@ from locked_targets.rwlock.keys import LockKeys
 from locked_targets.rwlock.lease import HeldLock, LeaseTerms, LockMode, lease_keeper
 from locked_targets.rwlock.retry import with_redis_retries
 from locked_targets.rwlock.shared_leases import SharedLeases
-from locked_targets.rwlock.taken_ahead import taken_ahead
+from locked_targets.rwlock.taken_ahead import TakenLock, taken_ahead
 from locked_targets.rwlock.waiting import WaitReporter
 
 logger = logging.getLogger(__name__)
@@ -91,13 +91,17 @@ class ReadWriteLock:
         """Hold the lock alone for the duration of the block.
 
         With kept shared leases, a lease this process keeps on the lock is given up in the
-        acquiring step itself (an upgrade), and the exclusive hold ends as a kept shared
-        lease (a downgrade), so reading what was just written costs no round trip.
+        acquiring step itself (an upgrade), and then the exclusive hold ends as a kept shared
+        lease (a downgrade): a file the process was reading, it reads again after writing
+        it at no round trip. (A file it only writes, such as gokart's log files, is released.)
         """
         leases = self.shared_leases() if self.shared_leases is not None else None
-        held = taken_ahead().claim(self.keys.base)
-        if held is None:
+        taken = taken_ahead().claim(self.keys.base)
+        if taken is not None:
+            held, upgraded = taken.held, taken.upgraded
+        else:
             kept = leases.take_for_upgrade(self.keys.base) if leases is not None else None
+            upgraded = kept is not None
             try:
                 held = self.acquire(LockMode.EXCLUSIVE, giving_up=kept.token if kept is not None else None)
             except BaseException:
@@ -107,7 +111,7 @@ class ReadWriteLock:
         try:
             yield held
         finally:
-            if leases is not None:
+            if leases is not None and upgraded:
                 leases.keep_downgraded(self.keys.base, held, self._description(LockMode.SHARED))
             else:
                 held.release()
@@ -278,7 +282,9 @@ def take_ahead(locks: Sequence[ReadWriteLock]) -> bool:
     except (LockError, redis.RedisError, OSError) as error:
         logger.debug("could not take %d locks ahead: %s", len(locks), error)
     if len(granted) == len(attempts):
-        taken_ahead().keep(granted)
+        taken_ahead().keep(
+            [TakenLock(attempt.held, attempt.giving_up is not None) for attempt in attempts if attempt.held]
+        )
         return True
     for attempt in attempts:
         attempt.give_back()

@@ -14,6 +14,7 @@ them all holds none of them while it acquires them one at a time, as without thi
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing.util
 import threading
 
@@ -25,21 +26,29 @@ from locked_targets.rwlock.releases import releaser
 _EXIT_PRIORITY = 10
 
 
+@dataclasses.dataclass(frozen=True)
+class TakenLock:
+    """An exclusive lock taken ahead, and whether it replaced a shared lease the process kept."""
+
+    held: HeldLock
+    upgraded: bool
+
+
 class TakenAhead:
     """Exclusive locks taken ahead, by the thread that took them and the lock's base."""
 
     def __init__(self) -> None:
-        self._by_thread: dict[int, dict[str, HeldLock]] = {}
+        self._by_thread: dict[int, dict[str, TakenLock]] = {}
         self._mutex = threading.Lock()
         multiprocessing.util.Finalize(None, self.release_all, exitpriority=_EXIT_PRIORITY)
 
-    def keep(self, held_locks: list[HeldLock]) -> None:
-        """Keep ``held_locks`` for the calling thread's later calls."""
+    def keep(self, taken: list[TakenLock]) -> None:
+        """Keep ``taken`` for the calling thread's later calls."""
         with self._mutex:
             mine = self._by_thread.setdefault(threading.get_ident(), {})
-            mine.update((held.keys.base, held) for held in held_locks)
+            mine.update((lock.held.keys.base, lock) for lock in taken)
 
-    def claim(self, base: str) -> HeldLock | None:
+    def claim(self, base: str) -> TakenLock | None:
         """The calling thread's lock of ``base`` taken ahead, now the caller's to end; None if none."""
         with self._mutex:
             return self._by_thread.get(threading.get_ident(), {}).pop(base, None)
@@ -47,21 +56,22 @@ class TakenAhead:
     def peek(self, base: str) -> HeldLock | None:
         """The calling thread's lock of ``base`` taken ahead, still kept here; None if none."""
         with self._mutex:
-            return self._by_thread.get(threading.get_ident(), {}).get(base)
+            taken = self._by_thread.get(threading.get_ident(), {}).get(base)
+        return taken.held if taken is not None else None
 
     def release_mine(self) -> None:
         """Give back every lock the calling thread took ahead and did not use."""
         with self._mutex:
             mine = self._by_thread.pop(threading.get_ident(), {})
-        for held in mine.values():
-            held.release_quietly()
+        for taken in mine.values():
+            taken.held.release_quietly()
 
     def release_all(self) -> None:
         with self._mutex:
-            every = [held for mine in self._by_thread.values() for held in mine.values()]
+            every = [taken for mine in self._by_thread.values() for taken in mine.values()]
             self._by_thread.clear()
-        for held in every:
-            held.release_quietly()
+        for taken in every:
+            taken.held.release_quietly()
         releaser().wait_until_sent()  # at exit, nothing else would wait for them
 
 
