@@ -20,7 +20,7 @@ import functools
 import logging
 import os
 import re
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Callable, Collection, Hashable, Mapping
 from configparser import ConfigParser
 from typing import Any, Literal, TypeVar, cast, get_args
 
@@ -433,12 +433,29 @@ class _SettingsMemory:
     def __init__(self) -> None:
         self._config: ConfigParser | None = None
         self._remembered: dict[Hashable, _Remembered] = {}
+        self._last: tuple[tuple[object, ...], tuple[Mapping[str, object], ...], _Remembered] | None = None
 
     def settings(
         self, config: ConfigParser, parameters: tuple[object, ...], read: Callable[[], Settings]
     ) -> Settings:
         if config is not self._config:
-            self._config, self._remembered = config, {}
+            self._config, self._remembered, self._last = config, {}, None
+        sections = _sections_read(config)
+        # The common case, the configuration and parameters of the last call: comparing the
+        # sections costs less than building and hashing their fingerprint.
+        if self._last is not None:
+            last_parameters, last_sections, last = self._last
+            if parameters == last_parameters and sections == last_sections and last.environment_unchanged():
+                return last.settings
+        settings = self._settings_by_fingerprint(config, parameters, read)
+        remembered = self._remembered.get((_raw_values(config), parameters))
+        if sections is not None and remembered is not None:
+            self._last = (parameters, tuple(dict(section) for section in sections), remembered)
+        return settings
+
+    def _settings_by_fingerprint(
+        self, config: ConfigParser, parameters: tuple[object, ...], read: Callable[[], Settings]
+    ) -> Settings:
         raw = _raw_values(config)
         key = (raw, parameters)
         try:
@@ -455,6 +472,14 @@ class _SettingsMemory:
 
 
 _remembered_settings = ProcessLocal(_SettingsMemory)
+
+
+def _sections_read(config: ConfigParser) -> tuple[Mapping[str, object], ...] | None:
+    """The sections ``from_luigi_config`` reads, as the parser holds them (None for luigi's TOML parser)."""
+    if isinstance(config, luigi.configuration.LuigiTomlParser):
+        return None
+    sections: dict[str, dict[str, object]] = vars(config)["_sections"]
+    return (config.defaults(), sections.get(SECTION, {}), sections.get(GOKART_SECTION, {}))
 
 
 def _raw_values(config: ConfigParser) -> tuple[tuple[tuple[str, object], ...], ...]:
