@@ -19,7 +19,14 @@ import multiprocessing.util
 import os
 
 from locked_targets.process_state import ProcessLocal, ProcessLocalMap
-from locked_targets.rwlock import LeaseTerms, LockKeys, ReadWriteLock, RedisConnection, SharedLeases
+from locked_targets.rwlock import (
+    LeaseTerms,
+    LockKeys,
+    ReadWriteLock,
+    RedisConnection,
+    SharedLeases,
+    telemetry,
+)
 from locked_targets.settings import Settings
 from locked_targets.storage import storage_kind_for
 
@@ -98,6 +105,9 @@ def _new_lock(
         task=task,
         label=None if namespace is LockNamespace.TARGET else f"{namespace.value} lock",
         shared_leases=shared_leases,
+        telemetry_labels=telemetry.lock_labels(
+            namespace=namespace.value, storage=storage_kind_for(path).name
+        ),
     )
 
 

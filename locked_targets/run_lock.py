@@ -31,7 +31,7 @@ from gokart.target import TargetOnKart
 from locked_targets.errors import KeepsArguments, LockError, LockTimeout
 from locked_targets.locks import LockNamespace, lock_for
 from locked_targets.process_state import after_fork
-from locked_targets.rwlock import HeldLock, LockMode, ReadWriteLock
+from locked_targets.rwlock import HeldLock, LockMode, ReadWriteLock, telemetry
 from locked_targets.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -157,7 +157,10 @@ def _run_lock_of(task: luigi.Task) -> Iterator[bool]:
             releases.callback(held[-1].release)
         outer = _held_run_locks.set(_held_run_locks.get() + tuple(held))
         try:
-            yield task.complete()  # type: ignore[no-untyped-call]
+            already_complete: bool = task.complete()  # type: ignore[no-untyped-call]
+            if already_complete:
+                telemetry.record_run_skipped(locks[0].telemetry_labels)
+            yield already_complete
         finally:
             _held_run_locks.reset(outer)
         for each in held:

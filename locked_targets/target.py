@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any
@@ -30,7 +30,7 @@ from locked_targets.errors import CommitRefused
 from locked_targets.locks import lock_for
 from locked_targets.process_state import Once
 from locked_targets.run_lock import ensure_run_locks_held
-from locked_targets.rwlock import HeldLock, ReadWriteLock, take_ahead, taken_ahead
+from locked_targets.rwlock import HeldLock, ReadWriteLock, take_ahead, taken_ahead, telemetry
 from locked_targets.settings import Settings
 from locked_targets.storage import storage_kind_for
 from locked_targets.storage.base import StorageFileTarget
@@ -95,7 +95,7 @@ class LockedTarget(WrappedTarget):
             )
             guard.check()
             try:
-                with guarded_by(guard):
+                with telemetry.commit(self._telemetry_labels()), guarded_by(guard):
                     self._target._dump(
                         obj,
                         task_params=task_params,
@@ -129,6 +129,9 @@ class LockedTarget(WrappedTarget):
     def _hold_exclusive(self) -> AbstractContextManager[HeldLock | None]:
         lock = self._file_lock()
         return lock.exclusive() if lock is not None else nullcontext()
+
+    def _telemetry_labels(self) -> Mapping[str, str]:
+        return self._lock.telemetry_labels if self._lock is not None else telemetry.NO_LABELS
 
     def _file_lock(self) -> ReadWriteLock | None:
         """The lock of this target's file, built on first use and kept; None when nothing is locked."""

@@ -8,6 +8,12 @@ read it (its own ``parse_url``): a URL it would refuse, or read otherwise than i
 raises ``ConfigurationError`` naming the part that is wrong. Every URL a message, a log
 line or a ``repr`` shows goes through ``redacted_url`` first, so no secret is ever shown.
 
+An error reply is read by its code: redis-py's class for it, else the code as the reply
+spells it, also inside the error of a script. One saying the server cannot serve locks now
+(out of memory, a replica, too few replicas...) is a ``BackendUnavailable`` naming the
+condition; an ACL refusal is a ``ConfigurationError`` naming the rules to add
+(``LOCK_ACL_RULE``).
+
 Opening a connection (TCP connect, TLS handshake, redis-py's greeting) must finish within
 the connect timeout, and each command within the command timeout. redis-py's own retries
 are off: they would multiply those timeouts, and ``retry`` decides what a failure does.
@@ -33,6 +39,8 @@ from redis.connection import AbstractConnection, parse_url
 from redis.retry import Retry
 
 from locked_targets.errors import BackendUnavailable, ConfigurationError
+from locked_targets.rwlock import telemetry
+from locked_targets.rwlock.keys import REVOKE_CHANNEL_PATTERN
 
 _CONNECT_TIMEOUT_SECONDS = 5.0
 """How long opening a connection may take: TCP connect, TLS handshake and redis-py's greeting."""
@@ -42,9 +50,63 @@ _COMMAND_TIMEOUT_SECONDS = 30.0
 _HEALTH_CHECK_INTERVAL_SECONDS = 30
 _SUBSCRIBE_CONFIRM_SECONDS = 10.0
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
-# Error replies that mean the server cannot serve locks now (out of memory under
-# noeviction, a replica, still loading, master down), not that a request was wrong.
-_UNAVAILABLE_REPLIES = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "BUSY", "TRYAGAIN", "CLUSTERDOWN")
+_CLUSTER_NODE = "the server is a Redis Cluster node: redis_url must name the cluster"
+# The codes of the error replies that mean the server cannot serve locks now, not that a
+# request was wrong, and what each means; retrying may help (on_redis_error = wait).
+_UNAVAILABLE_REPLIES = {
+    "OOM": "out of memory: it refuses writes beyond maxmemory (maxmemory-policy noeviction)",
+    "READONLY": "it is a read-only replica, not the master",
+    "NOREPLICAS": "fewer replicas acknowledge its writes than min-replicas-to-write asks",
+    "MISCONF": "it cannot save to disk, and refuses writes until it can (stop-writes-on-bgsave-error)",
+    "LOADING": "it is loading its data set into memory",
+    "MASTERDOWN": "it is a replica that lost its master",
+    "BUSY": "it is busy running a script",
+    "TRYAGAIN": "the cluster is moving the lock's slot to another node",
+    "CLUSTERDOWN": "the cluster is down",
+    "MOVED": _CLUSTER_NODE,
+    "ASK": _CLUSTER_NODE,
+}
+# redis-py's classes of error replies, and their codes: redis-py strips the code from the
+# message. A subclass comes before its base (MasterDownError is a ClusterDownError).
+_CODES_OF_CLASSES: tuple[tuple[type[redis.RedisError], str], ...] = (
+    (redis.exceptions.NoPermissionError, "NOPERM"),
+    (redis.exceptions.OutOfMemoryError, "OOM"),
+    (redis.exceptions.ReadOnlyError, "READONLY"),
+    (redis.exceptions.BusyLoadingError, "LOADING"),
+    (redis.exceptions.MasterDownError, "MASTERDOWN"),
+    (redis.exceptions.ClusterDownError, "CLUSTERDOWN"),
+    (redis.exceptions.TryAgainError, "TRYAGAIN"),
+    (redis.exceptions.MovedError, "MOVED"),
+    (redis.exceptions.AskError, "ASK"),
+)
+# An error code as a reply spells it: its first word, or, in the error of a script as Redis
+# 6.2 wraps it, the word after the dash ("Error running script (call to f_...):
+# @user_script:56: @user_script: 56: -OOM command not allowed ...").
+_SPELLED_CODE = re.compile(r"(?:^|\s-)([A-Z]{2,})(?=\s|$)")
+# An ACL refusal inside a script has no NOPERM code: Redis 6.2 and 7.0 say "The user executing
+# the script can't run this command or subcommand" (or "... publish to the channel ...",
+# "... access at least one of the keys ..."), 7.2 on "ACL failure in script: ...".
+_REFUSED_IN_SCRIPT = ("The user executing the script can't", "ACL failure in script")
+_REFUSED_COMMAND = re.compile(r"'([^' ]+)' command")
+
+KEY_PREFIX_PLACEHOLDER = "<key_prefix>"
+_LOCK_KEYS_RULE = f"~{KEY_PREFIX_PLACEHOLDER}*"
+# A lock's channels extend its keys; PSUBSCRIBE's pattern must be allowed literally.
+_LOCK_CHANNELS_RULE = f"&{KEY_PREFIX_PLACEHOLDER}* &{REVOKE_CHANNEL_PATTERN}"
+# A script runs each command it calls under its caller's ACL.
+_SCRIPT_COMMANDS_RULE = (
+    "+time +get +set +del +exists +pexpire +pttl +publish +hget +hset +hdel"
+    " +zadd +zrem +zscore +zcard +zrange +zrangebyscore +zremrangebyscore"
+)
+LOCK_ACL_RULE = (
+    f"{_LOCK_KEYS_RULE} {_LOCK_CHANNELS_RULE}"
+    # Scripts by EVALSHA (loaded again after a restart), waiters' SUBSCRIBE, the revocation
+    # listener's PSUBSCRIBE, redis-py's health checks.
+    f" +evalsha +script|load +subscribe +psubscribe +ping {_SCRIPT_COMMANDS_RULE}"
+)
+"""The ACL rules the Redis user of a lock needs, no more, with ``<key_prefix>`` standing for the
+``key_prefix`` setting (a ``*``, ``?``, ``[`` or ``\\`` in it escaped with ``\\``). A ``redis_url``
+with a database other than 0 needs ``+select`` too, one with a ``client_name`` ``+client|setname``."""
 # Redis's reply to SELECT of a database it does not have.
 _NO_SUCH_DATABASE_REPLY = "DB index is out of range"
 
@@ -281,36 +343,67 @@ class RedisConnection:
 
     @contextmanager
     def errors_translated(self) -> Iterator[None]:
-        """Re-raise Redis connection and authentication failures as ``BackendUnavailable``.
+        """Re-raise a Redis failure, or an error reply saying the server cannot serve locks now,
+        as ``BackendUnavailable``.
 
-        A database the server does not have is a ``ConfigurationError``: retrying cannot help.
+        A database the server does not have, or a command, key or channel its ACL refuses the
+        user, is a ``ConfigurationError``: retrying cannot help. Any other error reply is
+        raised as it is.
         """
         try:
             yield
-        except redis.AuthenticationError:
-            raise BackendUnavailable(
-                address=self.address, reason="authentication failed: check the password in redis_url"
-            ) from None
-        except (redis.ConnectionError, redis.TimeoutError) as error:
-            raise BackendUnavailable(
-                address=self.address, reason=str(error) or type(error).__name__
-            ) from None
-        except redis.InvalidResponse:
-            raise BackendUnavailable(
-                address=self.address,
-                reason="what answers there does not speak Redis: check the port",
-            ) from None
-        except redis.ResponseError as error:
-            message = str(error)
-            if message.startswith("NOAUTH"):
-                raise BackendUnavailable(
-                    address=self.address, reason="the server requires a password and redis_url has none"
-                ) from None
-            if message.startswith(_UNAVAILABLE_REPLIES):
-                raise BackendUnavailable(address=self.address, reason=message) from None
-            if message.startswith(_NO_SUCH_DATABASE_REPLY):
-                raise ConfigurationError("redis_url", self.shown_url, self._no_such_database()) from None
-            raise
+        except redis.RedisError as error:
+            reason = self._unavailable_reason(error)
+            if reason is None:
+                raise
+            count_failure(error)
+            raise BackendUnavailable(address=self.address, reason=reason) from None
+
+    def _unavailable_reason(self, error: redis.RedisError) -> str | None:
+        """Why ``error`` means the server cannot serve locks now; None if it means something else.
+
+        Raises ``ConfigurationError`` for an ACL refusal or a database the server lacks.
+        """
+        refusal = _acl_refusal(error)
+        if refusal is not None:
+            raise self._refused_by_acl(refusal) from None
+        code = _error_code(error)
+        if code is not None and code in _UNAVAILABLE_REPLIES:
+            return f"{_UNAVAILABLE_REPLIES[code]} ({_reply_from_code(error, code)})"
+        if code == "NOAUTH":
+            return "the server requires a password and redis_url has none"
+        if isinstance(error, redis.AuthenticationError):
+            return "authentication failed: check the password in redis_url"
+        if isinstance(error, redis.ConnectionError | redis.TimeoutError):
+            return str(error) or type(error).__name__
+        if isinstance(error, redis.InvalidResponse):
+            return "what answers there does not speak Redis: check the port"
+        if str(error).startswith(_NO_SUCH_DATABASE_REPLY):
+            raise ConfigurationError("redis_url", self.shown_url, self._no_such_database()) from None
+        return None
+
+    def _refused_by_acl(self, refusal: str) -> ConfigurationError:
+        """What the server's ACL refused the user of redis_url, the rules to add, and all a lock needs."""
+        named = _REFUSED_COMMAND.search(refusal)
+        if named is not None:
+            refused, rules = f"run the {named[1]!r} command", f"+{named[1].lower()}"
+        elif "channel" in refusal:
+            refused, rules = "use the lock's pub/sub channels", _LOCK_CHANNELS_RULE
+        elif "key" in refusal:
+            refused, rules = "use the lock's keys", _LOCK_KEYS_RULE
+        else:  # inside a script, Redis 6.2 and 7.0 do not say which command
+            refused, rules = "run one of the commands the lock's scripts call", _SCRIPT_COMMANDS_RULE
+        needed = LOCK_ACL_RULE
+        if self.database != 0:
+            needed += " +select"
+        if self.client.connection_pool.connection_kwargs.get("client_name"):
+            needed += " +client|setname"
+        return ConfigurationError(
+            "redis_url",
+            self.shown_url,
+            f"the ACL of the server does not let its user {refused} ({refusal}): add {rules} to the "
+            f"user's rules. A lock's user needs {needed} ({KEY_PREFIX_PLACEHOLDER}: the key_prefix setting)",
+        )
 
     def _no_such_database(self) -> str:
         """Why SELECT failed, with the server's number of databases when it tells (CONFIG may be refused)."""
@@ -371,6 +464,58 @@ def _greet_within_connect_timeout(connection: AbstractConnection) -> None:
     connection.on_connect()  # type: ignore[no-untyped-call]
     if connection._sock is not None:
         connection._sock.settimeout(connection.socket_timeout)
+
+
+def _error_code(error: BaseException) -> str | None:
+    """The code of an error reply (``OOM``, ``NOPERM``...), by redis-py's class for it, else as the
+    reply spells it, also inside a script's error; None for an error that has none."""
+    for error_class, code in _CODES_OF_CLASSES:
+        if isinstance(error, error_class):
+            return code
+    spelled = _SPELLED_CODE.search(str(error))
+    if spelled is not None:
+        return spelled[1]
+    # redis-py 8 keeps the code it stripped (NOAUTH and WRONGPASS are both AuthenticationError).
+    kept: str | None = getattr(error, "status_code", None)
+    return kept
+
+
+def _reply_from_code(error: BaseException, code: str) -> str:
+    """The server's reply from its code on: without a script's wrapper, with the code redis-py stripped."""
+    message = str(error)
+    spelled = _SPELLED_CODE.search(message)
+    return message[spelled.start(1) :] if spelled is not None and spelled[1] == code else f"{code} {message}"
+
+
+def _acl_refusal(error: BaseException) -> str | None:
+    """What the server said when its ACL refused a command, key or channel; None for another error."""
+    message = str(error)
+    if _error_code(error) == "NOPERM":
+        return message
+    for phrase in _REFUSED_IN_SCRIPT:
+        if phrase in message:
+            return message[message.index(phrase) :]
+    return None
+
+
+def count_failure(error: BaseException) -> None:
+    """Count a Redis failure in the metrics by its kind (``telemetry.ERROR_TYPE``), never its message."""
+    telemetry.record_redis_error(_failure_kind(error))
+
+
+def _failure_kind(error: BaseException) -> str:
+    code = _error_code(error)
+    if isinstance(error, redis.AuthenticationError) or code == "NOAUTH":
+        return "authentication"
+    if code in _UNAVAILABLE_REPLIES:
+        return str(code).lower()
+    if isinstance(error, redis.TimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(error, redis.ConnectionError | OSError):
+        return "connection"
+    if isinstance(error, redis.InvalidResponse):
+        return "protocol"
+    return "other"
 
 
 def await_subscription(pubsub: PubSub) -> None:

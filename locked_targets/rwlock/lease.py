@@ -14,19 +14,21 @@ import enum
 import functools
 import logging
 import math
+import os
+import socket
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
 
 from locked_targets.errors import LockLost
 from locked_targets.process_state import ProcessLocal
-from locked_targets.rwlock import scripts
+from locked_targets.rwlock import scripts, telemetry
 from locked_targets.rwlock.clock import SYSTEM_CLOCK, Clock
-from locked_targets.rwlock.connection import RedisConnection, ScriptBatch
+from locked_targets.rwlock.connection import RedisConnection, ScriptBatch, count_failure
 from locked_targets.rwlock.keys import LockKeys
 from locked_targets.rwlock.releases import Handover, releaser
 
@@ -78,6 +80,7 @@ class HeldLock:
         lease_started: float,
         fencing_token: int | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        telemetry_labels: Mapping[str, str] = telemetry.NO_LABELS,
     ) -> None:
         self.connection = connection
         self.keys = keys
@@ -86,7 +89,9 @@ class HeldLock:
         self.token = token
         self.fencing_token = fencing_token
         """Grows with every exclusive grant of this lock; None for a shared hold."""
+        self.telemetry_labels = telemetry_labels
         self._clock = clock
+        self._held_since = lease_started
         self.confirmed_until = trusted_until(lease_started, terms.lease_seconds)
         self.next_renewal = clock.monotonic() + terms.renewal_interval_seconds
         self._lost: tuple[str, float] | None = None
@@ -148,6 +153,7 @@ class HeldLock:
             token=self.token,
             lease_started=self._clock.monotonic(),
             clock=self._clock,
+            telemetry_labels=self.telemetry_labels,
         )
         shared.confirmed_until = self.confirmed_until
         sent_no_earlier_than = self._clock.monotonic()
@@ -167,6 +173,9 @@ class HeldLock:
 
     def stop_renewing(self) -> None:
         """Renew this lease no more: it is being released, or handed to a step that gives it up."""
+        if not self._released:
+            held_seconds = self._clock.monotonic() - self._held_since
+            telemetry.record_hold(self.mode.value, self.telemetry_labels, held_seconds, lost=self.lost)
         self._released = True  # a renewal answered after this point says nothing about the lock
         lease_keeper().forget(self)
 
@@ -208,7 +217,17 @@ class HeldLock:
     def mark_lost(self, reason: str) -> None:
         if self._lost is None:
             self._lost = (reason, self._clock.wall())
-            logger.warning("lost the %s lock of %s: %s", self.mode.value, self.keys.path, reason)
+            telemetry.record_lost(self.mode.value, self.telemetry_labels)
+            logger.warning(
+                "lost the %s lock of %s (lock key %s) held by pid %d on host %s: %s",
+                self.mode.value,
+                self.keys.path,
+                self.keys.base,
+                os.getpid(),
+                socket.gethostname(),
+                reason,
+                extra={"lock_path": self.keys.path, "lock_key": self.keys.base},
+            )
 
     def extend(self, batch: ScriptBatch | None = None) -> Any:
         """Renew the lease (with ``batch``, only add the renewal to it): 1 while still owned."""
@@ -303,6 +322,7 @@ def _renew_together(connection: RedisConnection, group: list[HeldLock]) -> None:
             held.extend(batch)
         replies = batch.send()
     except (redis.RedisError, OSError) as error:
+        count_failure(error)
         for held in group:
             held.extension_failed(error)
         return

@@ -24,13 +24,13 @@ import dataclasses
 import functools
 import logging
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 
 import redis
 
 from locked_targets.errors import BackendUnavailable, LockError, LockTimeout
-from locked_targets.rwlock import scripts
+from locked_targets.rwlock import scripts, telemetry
 from locked_targets.rwlock.clock import SYSTEM_CLOCK, Clock
 from locked_targets.rwlock.connection import RedisConnection, ScriptBatch, await_subscription
 from locked_targets.rwlock.holders import describe_holder, readable_blocker
@@ -61,6 +61,8 @@ class ReadWriteLock:
     shared_leases: Callable[[], SharedLeases] | None = None
     """This process's kept shared leases, asked for at each use (a forked child gets its own),
     so repeated reads cost no round trip; None: every read acquires and releases."""
+    telemetry_labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """What this lock's metrics and spans carry besides its mode (``telemetry.lock_labels``)."""
     clock: Clock = SYSTEM_CLOCK
 
     def shared(self) -> AbstractContextManager[HeldLock]:
@@ -123,12 +125,13 @@ class ReadWriteLock:
         step that takes the exclusive lock. With a Redis retry deadline, a failing Redis is
         retried until it.
         """
-        return with_redis_retries(
-            lambda: self._acquire_once(mode, giving_up),
-            what=f"acquiring the {self.name(mode)} of {self.keys.path}",
-            redis_retry_deadline_seconds=self.terms.redis_retry_deadline_seconds,
-            clock=self.clock,
-        )
+        with telemetry.acquisition(mode.value, self.telemetry_labels):
+            return with_redis_retries(
+                lambda: self._acquire_once(mode, giving_up),
+                what=f"acquiring the {self.name(mode)} of {self.keys.path}",
+                redis_retry_deadline_seconds=self.terms.redis_retry_deadline_seconds,
+                clock=self.clock,
+            )
 
     def name(self, mode: LockMode) -> str:
         """How messages name this lock held in ``mode``: 'read lock', 'write lock', or its label."""
@@ -244,8 +247,10 @@ class ReadWriteLock:
             lease_started=started,
             fencing_token=fencing_token,
             clock=self.clock,
+            telemetry_labels=self.telemetry_labels,
         )
         lease_keeper().keep(held)
+        telemetry.record_granted(mode.value, self.telemetry_labels)
         return held
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import redis
 
 from locked_targets.process_state import ProcessLocal
-from locked_targets.rwlock.connection import RedisConnection, ScriptBatch
+from locked_targets.rwlock.connection import RedisConnection, ScriptBatch, count_failure
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ class Releaser:
             try:
                 replies = batch.send()
             except (redis.RedisError, OSError) as error:
+                count_failure(error)
                 now = time.monotonic()
                 for queued in group:
                     if now < queued.request.give_up_at:

@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-from locked_targets.rwlock.connection import RedisConnection, await_subscription
+from locked_targets.rwlock import telemetry
+from locked_targets.rwlock.connection import RedisConnection, await_subscription, count_failure
 from locked_targets.rwlock.keys import REVOKE_CHANNEL_PATTERN, base_of_revoke_channel
 from locked_targets.rwlock.lease import HeldLock
 from locked_targets.rwlock.releases import releaser
@@ -181,6 +182,7 @@ class SharedLeases:
                 # One warning per outage: the listener retries every second until Redis is back.
                 log = logger.warning if self._failures_in_a_row == 0 else logger.debug
                 log("revocation listener lost Redis at %s, retrying: %s", self._connection.address, error)
+                count_failure(error)
                 self._failures_in_a_row += 1
             with self._mutex:
                 self._listening.clear()
@@ -203,6 +205,9 @@ class SharedLeases:
                     base = base_of_revoke_channel(channel.decode(errors="replace"))
                     with self._mutex:
                         self._revocations_heard += 1
+                        kept = self._kept.get(base)
+                    if kept is not None and not kept.revoked:
+                        telemetry.record_revoked(kept.held.telemetry_labels)
                     self.revoke(base)
                 if time.monotonic() - swept_at >= _SWEEP_EVERY_SECONDS:
                     self._release_idle()
