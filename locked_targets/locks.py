@@ -67,9 +67,7 @@ def lock_for(
     remembered = _remembered_locks.get()
     # By the settings' id, not their value (hashing every field costs more than the lookup
     # saves); each entry holds its settings, so no other object can take that id meanwhile.
-    # A relative path names another file after a chdir.
-    where = path if os.path.isabs(path) or "://" in path else os.path.join(os.getcwd(), path)
-    key = (where, id(settings), namespace, task, wait_timeout_seconds)
+    key = (_where(path), id(settings), namespace, task, wait_timeout_seconds)
     known = remembered.get(key)
     if known is not None:
         return known[1]
@@ -78,6 +76,19 @@ def lock_for(
         remembered.clear()
     remembered[key] = (settings, lock)
     return lock
+
+
+def forget_lock(path: str) -> None:
+    """Forget every lock this process remembers for ``path`` (the file it names has changed)."""
+    remembered = _remembered_locks.get()
+    where = _where(path)
+    for key in [key for key in list(remembered) if key[0] == where]:
+        remembered.pop(key, None)
+
+
+def _where(path: str) -> str:
+    """``path`` as the lock memory knows it: a relative path names another file after a chdir."""
+    return path if os.path.isabs(path) or "://" in path else os.path.join(os.getcwd(), path)
 
 
 def _new_lock(

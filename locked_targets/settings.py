@@ -182,7 +182,9 @@ class Settings:
     wait_timeout_seconds: float | None = _setting(None, _number, bounds=WAIT_BOUNDS)
     run_wait_timeout_seconds: float | None = _setting(None, _number, bounds=WAIT_BOUNDS)
     fail_on_collision: bool = _setting(False, _boolean)
-    shared_lease_idle_seconds: float = _setting(2.0, _number, bounds=SHARED_LEASE_IDLE_BOUNDS)
+    # Long enough for a pipeline's completeness checks when it is scheduled to still hold when
+    # its tasks run and read: a writer asks for a kept lease back whenever it needs it.
+    shared_lease_idle_seconds: float = _setting(60.0, _number, bounds=SHARED_LEASE_IDLE_BOUNDS)
     # RUF009 fears one mutable default shared by all instances; "fail" is a str, which ruff
     # cannot tell through the alias.
     on_redis_error: OnRedisError = _setting("fail", _on_redis_error)  # noqa: RUF009

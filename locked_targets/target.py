@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
@@ -26,8 +27,8 @@ from gokart.required_task_output import RequiredTaskOutput
 from gokart.target import SingleFileTarget, TargetOnKart
 from gokart.utils import FlattenableItems
 
-from locked_targets.errors import CommitRefused
-from locked_targets.locks import lock_for
+from locked_targets.errors import CommitRefused, LockLost
+from locked_targets.locks import forget_lock, lock_for
 from locked_targets.process_state import Once
 from locked_targets.run_lock import ensure_run_locks_held
 from locked_targets.rwlock import HeldLock, ReadWriteLock, take_ahead, taken_ahead, telemetry
@@ -90,8 +91,9 @@ class LockedTarget(WrappedTarget):
                 )
                 return
             guard = CommitGuard(
-                check=functools.partial(_ensure_locks_held, held),
+                check=functools.partial(_ensure_locks_held, held, self.path()),
                 fencing_token=held.fencing_token if held is not None else None,
+                staging_name=held.keys.hash_tag if held is not None else None,
             )
             guard.check()
             try:
@@ -113,7 +115,7 @@ class LockedTarget(WrappedTarget):
     def remove(self) -> None:
         with self._hold_exclusive() as held:
             if self._target._exists():
-                _ensure_locks_held(held)
+                _ensure_locks_held(held, self.path())
                 self._target._remove()
 
     def path(self) -> str:
@@ -161,10 +163,24 @@ def release_write_locks_taken_ahead() -> None:
     taken_ahead().release_mine()
 
 
-def _ensure_locks_held(held: HeldLock | None) -> None:
-    """The file lock (if any) and the run locks of the current run still hold, or LockLost."""
+def _ensure_locks_held(held: HeldLock | None, path: str) -> None:
+    """The file lock (if any) and the run locks of the current run still hold, or LockLost.
+
+    Also that ``path`` still names the file the lock was built for: the process remembers
+    locks by path (``locks.lock_for``), and a symbolic link on the path may have been
+    re-pointed since; then the lock is forgotten, so the next try locks the file named now.
+    """
     if held is not None:
         held.ensure_held()
+        if storage_kind_for(path).identify(path).digest != held.keys.hash_tag:
+            forget_lock(path)
+            raise LockLost(
+                lock_key=held.keys.base,
+                path=path,
+                reason="the path now names another file than when its lock was taken (a symbolic link on it "
+                "changed): nothing was written; try again, and the file it names now is locked",
+                lost_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            )
     ensure_run_locks_held()
 
 

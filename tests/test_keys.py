@@ -15,6 +15,7 @@ from redis.crc import key_slot
 from helpers.fault_processes import STALLED_WHILE_LOADING, load_stalling
 from helpers.lock_processes import SPAWN
 from helpers.targets import locked_target
+from locked_targets.errors import LockLost
 from locked_targets.locks import LockNamespace, lock_key_for
 from locked_targets.settings import Settings
 from locked_targets.storage import storage_kind_for
@@ -187,3 +188,25 @@ def test_a_local_path_and_its_normalized_form_share_one_lock(path: str) -> None:
 @given(local_paths, local_paths)
 def test_local_paths_share_a_lock_exactly_when_they_normalize_alike(first: str, second: str) -> None:
     assert (base(first) == base(second)) == (os.path.normpath(first) == os.path.normpath(second))
+
+
+def test_a_write_through_a_re_pointed_link_locks_the_file_the_link_names_now(
+    tmp_path: Path, settings: Settings
+) -> None:
+    for version in ("v1", "v2"):
+        (tmp_path / version).mkdir()
+    current = tmp_path / "current"
+    current.symlink_to(tmp_path / "v1")
+    path = str(current / "x.pkl")
+    locked_target(path, settings).dump("into v1")  # this process now remembers the lock of v1's file
+    current.unlink()
+    current.symlink_to(tmp_path / "v2")
+    with pytest.raises(LockLost, match="symbolic link"):
+        locked_target(path, settings).dump("into v2")
+    assert not (tmp_path / "v2" / "x.pkl").exists(), "nothing was written under the old file's lock"
+    retried = locked_target(path, settings)
+    retried.dump("into v2")
+    lock = retried._file_lock()
+    assert lock is not None
+    assert lock.keys == lock_key_for(str(tmp_path / "v2" / "x.pkl"), settings)
+    assert retried.load() == "into v2"

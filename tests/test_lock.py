@@ -16,7 +16,7 @@ from helpers.redis_keys import keys_without_ttl
 from locked_targets.errors import LockLost, LockTimeout
 from locked_targets.locks import connection_for
 from locked_targets.rwlock import LockMode, scripts
-from locked_targets.rwlock.releases import releaser
+from locked_targets.rwlock.releases import wait_until_sent
 
 
 @pytest.fixture
@@ -102,8 +102,8 @@ def test_a_holder_killed_before_its_release_was_sent_blocks_others_one_lease_at_
 
 
 def test_a_killed_holder_frees_the_lock_when_its_lease_ends(holders: Holders) -> None:
-    holders.start("doomed", "write", lease_seconds=2)
-    holders.expect("doomed", "acquired")
+    holders.start_to_be_killed("doomed", "write", lease_seconds=2)
+    holders.expect_of_killed("doomed", "acquired")
     holders.processes[0].kill()
     killed_at = time.monotonic()
     holders.start("next", "write")
@@ -165,7 +165,7 @@ def test_only_the_owner_can_release(redis_url: str, key_prefix: str, redis_clien
     assert not scripts.release(connection_for(redis_url), lock.keys, "not-the-token")
     assert redis_client.get(lock.keys.writer) == held.token.encode()
     held.release()
-    assert releaser().wait_until_sent()
+    assert wait_until_sent()
     assert redis_client.get(lock.keys.writer) is None
 
 

@@ -30,7 +30,7 @@ from locked_targets import BackendUnavailable, ConfigurationError, Settings
 from locked_targets.locks import lock_for
 from locked_targets.rwlock import LockMode, ReadWriteLock, scripts
 from locked_targets.rwlock.connection import KEY_PREFIX_PLACEHOLDER, LOCK_ACL_RULE
-from locked_targets.rwlock.releases import releaser
+from locked_targets.rwlock.releases import wait_until_sent
 from locked_targets.testing import RedisServer
 
 WHEEL_SERVER = os.path.join(os.path.dirname(sys.executable), "redis-server")
@@ -274,7 +274,7 @@ def test_a_user_with_exactly_the_rule_a_refusal_gives_is_refused_nothing(
     # through renewals, and ends as a kept shared lease again.
     with keeping.exclusive():
         time.sleep(0.5)
-    assert releaser().wait_until_sent()
+    assert wait_until_sent()
     # redis-py greets each connection with CLIENT SETINFO and goes on if it is refused.
     refused = [entry for entry in admin.acl_log() if not str(entry["object"]).startswith("client")]
     assert refused == []

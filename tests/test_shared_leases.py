@@ -13,7 +13,7 @@ from helpers.lock_processes import SPAWN
 from helpers.target_processes import read_and_exit, read_repeatedly
 from helpers.targets import locked_target
 from locked_targets.locks import lock_for, lock_key_for
-from locked_targets.rwlock.releases import releaser
+from locked_targets.rwlock.releases import wait_until_sent
 from locked_targets.settings import Settings
 from locked_targets.testing import RedisServer
 
@@ -55,7 +55,7 @@ def test_keeping_leases_can_be_switched_off(tmp_path: Path, private_redis: Redis
     before = script_calls(client)
     for _ in range(20):
         target.load()
-    assert releaser().wait_until_sent()
+    assert wait_until_sent()
     assert script_calls(client) - before >= 40  # acquire and release for every load
 
 

@@ -3,6 +3,7 @@ later writes and reads, given back when unused, and free of deadlock between app
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import redis
 from helpers.applications import Applications
 from helpers.lock_processes import Holders, make_lock
 from locked_targets.rwlock import LockMode, ReadWriteLock, take_ahead, taken_ahead
-from locked_targets.rwlock.releases import releaser
+from locked_targets.rwlock.releases import wait_until_sent
 from locked_targets.settings import Settings
 
 
@@ -37,12 +38,16 @@ def test_locks_are_taken_ahead_only_all_together(
     holders.expect("reader", "acquired")
     busy = make_lock(redis_url, holders.base)
     assert not take_ahead([*free_locks, busy])
-    assert releaser().wait_until_sent()
+    assert wait_until_sent()
     for lock in free_locks:
         assert redis_client.get(lock.keys.writer) is None, "a lock taken ahead was kept though one was busy"
     assert redis_client.zcard(busy.keys.waiting_writers) == 0, "taking ahead never waits in line"
     holders.release("reader")
     holders.expect("reader", "released")
+    # The reader's process sends its release in the background: wait until Redis has it.
+    deadline = time.monotonic() + 5
+    while redis_client.zcard(busy.keys.readers) and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert take_ahead([*free_locks, busy])
     for lock in [*free_locks, busy]:
         assert redis_client.get(lock.keys.writer) is not None
@@ -67,7 +72,7 @@ def test_locks_taken_ahead_and_unused_are_given_back(
 ) -> None:
     assert take_ahead(free_locks)
     taken_ahead().release_mine()
-    assert releaser().wait_until_sent()
+    assert wait_until_sent()
     for lock in free_locks:
         assert redis_client.get(lock.keys.writer) is None
 

@@ -498,6 +498,13 @@ def _acl_refusal(error: BaseException) -> str | None:
     return None
 
 
+def is_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` says the server cannot serve locks now (trying again later may work)."""
+    return isinstance(error, redis.ConnectionError | redis.TimeoutError | OSError) or (
+        _error_code(error) in _UNAVAILABLE_REPLIES
+    )
+
+
 def count_failure(error: BaseException) -> None:
     """Count a Redis failure in the metrics by its kind (``telemetry.ERROR_TYPE``), never its message."""
     telemetry.record_redis_error(_failure_kind(error))

@@ -57,6 +57,11 @@ class LockKeys:
     )
 
     @property
+    def hash_tag(self) -> str:
+        """The text in the base's braces: the digest of what the lock protects."""
+        return self.base[self.base.rindex("{") + 1 : -1]
+
+    @property
     def every_key(self) -> tuple[str, str, str, str, str]:
         """Every Redis key of this lock."""
         return (self.writer, self.readers, self.waiting_writers, self.holders, self.fence)

@@ -30,7 +30,7 @@ from locked_targets.rwlock import scripts, telemetry
 from locked_targets.rwlock.clock import SYSTEM_CLOCK, Clock
 from locked_targets.rwlock.connection import RedisConnection, ScriptBatch, count_failure
 from locked_targets.rwlock.keys import LockKeys
-from locked_targets.rwlock.releases import Handover, releaser
+from locked_targets.rwlock.releases import Handover, releaser_for
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,12 @@ class HeldLock:
         )
         self.ensure_held()
 
+    def give_up(self) -> None:
+        """Release a lease that a step which took the lock exclusively may already have dropped
+        (an upgrade): Redis's answer says nothing about a loss, so it is not judged."""
+        self.stop_renewing()
+        self._hand_over(functools.partial(scripts.release, self.connection, self.keys, self.token), _unjudged)
+
     def release_quietly(self) -> None:
         """Give the lock back where nothing done under it is left to judge: a lost lock is only logged."""
         try:
@@ -180,7 +186,7 @@ class HeldLock:
         lease_keeper().forget(self)
 
     def _hand_over(self, add: Callable[..., object], answered: Callable[[object], None]) -> None:
-        releaser().hand_over(
+        releaser_for(self.connection).hand_over(
             Handover(
                 connection=self.connection,
                 add=lambda batch: add(batch=batch),
@@ -255,6 +261,10 @@ class HeldLock:
         else:
             logger.warning("could not renew the lease of %s, retrying: %s", self.keys.path, error)
             self.next_renewal = now + min(RETRY_AFTER_ERROR_SECONDS, self.terms.renewal_interval_seconds)
+
+
+def _unjudged(reply: object) -> None:
+    """The answer to a release whose token may be gone for a good reason."""
 
 
 def _utc(wall_time: float) -> str:

@@ -108,7 +108,7 @@ class ReadWriteLock:
                 held = self.acquire(LockMode.EXCLUSIVE, giving_up=kept.token if kept is not None else None)
             except BaseException:
                 if kept is not None:  # the step that gives it up may never have run
-                    kept.release_quietly()
+                    kept.give_up()
                 raise
         try:
             yield held
@@ -286,6 +286,10 @@ def take_ahead(locks: Sequence[ReadWriteLock]) -> bool:
                     granted.append(held)
     except (LockError, redis.RedisError, OSError) as error:
         logger.debug("could not take %d locks ahead: %s", len(locks), error)
+    except BaseException:
+        for attempt in attempts:
+            attempt.give_back()
+        raise
     if len(granted) == len(attempts):
         taken_ahead().keep(
             [TakenLock(attempt.held, attempt.giving_up is not None) for attempt in attempts if attempt.held]
@@ -343,4 +347,4 @@ class _AheadAttempt:
         elif not self.answered_at_all:
             self.lock._abandon(self.token)
         if self.giving_up is not None:
-            self.giving_up.release_quietly()
+            self.giving_up.give_up()

@@ -1,14 +1,16 @@
-"""Releases (and downgrades) sent by a background thread, so the caller never waits for them.
+"""Releases (and downgrades) sent by background threads, so the caller never waits for them.
 
 Giving a lock back cannot change what the holder did under it: a commit was checked
 against the lease before it published, and a read against the lease when it ended.
-So the thread that held the lock only hands the release over and goes on; one daemon
-thread per process sends whatever is queued, woken at once (a waiter gets the lock a
-round trip after the holder's end), and sends everything queued for one server in a
-single round trip. A request that fails is tried again until the lease it would end has
-ended anyway. At exit, also of a multiprocessing child (which skips ``atexit``), the
-process waits, for a bounded time, until the queue is sent; a process killed before
-that leaves its locks to expire with their leases, as any crashed holder does.
+So the thread that held the lock only hands the release over and goes on. Each Redis
+server has a daemon thread of its own that sends whatever is queued for it, woken at once
+(a waiter gets the lock a round trip after the holder's end), everything queued in a
+single round trip; a server that hangs delays only its own releases. A request that
+fails, or that the server answers "not now" (``BUSY``, ``LOADING``, ``READONLY``...), is
+tried again until the lease it would end has ended anyway. At exit, also of a
+multiprocessing child (which skips ``atexit``), the process waits, for a bounded time,
+until every queue was sent once; a process killed before that leaves its locks to expire
+with their leases, as any crashed holder does.
 """
 
 from __future__ import annotations
@@ -18,13 +20,12 @@ import logging
 import multiprocessing.util
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable
 
 import redis
 
-from locked_targets.process_state import ProcessLocal
-from locked_targets.rwlock.connection import RedisConnection, ScriptBatch, count_failure
+from locked_targets.process_state import ProcessLocal, ProcessLocalMap
+from locked_targets.rwlock.connection import RedisConnection, ScriptBatch, count_failure, is_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,8 @@ logger = logging.getLogger(__name__)
 _RETRY_AFTER_SECONDS = 0.2
 # How long a process's exit waits for its queued releases (Redis may be gone).
 _EXIT_WAIT_SECONDS = 5.0
-# Runs after the kept shared leases are handed back at exit (their Finalize has priority 10).
+# Runs after the kept shared leases and the locks taken ahead are handed back at exit
+# (their finalizers have priority 10).
 _EXIT_PRIORITY = 5
 
 
@@ -57,9 +59,10 @@ class _Queued:
 
 
 class Releaser:
-    """The process's queue of handed-over requests, and the thread that sends them."""
+    """The queue of handed-over requests for one server, and the thread that sends them."""
 
-    def __init__(self) -> None:
+    def __init__(self, connection: RedisConnection) -> None:
+        self._connection = connection
         self._queue: list[_Queued] = []
         self._changed = threading.Condition()
         self._untried_in_flight = 0
@@ -68,24 +71,25 @@ class Releaser:
     def hand_over(self, request: Handover) -> None:
         with self._changed:
             self._queue.append(_Queued(request))
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._send_forever, name="locked_targets-releases", daemon=True
                 )
                 self._thread.start()
-                multiprocessing.util.Finalize(None, self.wait_until_sent, exitpriority=_EXIT_PRIORITY)
             self._changed.notify_all()
 
-    def wait_until_sent(self, timeout_seconds: float = _EXIT_WAIT_SECONDS) -> bool:
+    def wait_until_sent(self, deadline: float) -> bool:
         """Wait until every request handed over so far was sent once (answered, or failed and
-        retried in the background while its lease lasts); False on timeout."""
-        deadline = time.monotonic() + timeout_seconds
+        retried in the background while its lease lasts); False if ``deadline`` passed first."""
         with self._changed:
             while self._untried_in_flight or any(not queued.tried for queued in self._queue):
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    untried = sum(not queued.tried for queued in self._queue) + self._untried_in_flight
                     logger.warning(
-                        "%d lock releases are still unsent: their leases will end them", len(self._queue)
+                        "%d lock releases to %s are still unsent: their leases will end them",
+                        untried,
+                        self._connection.address,
                     )
                     return False
                 self._changed.wait(timeout=left)
@@ -114,40 +118,45 @@ class Releaser:
             self._changed.wait(timeout=None if later is None else later - now)
 
     def _send(self, due: list[_Queued]) -> list[_Queued]:
-        """Send ``due``, one batch per server; return those to try again later."""
-        by_connection: dict[RedisConnection, list[_Queued]] = defaultdict(list)
+        """Send ``due`` in one batch; return the requests to try again later."""
+        batch = self._connection.batch()
         for queued in due:
-            by_connection[queued.request.connection].append(queued)
+            queued.request.add(batch)
+        try:
+            replies: list[object] = batch.send()
+        except (redis.RedisError, OSError) as error:
+            count_failure(error)
+            logger.debug(
+                "could not send %d lock releases to %s: %s", len(due), self._connection.address, error
+            )
+            replies = [error] * len(due)
         retry: list[_Queued] = []
-        for connection, group in by_connection.items():
-            batch = connection.batch()
-            for queued in group:
-                queued.request.add(batch)
-            try:
-                replies = batch.send()
-            except (redis.RedisError, OSError) as error:
-                count_failure(error)
-                now = time.monotonic()
-                for queued in group:
-                    if now < queued.request.give_up_at:
-                        retry.append(
-                            dataclasses.replace(queued, not_before=now + _RETRY_AFTER_SECONDS, tried=True)
-                        )
-                    else:
-                        queued.request.answered(error)
-                logger.debug(
-                    "could not send %d lock releases to %s: %s", len(group), connection.address, error
-                )
+        now = time.monotonic()
+        for queued, reply in zip(due, replies, strict=True):
+            if isinstance(reply, Exception) and is_unavailable(reply) and now < queued.request.give_up_at:
+                retry.append(dataclasses.replace(queued, not_before=now + _RETRY_AFTER_SECONDS, tried=True))
                 continue
-            for queued, reply in zip(group, replies, strict=True):
+            try:
                 queued.request.answered(reply)
+            except Exception:  # a callback's bug must not stop this server's releases for good
+                logger.exception("answering a lock release sent to %s failed", self._connection.address)
         return retry
 
 
-# One sending thread per process; a forked child starts its own and never sends the parent's.
-_releaser: ProcessLocal[Releaser] = ProcessLocal(Releaser)
+# One sending thread per server; a forked child starts its own and never sends the parent's.
+_releasers: ProcessLocalMap[RedisConnection, Releaser] = ProcessLocalMap()
+_exit_wait_registered = ProcessLocal(
+    lambda: multiprocessing.util.Finalize(None, wait_until_sent, exitpriority=_EXIT_PRIORITY)
+)
 
 
-def releaser() -> Releaser:
-    """The process's releaser, started on first use."""
-    return _releaser.get()
+def releaser_for(connection: RedisConnection) -> Releaser:
+    """The releaser of ``connection``'s server, started on first use."""
+    _exit_wait_registered.get()
+    return _releasers.get(connection, lambda: Releaser(connection))
+
+
+def wait_until_sent(timeout_seconds: float = _EXIT_WAIT_SECONDS) -> bool:
+    """Wait until every release this process handed over so far was sent once; False on timeout."""
+    deadline = time.monotonic() + timeout_seconds
+    return all([releaser.wait_until_sent(deadline) for releaser in _releasers.values()])

@@ -310,8 +310,9 @@ def release(connection: RedisConnection, keys: LockKeys, token: str, batch: Scri
 # KEYS[1] writer, KEYS[2] readers, KEYS[3] holders
 # ARGV[1] token, ARGV[2] lease (ms), ARGV[3] the holder's new description, ARGV[4] the
 # released channel
-# Returns 1 if the token held the lock alone and now holds it shared, with a fresh lease;
-# 0 (changing nothing) if it no longer held it; an error reply if the lease is out of range.
+# Returns 1 if the token held the lock alone and now holds it shared, with a fresh lease,
+# or already holds it shared (a resend of a downgrade whose reply was lost); 0 (changing
+# nothing) if it no longer held it; an error reply if the lease is out of range.
 # Readers waiting for the writer are woken; a waiting writer, woken too, finds a reader
 # in its way and asks for the lease back on the revoke channel, as with any kept lease.
 DOWNGRADE = (
@@ -319,9 +320,14 @@ DOWNGRADE = (
     + """
 local lease = duration_ms(2)
 if not lease then return refused(2) end
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local now = now_ms()
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  local expires = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  if expires and tonumber(expires) >= now then return 1 end
+  return 0
+end
 redis.call('DEL', KEYS[1])
-redis.call('ZADD', KEYS[2], now_ms() + lease, ARGV[1])
+redis.call('ZADD', KEYS[2], now + lease, ARGV[1])
 keep_alive(KEYS[2], lease)
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 keep_alive(KEYS[3], lease)

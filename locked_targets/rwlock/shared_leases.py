@@ -28,7 +28,7 @@ from locked_targets.rwlock import telemetry
 from locked_targets.rwlock.connection import RedisConnection, await_subscription, count_failure
 from locked_targets.rwlock.keys import REVOKE_CHANNEL_PATTERN, base_of_revoke_channel
 from locked_targets.rwlock.lease import HeldLock
-from locked_targets.rwlock.releases import releaser
+from locked_targets.rwlock.releases import wait_until_sent
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class SharedLeases:
             bases = list(self._kept)
         for base in bases:
             self.revoke(base)
-        releaser().wait_until_sent()  # at exit, nothing else would wait for them
+        wait_until_sent()  # at exit, nothing else would wait for them
 
     def _lend(self, base: str) -> _KeptLease | None:
         self._start_listener()

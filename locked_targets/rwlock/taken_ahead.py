@@ -20,7 +20,7 @@ import threading
 
 from locked_targets.process_state import ProcessLocal
 from locked_targets.rwlock.lease import HeldLock
-from locked_targets.rwlock.releases import releaser
+from locked_targets.rwlock.releases import wait_until_sent
 
 # Given back at exit before the queued releases are waited for (see ``releases``).
 _EXIT_PRIORITY = 10
@@ -72,7 +72,7 @@ class TakenAhead:
             self._by_thread.clear()
         for taken in every:
             taken.held.release_quietly()
-        releaser().wait_until_sent()  # at exit, nothing else would wait for them
+        wait_until_sent()  # at exit, nothing else would wait for them
 
 
 _taken_ahead: ProcessLocal[TakenAhead] = ProcessLocal(TakenAhead)

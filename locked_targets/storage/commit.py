@@ -28,6 +28,8 @@ class CommitGuard:
 
     fencing_token: int | None
     """The write lock's fencing token: grows with every acquisition of that lock."""
+    staging_name: str | None = None
+    """The digest of the locked path's identity, which names the dump's staging directory."""
 
 
 _guard: ContextVar[CommitGuard | None] = ContextVar("locked_targets_commit_guard", default=None)
@@ -58,6 +60,12 @@ def current_fencing_token() -> int | None:
     """
     guard = _guard.get()
     return guard.fencing_token if guard is not None else None
+
+
+def current_staging_name() -> str | None:
+    """What names the staging directory of the dump in progress (None outside a locked dump)."""
+    guard = _guard.get()
+    return guard.staging_name if guard is not None else None
 
 
 def holds_exclusive_lock() -> bool:

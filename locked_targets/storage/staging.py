@@ -26,7 +26,7 @@ from typing import Literal
 
 from locked_targets.errors import CommitRefused
 from locked_targets.storage.base import StorageKind
-from locked_targets.storage.commit import before_commit, holds_exclusive_lock
+from locked_targets.storage.commit import before_commit, current_staging_name, holds_exclusive_lock
 
 STAGING_PREFIX = ".locked_targets-"
 
@@ -57,7 +57,9 @@ def open_staging_area(parent: str, target_path: str, kind: StorageKind, purpose:
     """The area in ``parent`` where the dump in progress stages files for ``target_path``."""
     if not holds_exclusive_lock():
         return StagingArea(parent, owned=False)
-    directory = os.path.join(parent, f"{STAGING_PREFIX}{kind.identify(target_path).digest}.{purpose}")
+    # The dump's lock already names the path's identity: computing it again costs a real path.
+    name = current_staging_name() or kind.identify(target_path).digest
+    directory = os.path.join(parent, f"{STAGING_PREFIX}{name}.{purpose}")
     try:
         os.mkdir(directory)
     except FileExistsError:

@@ -13,7 +13,7 @@ import pytest
 
 from locked_targets.locks import connection_for
 from locked_targets.rwlock import LeaseTerms, LockKeys, LockMode, ReadWriteLock
-from locked_targets.rwlock.releases import releaser
+from locked_targets.rwlock.releases import wait_until_sent
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -53,7 +53,7 @@ def die_with_release_unsent(redis_url: str, base: str, lease_seconds: float) -> 
     """Hold ``base`` exclusively, hand its release to the background, and be killed before it is sent."""
     lock = make_lock(redis_url, base, lease_seconds)
     lock.acquire(LockMode.SHARED).release()  # the sending thread is up and idle
-    releaser().wait_until_sent()
+    wait_until_sent()
     held = lock.acquire(LockMode.EXCLUSIVE)
     # The sending thread gets no turn before the kill: this thread keeps the interpreter.
     sys.setswitchinterval(60)
@@ -70,21 +70,43 @@ class Holders:
         self.events: multiprocessing.Queue[tuple[str, str, float]] = SPAWN.Queue()
         self.release_events: dict[str, multiprocessing.Queue[str]] = {}
         self.processes: list[multiprocessing.process.BaseProcess] = []
+        self._own_events: dict[str, multiprocessing.Queue[tuple[str, str, float]]] = {}
 
     def start(self, name: str, mode: str, lease_seconds: float = 30) -> None:
+        self._start(name, mode, lease_seconds, self.events)
+
+    def start_to_be_killed(self, name: str, mode: str, lease_seconds: float = 30) -> None:
+        """Start a holder that will be killed: it reports on a queue of its own, since a process
+        killed just after a put can leave its queue's lock taken, and silence every other writer."""
+        self._start(name, mode, lease_seconds, SPAWN.Queue())
+
+    def expect_of_killed(self, name: str, what: str, timeout: float = 20) -> float:
+        return self._expect_on(self._own_events[name], name, what, timeout)
+
+    def _start(
+        self,
+        name: str,
+        mode: str,
+        lease_seconds: float,
+        events: multiprocessing.Queue[tuple[str, str, float]],
+    ) -> None:
         release: multiprocessing.Queue[str] = SPAWN.Queue()
         self.release_events[name] = release
+        self._own_events[name] = events
         process = SPAWN.Process(
-            target=hold, args=(self.redis_url, self.base, mode, self.events, release, name, lease_seconds)
+            target=hold, args=(self.redis_url, self.base, mode, events, release, name, lease_seconds)
         )
         process.start()
         self.processes.append(process)
 
-    def next_event(self, timeout: float = 20) -> tuple[str, str, float]:
-        return self.events.get(timeout=timeout)
-
     def expect(self, name: str, what: str, timeout: float = 20) -> float:
-        got = self.next_event(timeout)
+        return self._expect_on(self.events, name, what, timeout)
+
+    @staticmethod
+    def _expect_on(
+        events: multiprocessing.Queue[tuple[str, str, float]], name: str, what: str, timeout: float
+    ) -> float:
+        got = events.get(timeout=timeout)
         assert got[:2] == (name, what), f"expected {name} {what}, got {got}"
         return got[2]
 

@@ -1,0 +1,105 @@
+"""Releases sent in the background: per server, retried while the server says "not now",
+never stopped by a failing callback, and a downgrade that can be sent twice."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from helpers.lock_processes import make_lock
+from locked_targets.locks import connection_for
+from locked_targets.rwlock import LockMode, scripts
+from locked_targets.rwlock.releases import Handover, releaser_for, wait_until_sent
+from locked_targets.testing import RedisServer
+
+
+@pytest.fixture
+def second_redis() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.resume()  # in case a test left it stopped
+    server.stop()
+
+
+def writer_gone_within(client: redis.Redis, key: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if client.get(key) is None:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_hung_server_does_not_hold_back_another_servers_releases(
+    private_redis: RedisServer, second_redis: RedisServer, key_prefix: str
+) -> None:
+    hung = make_lock(private_redis.url, f"{key_prefix}{{hung}}")
+    healthy = make_lock(second_redis.url, f"{key_prefix}{{healthy}}")
+    on_hung, on_healthy = hung.acquire(LockMode.EXCLUSIVE), healthy.acquire(LockMode.EXCLUSIVE)
+    private_redis.pause()
+    try:
+        on_hung.release()  # its sending thread now waits on a server that does not answer
+        on_healthy.release()
+        assert writer_gone_within(second_redis.client(), healthy.keys.writer, 2.0)
+    finally:
+        private_redis.resume()
+    assert wait_until_sent(timeout_seconds=30)
+    assert private_redis.client().get(hung.keys.writer) is None
+
+
+def run_a_script_that_spins(redis_url: str) -> None:
+    """Keep the server busy until SCRIPT KILL ends the script."""
+    with pytest.raises(redis.ResponseError, match="killed"):
+        redis.Redis.from_url(redis_url).eval("while true do end", 0)
+
+
+def test_a_release_the_server_answers_busy_is_sent_again_once_it_can(
+    private_redis: RedisServer, key_prefix: str
+) -> None:
+    client = private_redis.client()
+    client.config_set("lua-time-limit", 100)
+    lock = make_lock(private_redis.url, f"{key_prefix}{{busy}}")
+    held = lock.acquire(LockMode.EXCLUSIVE)
+    spinning = threading.Thread(target=run_a_script_that_spins, args=(private_redis.url,))
+    spinning.start()
+    time.sleep(0.3)  # past lua-time-limit: every other command is answered BUSY
+    held.release()
+    time.sleep(0.5)  # the release is answered BUSY meanwhile: dropped, its lock would stay 30 s
+    client.script_kill()
+    spinning.join(timeout=10)
+    assert writer_gone_within(client, lock.keys.writer, 2.0)
+
+
+def test_a_failing_callback_does_not_stop_the_servers_releases(redis_url: str, key_prefix: str) -> None:
+    connection = connection_for(redis_url)
+    lock = make_lock(redis_url, f"{key_prefix}{{after-a-bug}}")
+
+    def broken(reply: object) -> None:
+        raise RuntimeError("a bug in whoever hears the reply")
+
+    releaser_for(connection).hand_over(
+        Handover(
+            connection=connection,
+            add=lambda batch: scripts.release(connection, lock.keys, "nobody", batch=batch),
+            answered=broken,
+            give_up_at=time.monotonic() + 5,
+        )
+    )
+    assert wait_until_sent()
+    lock.acquire(LockMode.EXCLUSIVE).release()
+    assert writer_gone_within(redis.Redis.from_url(redis_url), lock.keys.writer, 2.0)
+
+
+def test_a_downgrade_sent_twice_is_granted_twice(redis_url: str, key_prefix: str) -> None:
+    connection = connection_for(redis_url)
+    lock = make_lock(redis_url, f"{key_prefix}{{downgraded-twice}}")
+    token = "downgraded-twice"
+    assert isinstance(lock._try_acquire(LockMode.EXCLUSIVE, token, "{}", None), scripts.Granted)
+    assert scripts.downgrade(connection, lock.keys, token, 30, "{}") == 1
+    assert scripts.downgrade(connection, lock.keys, token, 30, "{}") == 1, "a resend whose reply was lost"
+    assert scripts.downgrade(connection, lock.keys, "someone-else", 30, "{}") == 0
+    scripts.release(connection, lock.keys, token)
