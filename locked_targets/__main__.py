@@ -2,4 +2,5 @@
 
 from locked_targets.cli import main
 
-main(prog_name="locked-targets")
+if __name__ == "__main__":  # importing the module (as the tests do) runs nothing
+    main(prog_name="locked-targets")

@@ -36,7 +36,7 @@ from locked_targets.cli.report import (
     status_document,
     who,
 )
-from locked_targets.cli.tables import lock_view, locks_table, status_table
+from locked_targets.cli.tables import counted, lock_view, locks_table, status_table
 from locked_targets.errors import ConfigurationError, LockError
 from locked_targets.locks import LockNamespace, connection_for, lease_terms
 from locked_targets.rwlock import LeaseTerms, LockKeys, RedisConnection
@@ -360,8 +360,9 @@ def break_(session: _Session, path: str, namespace: str, yes: bool, reason: str)
             fencing_token=broken.fencing_token,
         )
         message = (
-            f"broke the lock of {state.path}: removed {broken.holders_removed} holders and "
-            f"{broken.waiting_writers_removed} waiting writers; fencing token now {broken.fencing_token}"
+            f"broke the lock of {state.path}: removed {counted(broken.holders_removed, 'holder')} and "
+            f"{counted(broken.waiting_writers_removed, 'waiting writer')}; "
+            f"fencing token now {broken.fencing_token}"
         )
     document["message"] = message
     if session.as_json:

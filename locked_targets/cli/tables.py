@@ -27,7 +27,7 @@ def holder_line(holder: LockHolder, terms: LeaseTerms) -> str:
 
 def locks_table(locks: Sequence[FoundLock], terms: LeaseTerms) -> Table:
     """One row per lock, as ``ls`` and ``watch`` show them."""
-    table = Table(title=f"{len(locks)} locks", title_justify="left", show_lines=True)
+    table = Table(title=counted(len(locks), "lock"), title_justify="left", show_lines=True)
     table.add_column("path", overflow="fold", ratio=2)
     table.add_column("kind")
     table.add_column("holders", overflow="fold", ratio=2)
@@ -110,3 +110,8 @@ def status_table(
     parts: list[RenderableType] = [table]
     parts += [Text(f"problem: {problem}", style="red") for problem in problems]
     return Group(*parts)
+
+
+def counted(number: int, thing: str) -> str:
+    """'1 lock', '2 locks': how a person reads a count."""
+    return f"{number} {thing}" if number == 1 else f"{number} {thing}s"

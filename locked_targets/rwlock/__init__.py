@@ -1,11 +1,13 @@
 """The lock core: a Redis read/write lock with leases, fencing tokens and kept shared leases.
 
 It knows nothing of gokart, luigi or storage: it locks ``LockKeys`` on a
-``RedisConnection``. Modules, from the bottom up: ``clock``, ``keys``, ``connection``
+``RedisConnection``. Modules, from the bottom up: ``clock``, ``keys``, ``telemetry``
+(metrics and spans), ``connection``
 (the client and its error translation), ``scripts`` (the Lua protocol), ``retry``,
 ``holders``, ``waiting``, ``releases`` (sent in the background), ``lease`` (held locks and
 their renewal), ``shared_leases`` (kept between reads), ``taken_ahead`` (a task's write
-locks, taken together) and ``lock`` (``ReadWriteLock``). Every duration is in seconds.
+locks, taken together), ``inspection`` and ``checks`` (looking at locks from outside, for
+the command line) and ``lock`` (``ReadWriteLock``). Every duration is in seconds.
 """
 
 from locked_targets.rwlock.clock import SYSTEM_CLOCK, Clock

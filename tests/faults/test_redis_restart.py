@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from helpers.run_lock_pipeline import TASK_FAMILIES, pipeline_tasks
 from locked_targets.settings import Settings
 from locked_targets.testing import RedisServer
 
+# How long each task of the pipeline takes.
+TASK_SECONDS = 1.0
+
 
 @pytest.fixture
 def restartable_redis() -> Iterator[RedisServer]:
@@ -21,9 +25,19 @@ def restartable_redis() -> Iterator[RedisServer]:
     server.stop()
 
 
-def restart_after(server: RedisServer, seconds: float) -> None:
-    """Kill and restart the server (forgetting every lock) after ``seconds``, in the background."""
-    threading.Timer(seconds, server.restart).start()
+def restart_mid_task(server: RedisServer, side_log: Path) -> None:
+    """Kill and restart the server (forgetting every lock) half a task into the first task
+    that runs, in the background: a restart at a fixed time could come before the
+    applications (a couple of seconds of imports) first touch Redis, and go unseen."""
+
+    def restart_once_a_task_runs() -> None:
+        deadline = time.monotonic() + 60
+        while not (side_log.exists() and side_log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(TASK_SECONDS / 2)
+        server.restart()
+
+    threading.Thread(target=restart_once_a_task_runs, daemon=True).start()
 
 
 def expected_outputs() -> dict[str, object]:
@@ -63,8 +77,8 @@ def test_with_on_redis_error_wait_the_pipeline_rides_out_a_restart(
     applications.run(
         str(tmp_path / "cache"),
         ["pipeline"] * 4,
-        task_seconds=1.0,
-        meanwhile=lambda: restart_after(restartable_redis, 3.0),
+        task_seconds=TASK_SECONDS,
+        meanwhile=lambda: restart_mid_task(restartable_redis, applications.side_log),
     )
     runs = applications.runs_per_task()
     whole, torn, missing = check_outputs(str(tmp_path / "cache"))
@@ -84,9 +98,9 @@ def test_with_on_redis_error_fail_a_restart_stops_applications_cleanly(
     applications.run(
         str(tmp_path / "cache"),
         ["pipeline"] * 4,
-        task_seconds=1.0,
+        task_seconds=TASK_SECONDS,
         expect_success=False,
-        meanwhile=lambda: restart_after(restartable_redis, 3.0),
+        meanwhile=lambda: restart_mid_task(restartable_redis, applications.side_log),
     )
     failures = sum("BackendUnavailable" in output or "LockLost" in output for output in applications.outputs)
     whole, torn, missing = check_outputs(str(tmp_path / "cache"))
