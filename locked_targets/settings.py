@@ -28,7 +28,7 @@ import luigi.configuration
 
 from locked_targets.errors import ConfigurationError
 from locked_targets.process_state import Once, ProcessLocal
-from locked_targets.rwlock.connection import HIDDEN, redacted_url, redis_address
+from locked_targets.rwlock.connection import HIDDEN, redacted_url, redis_address, with_sentinel_password
 from locked_targets.rwlock.scripts import DEFAULT_FENCING_MEMORY_SECONDS
 
 SECTION = "locked_targets"
@@ -196,6 +196,7 @@ class Settings:
     gcs_endpoint_url: str | None = _setting(None, _text, shown=redacted_url)
     gcs_project: str | None = _setting(None, _text)
     gcs_token: str | None = _setting(None, _text, shown=_hidden)
+    sentinel_password: str | None = _setting(None, _text, shown=_hidden)
 
     def __post_init__(self) -> None:
         # Values given in code (unchecked by mypy in untyped callers) get the file's checks.
@@ -211,6 +212,11 @@ class Settings:
                 field.metadata[_BOUNDS].check(field.name, value)
         if self.redis_url is not None:
             redis_address(self.redis_url)
+        if self.sentinel_password is not None:
+            # The lock's connection is made from redis_url alone, so the URL carries the password.
+            object.__setattr__(
+                self, "redis_url", with_sentinel_password(self.redis_url, self.sentinel_password)
+            )
         for name in ("key_prefix", "local_key_prefix", "s3_key_prefix", "gcs_key_prefix"):
             prefix = getattr(self, name)
             if "{" in prefix or "}" in prefix:

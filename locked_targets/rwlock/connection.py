@@ -3,6 +3,11 @@
 A process keeps one connection per Redis URL (the target layer's registry); locks, the
 lease-renewal thread and waiters share its connection pool.
 
+A ``redis+sentinel://`` (or ``rediss+sentinel://``) URL names sentinels and a service: the
+client's pool asks the sentinels for the service's master on every new connection, and a
+READONLY reply (the master demoted by a failover) drops the pool's idle connections, so the
+next attempt reaches the new master.
+
 A Redis URL is checked here before anything connects (``redis_address``), as redis-py will
 read it (its own ``parse_url``): a URL it would refuse, or read otherwise than it looks,
 raises ``ConfigurationError`` naming the part that is wrong. Every URL a message, a log
@@ -29,7 +34,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import SplitResult, parse_qsl, unquote_plus, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, unquote_plus, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -37,6 +42,13 @@ from redis.client import PubSub
 from redis.commands.core import Script
 from redis.connection import AbstractConnection, parse_url
 from redis.retry import Retry
+from redis.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 
 from locked_targets.errors import BackendUnavailable, ConfigurationError
 from locked_targets.rwlock import telemetry
@@ -50,6 +62,16 @@ _COMMAND_TIMEOUT_SECONDS = 30.0
 _HEALTH_CHECK_INTERVAL_SECONDS = 30
 _SUBSCRIBE_CONFIRM_SECONDS = 10.0
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
+# A sentinel URL's scheme, and the scheme of the master it finds.
+_SENTINEL_SCHEMES = {"redis+sentinel": "redis", "rediss+sentinel": "rediss"}
+_DEFAULT_SENTINEL_PORT = 26379
+SENTINEL_PASSWORD_PARAMETER = "sentinel_password"
+"""The query parameter of a sentinel URL holding the sentinels' own password (``sentinel_password``)."""
+_NO_MASTER_FOUND = (
+    "no sentinel named a master of the service: check the sentinels' addresses, the service name "
+    "and sentinel_password, and that a master is up"
+)
+_SENTINEL_URL_FORM = "redis+sentinel://[[user]:password@]host:port[,host:port...]/<service_name>[/<db>]"
 _CLUSTER_NODE = "the server is a Redis Cluster node: redis_url must name the cluster"
 # The codes of the error replies that mean the server cannot serve locks now, not that a
 # request was wrong, and what each means; retrying may help (on_redis_error = wait).
@@ -136,6 +158,8 @@ _SCHEME_AND_SLASHES = re.compile(r"[^:/?#@]*:?/*")
 _QUERY_PAIR = re.compile(r"(?<=[?&])([^=&#?]*)=([^&#]*)")
 # Without "@", what follows the last ":" of the authority is a port, or a password that lost its host.
 _AUTHORITY_WITHOUT_USER = re.compile(r"^([^:/?#@]*:?/*(?:\[[^\]/?#@]*\]|[^/?#@:\[]*):)([^/?#@]*)")
+# A port, and the other sentinels of a sentinel URL (``26379,h2:26379``): nothing secret.
+_PORT_AND_MORE_SENTINELS = re.compile(r"[0-9]+(?:,(?:\[[^\]/?#@]*\]|[^,/?#@:\[]+):[0-9]+)*")
 _CREDENTIAL_NAME = re.compile(r"pass|pwd|secret|token|credential|auth", re.IGNORECASE)
 HIDDEN = "***"
 """What a message shows in place of a secret."""
@@ -164,7 +188,8 @@ def redacted_url(url: str) -> str:
 def _port_or_hidden(authority: re.Match[str]) -> str:
     """``host:port`` as it is; ``user:secret`` (a URL whose ``@host`` was forgotten) hidden."""
     after_colon = authority[2]
-    return authority[0] if after_colon == "" or after_colon.isdigit() else f"{authority[1]}{HIDDEN}"
+    shown = after_colon == "" or _PORT_AND_MORE_SENTINELS.fullmatch(after_colon) is not None
+    return authority[0] if shown else f"{authority[1]}{HIDDEN}"
 
 
 def _matched_end(pattern: re.Pattern[str], text: str) -> int:
@@ -186,7 +211,11 @@ class _CheckedUrl:
     url: str
     """The URL as redis-py is given it: its scheme in lower case."""
     options: dict[str, Any]
-    """What redis-py's ``parse_url`` reads from it."""
+    """What redis-py's ``parse_url`` reads from it (for a sentinel URL: as if it named the master)."""
+    service_name: str | None = None
+    """The service whose master the sentinels name; None for a URL that names the server itself."""
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_password: str | None = None
 
     @property
     def database(self) -> int:
@@ -196,18 +225,25 @@ class _CheckedUrl:
     @property
     def address(self) -> str:
         """Where the locks live, as messages show it: ``host:port/db``, or a socket path; never a secret."""
+        if self.service_name is not None:
+            sentinels = ",".join(_host_and_port(host, port) for host, port in self.sentinels)
+            return f"sentinel {self.service_name} via {sentinels}/{self.database}"
         if "path" in self.options:
             path: str = self.options["path"]
             return path if self.database == 0 else f"{path}?db={self.database}"
-        host: str = self.options["host"]
-        host = f"[{host}]" if ":" in host else host
-        return f"{host}:{self.options.get('port', 6379)}/{self.database}"
+        return f"{_host_and_port(self.options['host'], self.options.get('port', 6379))}/{self.database}"
 
     @property
     def connection_class(self) -> type[Any]:
         """redis-py's connection class for this URL, made to open within the connect timeout."""
         chosen: type[Any] = self.options.get("connection_class", redis.connection.Connection)
+        if self.service_name is not None:
+            return _FOLLOWS_THE_MASTER[chosen]
         return _OPENS_WITHIN_CONNECT_TIMEOUT[chosen]
+
+
+def _host_and_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _checked(redis_url: str) -> _CheckedUrl:
@@ -215,11 +251,101 @@ def _checked(redis_url: str) -> _CheckedUrl:
     scheme, separator, rest = redis_url.partition("://")
     # Schemes are case-insensitive; redis-py reads lower case only.
     url = f"{scheme.lower()}{separator}{rest}"
+    checked = _read_sentinel_url(url) if separator and scheme.lower() in _SENTINEL_SCHEMES else _read_url(url)
+    if isinstance(checked, str):
+        raise ConfigurationError("redis_url", redacted_url(redis_url), checked)
+    return checked
+
+
+def _read_url(url: str) -> _CheckedUrl | str:
+    """What redis-py reads from a URL naming the server itself, or what keeps it from reading it so."""
     problem = _problem_of(url)
     if problem is not None:
-        raise ConfigurationError("redis_url", redacted_url(redis_url), problem)
+        return problem
     options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
     return _CheckedUrl(url=url, options=options)
+
+
+def _read_sentinel_url(url: str) -> _CheckedUrl | str:
+    """A sentinel URL's sentinels, service and master options, or what is wrong with it (never a secret).
+
+    The master's options are checked and read as redis-py reads the same URL with the
+    master's scheme and the first sentinel's address, so they take the same forms.
+    """
+    scheme, _separator, rest = url.partition("://")
+    if "#" in url:
+        return "has a #, which Redis does not read: write a # in a password as %23"
+    authority, slash, after_authority = rest.partition("/")
+    authority, _, query = authority.partition("?")
+    path, _, path_query = after_authority.partition("?")
+    query = query or path_query
+    user_information, at, hosts = authority.rpartition("@")
+    sentinels = _read_sentinels(hosts)
+    if isinstance(sentinels, str):
+        return sentinels
+    service_name, _, database = path.partition("/")
+    problem = _service_problem(service_name if slash else "", database)
+    if problem is not None:
+        return problem
+    kept_pairs = [pair for pair in query.split("&") if pair and not _is_sentinel_password(pair)]
+    sentinel_passwords = [
+        value
+        for name, value in parse_qsl(query, keep_blank_values=True)
+        if name == SENTINEL_PASSWORD_PARAMETER
+    ]
+    if len(sentinel_passwords) > 1 or sentinel_passwords == [""]:
+        return f"the query parameter {SENTINEL_PASSWORD_PARAMETER} must be given once, with a value"
+    master_query = f"?{'&'.join(kept_pairs)}" if kept_pairs else ""
+    master_url = (
+        f"{_SENTINEL_SCHEMES[scheme]}://{user_information}{at}{hosts.split(',')[0]}/{database}{master_query}"
+    )
+    master = _read_url(master_url)
+    if isinstance(master, str):
+        return master
+    return dataclasses.replace(
+        master,
+        url=url,
+        service_name=unquote(service_name),
+        sentinels=sentinels,
+        sentinel_password=sentinel_passwords[0] if sentinel_passwords else None,
+    )
+
+
+def _service_problem(service_name: str, database: str) -> str | None:
+    """What is wrong with the path of a sentinel URL: ``/<service_name>[/<db>]``."""
+    if not service_name:
+        return f"names no service: write it after the sentinels, as in {_SENTINEL_URL_FORM}"
+    problem = _database_problem(database) if database else None
+    return (
+        None if problem is None else f"the database {database!r} (the path after the service name) {problem}"
+    )
+
+
+def _is_sentinel_password(pair: str) -> bool:
+    return unquote_plus(pair.partition("=")[0]) == SENTINEL_PASSWORD_PARAMETER
+
+
+def _read_sentinels(hosts: str) -> tuple[tuple[str, int], ...] | str:
+    """The ``host:port`` list of a sentinel URL, or what is wrong with it.
+
+    A wrong address is named by its position: it may be a secret typed in the wrong place.
+    """
+    if not hosts:
+        return f"names no sentinel: write host:port for each, as in {_SENTINEL_URL_FORM}"
+    sentinels = []
+    for position, address in enumerate(hosts.split(","), start=1):
+        try:
+            parts = urlsplit(f"//{address}")
+            port = parts.port
+        except ValueError:
+            port = 0
+        if not address or not parts.hostname or port == 0:
+            return (
+                f"the address of sentinel {position} cannot be read: write host:port, a port is a number "
+                "from 1 to 65535, an IPv6 host goes in []"
+            )
+        sentinels.append((parts.hostname, port or _DEFAULT_SENTINEL_PORT))
+    return tuple(sentinels)
 
 
 def _problem_of(url: str) -> str | None:
@@ -301,11 +427,80 @@ def _value_problem(name: str, value: str) -> str | None:
 
 
 def redis_address(redis_url: str) -> str:
-    """The ``host:port/db`` (or socket path) a Redis URL points at, without its credentials.
+    """The ``host:port/db`` (or socket path, or ``sentinel <service> via <sentinels>/db``) a Redis URL
+    points at, without its credentials.
 
     Raises ``ConfigurationError`` for a URL redis-py could not use, or would read otherwise than it looks.
     """
     return _checked(redis_url).address
+
+
+def _client_for(checked: _CheckedUrl) -> redis.Redis:
+    """A client of the server ``checked`` names, or of its sentinels' master, under the lock's timeouts."""
+    timeouts: dict[str, Any] = {
+        "socket_connect_timeout": _CONNECT_TIMEOUT_SECONDS,
+        "socket_timeout": _COMMAND_TIMEOUT_SECONDS,
+        "socket_keepalive": True,
+        "retry": Retry(NoBackoff(), retries=0),
+    }
+    if checked.service_name is None:
+        return redis.Redis.from_url(
+            checked.url,
+            connection_class=checked.connection_class,
+            redis_connect_func=_greet_within_connect_timeout,
+            health_check_interval=_HEALTH_CHECK_INTERVAL_SECONDS,
+            **timeouts,
+        )
+    master_options = {
+        name: value
+        for name, value in checked.options.items()
+        if name not in ("host", "port", "connection_class")
+    }
+    tls_options = {name: value for name, value in master_options.items() if name.startswith("ssl_")}
+    # A sentinel answers at once or not at all: the next one is asked after the connect timeout.
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(checked.sentinels),
+        sentinel_kwargs={
+            **timeouts,
+            "socket_timeout": _CONNECT_TIMEOUT_SECONDS,
+            "password": checked.sentinel_password,
+            # rediss+sentinel://: the sentinels too are reached over TLS, with the same parameters.
+            **({"ssl": True, **tls_options} if checked.url.startswith("rediss") else {}),
+        },
+    )
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        checked.service_name,
+        connection_class=checked.connection_class,
+        redis_connect_func=_greet_within_connect_timeout,
+        health_check_interval=_HEALTH_CHECK_INTERVAL_SECONDS,
+        **timeouts,
+        **master_options,
+    )
+    return client
+
+
+def with_sentinel_password(redis_url: str | None, sentinel_password: str) -> str:
+    """``redis_url`` carrying the sentinels' own password (the ``sentinel_password`` setting) in its query.
+
+    Raises ``ConfigurationError`` unless ``redis_url`` names sentinels and no other sentinel password.
+    """
+    checked = None if redis_url is None else _checked(redis_url)
+    if redis_url is None or checked is None or checked.service_name is None:
+        raise ConfigurationError(
+            "sentinel_password", HIDDEN, "applies only to a redis+sentinel:// or rediss+sentinel:// redis_url"
+        )
+    if not sentinel_password:
+        raise ConfigurationError("sentinel_password", sentinel_password, "must not be empty")
+    if checked.sentinel_password == sentinel_password:
+        return redis_url
+    if checked.sentinel_password is not None:
+        raise ConfigurationError(
+            "sentinel_password",
+            HIDDEN,
+            f"redis_url gives another one ({SENTINEL_PASSWORD_PARAMETER}): give it once",
+        )
+    separator = "&" if "?" in redis_url else "?"
+    return f"{redis_url}{separator}{SENTINEL_PASSWORD_PARAMETER}={quote(sentinel_password, safe='')}"
 
 
 class RedisConnection:
@@ -316,16 +511,7 @@ class RedisConnection:
         self.address = checked.address
         self.database = checked.database
         self.shown_url = redacted_url(redis_url)
-        self.client = redis.Redis.from_url(
-            checked.url,
-            connection_class=checked.connection_class,
-            redis_connect_func=_greet_within_connect_timeout,
-            socket_connect_timeout=_CONNECT_TIMEOUT_SECONDS,
-            socket_timeout=_COMMAND_TIMEOUT_SECONDS,
-            health_check_interval=_HEALTH_CHECK_INTERVAL_SECONDS,
-            socket_keepalive=True,
-            retry=Retry(NoBackoff(), retries=0),
-        )
+        self.client = _client_for(checked)
         self._scripts: dict[str, Script] = {}
         self._scripts_lock = threading.Lock()
 
@@ -353,11 +539,22 @@ class RedisConnection:
         try:
             yield
         except redis.RedisError as error:
+            self.forget_demoted_master(error)
             reason = self._unavailable_reason(error)
             if reason is None:
                 raise
             count_failure(error)
             raise BackendUnavailable(address=self.address, reason=reason) from None
+
+    def forget_demoted_master(self, error: BaseException) -> None:
+        """After a READONLY reply through sentinels, drop the idle connections to the demoted master.
+
+        redis-py does it for a plain READONLY reply, not for one inside a script's error; a
+        connection opened next asks the sentinels for the master again.
+        """
+        pool = self.client.connection_pool
+        if isinstance(pool, SentinelConnectionPool) and _error_code(error) == "READONLY":
+            pool.disconnect(inuse_connections=False)
 
     def _unavailable_reason(self, error: redis.RedisError) -> str | None:
         """Why ``error`` means the server cannot serve locks now; None if it means something else.
@@ -375,7 +572,12 @@ class RedisConnection:
         if isinstance(error, redis.AuthenticationError):
             return "authentication failed: check the password in redis_url"
         if isinstance(error, redis.ConnectionError | redis.TimeoutError):
-            return str(error) or type(error).__name__
+            # redis-py's MasterNotFoundError lists every sentinel's client at length: say what to check.
+            return (
+                _NO_MASTER_FOUND
+                if isinstance(error, MasterNotFoundError)
+                else str(error) or type(error).__name__
+            )
         if isinstance(error, redis.InvalidResponse):
             return "what answers there does not speak Redis: check the port"
         if str(error).startswith(_NO_SUCH_DATABASE_REPLY):
@@ -452,10 +654,22 @@ class _UnixSocketConnection(_OpensWithinConnectTimeout, redis.connection.UnixDom
     """``unix://``."""
 
 
+class _SentinelTcpConnection(_OpensWithinConnectTimeout, SentinelManagedConnection):
+    """``redis+sentinel://``: to the master the sentinels name."""
+
+
+class _SentinelTlsConnection(_OpensWithinConnectTimeout, SentinelManagedSSLConnection):
+    """``rediss+sentinel://``."""
+
+
 _OPENS_WITHIN_CONNECT_TIMEOUT: dict[type[Any], type[Any]] = {
     redis.connection.Connection: _TcpConnection,
     redis.connection.SSLConnection: _TlsConnection,
     redis.connection.UnixDomainSocketConnection: _UnixSocketConnection,
+}
+_FOLLOWS_THE_MASTER: dict[type[Any], type[Any]] = {
+    redis.connection.Connection: _SentinelTcpConnection,
+    redis.connection.SSLConnection: _SentinelTlsConnection,
 }
 
 
@@ -554,6 +768,9 @@ class ScriptBatch:
     def send(self) -> list[Any]:
         """Every call's reply, or the error it got (a ``redis.ResponseError``), in the order added."""
         replies = self._send(self._calls)
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                self._connection.forget_demoted_master(reply)
         unknown = [
             index for index, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)
         ]

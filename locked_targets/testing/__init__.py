@@ -9,6 +9,7 @@ Its modules import only the standard library and redis-py (no gokart, no luigi),
 
 from locked_targets.testing.processes import LaunchedProcess, ProcessFailed, ProcessGroup, ProcessSpec
 from locked_targets.testing.redis_server import RedisServer, free_port
+from locked_targets.testing.sentinel import SentinelDeployment
 from locked_targets.testing.side_log import append_line, read_lines
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "ProcessGroup",
     "ProcessSpec",
     "RedisServer",
+    "SentinelDeployment",
     "append_line",
     "free_port",
     "read_lines",
