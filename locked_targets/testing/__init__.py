@@ -2,7 +2,8 @@
 
 - ``redis_server``: a private, real ``redis-server`` (``RedisServer``) and ``free_port``;
 - ``side_log``: the append-only log that applications in separate processes share;
-- ``processes``: copies of an application as separate OS processes, released together.
+- ``processes``: copies of an application as separate OS processes, released together;
+- ``sentinel``: a master, a replica and three sentinels (``SentinelDeployment``), with forced failovers.
 
 Its modules import only the standard library and redis-py (no gokart, no luigi), so that it stays light.
 """
