@@ -130,6 +130,9 @@ class Releaser:
                 "could not send %d lock releases to %s: %s", len(due), self._connection.address, error
             )
             replies = [error] * len(due)
+        except Exception as error:  # anything else: this server's releases must not stop for good
+            logger.exception("sending %d lock releases to %s failed", len(due), self._connection.address)
+            replies = [ConnectionError(str(error))] * len(due)
         retry: list[_Queued] = []
         now = time.monotonic()
         for queued, reply in zip(due, replies, strict=True):
