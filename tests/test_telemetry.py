@@ -121,7 +121,9 @@ def test_an_acquisition_that_waits_records_its_wait_and_its_hold(
     read = {**LOCAL_TARGET, MODE: "read"}
     waits, waited = measured(points["locked_targets.lock.wait.duration"], {**read, OUTCOME: "acquired"})
     holds, held = measured(points["locked_targets.lock.hold.duration"], {**read, OUTCOME: "released"})
-    assert (waits, holds) == (1, 1)
+    assert waits == 1
+    # At least: a shared lease an earlier test's target kept may be given back meanwhile.
+    assert holds >= 1
     assert waited > 0.1, "the load waited for the other application's write lock"
     assert held > 0
     assert counted(points["locked_targets.lock.acquisitions"], read) == 1
