@@ -84,6 +84,7 @@ def test_a_failing_callback_does_not_stop_the_servers_releases(redis_url: str, k
     releaser_for(connection).hand_over(
         Handover(
             connection=connection,
+            lock=lock.keys.base,
             add=lambda batch: scripts.release(connection, lock.keys, "nobody", batch=batch),
             answered=broken,
             give_up_at=time.monotonic() + 5,
@@ -103,3 +104,12 @@ def test_a_downgrade_sent_twice_is_granted_twice(redis_url: str, key_prefix: str
     assert scripts.downgrade(connection, lock.keys, token, 30, "{}") == 1, "a resend whose reply was lost"
     assert scripts.downgrade(connection, lock.keys, "someone-else", 30, "{}") == 0
     scripts.release(connection, lock.keys, token)
+
+
+def test_a_lock_released_a_moment_ago_is_free_to_this_process_even_without_waiting(
+    redis_url: str, key_prefix: str
+) -> None:
+    impatient = make_lock(redis_url, f"{key_prefix}{{again}}", wait_timeout_seconds=0)
+    for _ in range(50):  # each release is still on its way when the next acquisition starts
+        impatient.acquire(LockMode.EXCLUSIVE).release()
+        impatient.acquire(LockMode.SHARED).release()

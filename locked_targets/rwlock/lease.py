@@ -189,6 +189,7 @@ class HeldLock:
         releaser_for(self.connection).hand_over(
             Handover(
                 connection=self.connection,
+                lock=self.keys.base,
                 add=lambda batch: add(batch=batch),
                 answered=answered,
                 # Redis ends the lease by itself no later than a lease after its last renewal.

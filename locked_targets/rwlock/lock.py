@@ -36,6 +36,7 @@ from locked_targets.rwlock.connection import RedisConnection, ScriptBatch, await
 from locked_targets.rwlock.holders import describe_holder, readable_blocker
 from locked_targets.rwlock.keys import LockKeys
 from locked_targets.rwlock.lease import HeldLock, LeaseTerms, LockMode, lease_keeper
+from locked_targets.rwlock.releases import releaser_for
 from locked_targets.rwlock.retry import with_redis_retries
 from locked_targets.rwlock.shared_leases import SharedLeases
 from locked_targets.rwlock.taken_ahead import TakenLock, taken_ahead
@@ -143,6 +144,9 @@ class ReadWriteLock:
         )
 
     def _acquire_once(self, mode: LockMode, giving_up: str | None) -> HeldLock:
+        # A release of this lock this process handed over a moment ago must reach Redis first,
+        # or the attempt would wait for (or, with no wait timeout left, fail on) its own past hold.
+        releaser_for(self.connection).wait_for_lock(self.keys.base)
         token = secrets.token_hex(16)
         description = self._description(mode)
         started = self.clock.monotonic()

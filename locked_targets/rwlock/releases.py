@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 _RETRY_AFTER_SECONDS = 0.2
 # How long a process's exit waits for its queued releases (Redis may be gone).
 _EXIT_WAIT_SECONDS = 5.0
+# How long an acquisition waits for this process's own unsent release of the same lock.
+_LOCK_WAIT_SECONDS = 1.0
 # Runs after the kept shared leases and the locks taken ahead are handed back at exit
 # (their finalizers have priority 10).
 _EXIT_PRIORITY = 5
@@ -43,6 +45,8 @@ class Handover:
     """One request to send later: how to add it to a batch, and who hears its reply."""
 
     connection: RedisConnection
+    lock: str
+    """The base of the lock it releases (``LockKeys.base``)."""
     add: Callable[[ScriptBatch], object]
     answered: Callable[[object], None]
     """Called with the script's reply, or the exception it got."""
@@ -66,6 +70,7 @@ class Releaser:
         self._queue: list[_Queued] = []
         self._changed = threading.Condition()
         self._untried_in_flight = 0
+        self._in_flight_locks: set[str] = set()
         self._thread: threading.Thread | None = None
 
     def hand_over(self, request: Handover) -> None:
@@ -77,6 +82,19 @@ class Releaser:
                 )
                 self._thread.start()
             self._changed.notify_all()
+
+    def wait_for_lock(self, lock: str, timeout_seconds: float = _LOCK_WAIT_SECONDS) -> None:
+        """Wait (briefly) until no request for ``lock`` handed over by this process is still
+        unsent: this process's next acquisition of it must not find its own past hold there."""
+        deadline = time.monotonic() + timeout_seconds
+        with self._changed:
+            while lock in self._unsent_locks and time.monotonic() < deadline:
+                self._changed.wait(timeout=deadline - time.monotonic())
+
+    @property
+    def _unsent_locks(self) -> set[str]:
+        """The locks with a request never tried yet (called holding the condition)."""
+        return self._in_flight_locks | {queued.request.lock for queued in self._queue if not queued.tried}
 
     def wait_until_sent(self, deadline: float) -> bool:
         """Wait until every request handed over so far was sent once (answered, or failed and
@@ -100,10 +118,12 @@ class Releaser:
             with self._changed:
                 due = self._wait_for_due()
                 self._untried_in_flight = sum(not queued.tried for queued in due)
+                self._in_flight_locks = {queued.request.lock for queued in due if not queued.tried}
             retry = self._send(due)
             with self._changed:
                 self._queue.extend(retry)
                 self._untried_in_flight = 0
+                self._in_flight_locks = set()
                 self._changed.notify_all()
 
     def _wait_for_due(self) -> list[_Queued]:
