@@ -455,28 +455,30 @@ class _SettingsMemory:
             last_parameters, last_sections, last = self._last
             if parameters == last_parameters and sections == last_sections and last.environment_unchanged():
                 return last.settings
-        settings = self._settings_by_fingerprint(config, parameters, read)
-        remembered = self._remembered.get((_raw_values(config), parameters))
-        if sections is not None and remembered is not None:
+        remembered = self._remembered_by_fingerprint(config, parameters, read)
+        if remembered is None:  # a value that cannot be a key (a TOML list): read it every time
+            return read()
+        if sections is not None:
             self._last = (parameters, tuple(dict(section) for section in sections), remembered)
-        return settings
+        return remembered.settings
 
-    def _settings_by_fingerprint(
+    def _remembered_by_fingerprint(
         self, config: ConfigParser, parameters: tuple[object, ...], read: Callable[[], Settings]
-    ) -> Settings:
+    ) -> _Remembered | None:
+        """The settings of this fingerprint, read now if not remembered; None if it cannot be a key."""
         raw = _raw_values(config)
         key = (raw, parameters)
         try:
             remembered = self._remembered.get(key)
-        except TypeError:  # a value that cannot be a key (a TOML list): read it every time
-            return read()
+        except TypeError:
+            return None
         if remembered is not None and remembered.environment_unchanged():
-            return remembered.settings
-        settings = read()
+            return remembered
+        remembered = _Remembered(read(), _environment_named_in(raw))
         if len(self._remembered) >= _MOST_REMEMBERED:
             self._remembered.clear()
-        self._remembered[key] = _Remembered(settings, _environment_named_in(raw))
-        return settings
+        self._remembered[key] = remembered
+        return remembered
 
 
 _remembered_settings = ProcessLocal(_SettingsMemory)
