@@ -56,6 +56,15 @@ class LockKeys:
         REVOKE_CHANNEL_SUFFIX, "Pub/sub channel on which a waiting writer asks for kept shared leases back."
     )
 
+    def __post_init__(self) -> None:
+        # Redis hashes the text between a key's first "{" and the first "}" after it, if any: the
+        # base must hold that whole tag, or its keys and channels would land in different slots.
+        opening = self.base.find("{")
+        if opening < 0 or self.base.find("}", opening) <= opening + 1:
+            raise ValueError(
+                f"a lock's base must hold a Redis Cluster hash tag, as in prefix:{{tag}}: {self.base!r}"
+            )
+
     @property
     def hash_tag(self) -> str:
         """The text in the base's braces: the digest of what the lock protects."""

@@ -28,9 +28,11 @@ from locked_targets.errors import LockLost
 from locked_targets.process_state import ProcessLocal
 from locked_targets.rwlock import scripts, telemetry
 from locked_targets.rwlock.clock import SYSTEM_CLOCK, Clock
-from locked_targets.rwlock.connection import RedisConnection, ScriptBatch, count_failure
+from locked_targets.rwlock.connection import RedisConnection
+from locked_targets.rwlock.error_replies import count_failure
 from locked_targets.rwlock.keys import LockKeys
 from locked_targets.rwlock.releases import Handover, releaser_for
+from locked_targets.rwlock.script_batch import ScriptBatch
 
 logger = logging.getLogger(__name__)
 
@@ -328,7 +330,7 @@ def _renew_together(connection: RedisConnection, group: list[HeldLock]) -> None:
     """Extend a group of leases on one server in a single round trip."""
     sent_at = SYSTEM_CLOCK.monotonic()
     try:
-        batch = connection.batch()
+        batch = ScriptBatch(connection)
         for held in group:
             held.extend(batch)
         replies = batch.send()

@@ -10,10 +10,13 @@ Invariants, all enforced atomically by the Lua scripts (``scripts``):
 - Once a writer waits (``waiting_writers``), no new reader is admitted, so a stream of
   readers cannot starve a writer. A waiting writer's place also has a lease.
 - A release publishes on the lock's channel; waiters sleep on that channel (bounded by
-  the blocking holder's remaining lease) instead of polling.
+  the blocking holder's remaining lease) instead of polling. On a Redis 7+ cluster it is a
+  shard channel, in the lock's slot (``subscription.Subscription``).
 - A writer blocked by readers publishes on the lock's revoke channel, so processes that
   keep shared leases between reads (``shared_leases``) give them back at once.
 - Every key carries a TTL no shorter than the longest live lease in it.
+- With ``min_replicas_acked``, a grant is held only once that many replicas acknowledged it
+  (``WAIT``, on the connection that sent it): a failover to one of them keeps the lock.
 
 Time is the Redis server's (``TIME``), so clients on different machines agree on leases.
 """
@@ -26,23 +29,32 @@ import logging
 import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from typing import Any
 
 import redis
 
-from locked_targets.errors import BackendUnavailable, LockError, LockTimeout
+from locked_targets.errors import BackendUnavailable, ConfigurationError, LockError, LockTimeout
 from locked_targets.rwlock import scripts, telemetry
 from locked_targets.rwlock.clock import SYSTEM_CLOCK, Clock
-from locked_targets.rwlock.connection import RedisConnection, ScriptBatch, await_subscription
+from locked_targets.rwlock.connection import RedisConnection
 from locked_targets.rwlock.holders import describe_holder, readable_blocker
 from locked_targets.rwlock.keys import LockKeys
 from locked_targets.rwlock.lease import HeldLock, LeaseTerms, LockMode, lease_keeper
 from locked_targets.rwlock.releases import releaser_for
 from locked_targets.rwlock.retry import with_redis_retries
+from locked_targets.rwlock.script_batch import ScriptBatch
 from locked_targets.rwlock.shared_leases import SharedLeases
+from locked_targets.rwlock.subscription import Subscription, subscription_to
 from locked_targets.rwlock.taken_ahead import TakenLock, taken_ahead
 from locked_targets.rwlock.waiting import WaitReporter
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_MIN_REPLICAS_TIMEOUT_SECONDS = 0.5
+"""How long a grant waits for its replicas' acknowledgement, unless configured."""
+# A shared grant is confirmed by renewing it this much longer than its lease: a renewal that
+# lengthens the lease always writes, and WAIT counts only writes (``_confirm_shared_grant``).
+_LONGER_BY_SECONDS = 0.001
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -65,6 +77,10 @@ class ReadWriteLock:
     telemetry_labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """What this lock's metrics and spans carry besides its mode (``telemetry.lock_labels``)."""
     clock: Clock = SYSTEM_CLOCK
+    min_replicas_acked: int = 0
+    """How many replicas must acknowledge a grant (``WAIT``) before it is held; 0: no WAIT is sent."""
+    min_replicas_timeout_seconds: float = DEFAULT_MIN_REPLICAS_TIMEOUT_SECONDS
+    """How long a grant waits for that before it is given back (and ``BackendUnavailable`` raised)."""
 
     def shared(self) -> AbstractContextManager[HeldLock]:
         """Hold the lock as one of possibly many readers for the duration of a ``with`` block.
@@ -158,7 +174,8 @@ class ReadWriteLock:
                 if isinstance(attempt, scripts.Blocked):
                     # The lease runs from when the winning attempt was sent, not from when waiting began.
                     granted_at, attempt = self._wait(mode, attempt_to_get, token, started, attempt)
-        except BackendUnavailable:
+        # A refusal for good (a WAIT the ACL refuses) may come after the grant: give it back too.
+        except (BackendUnavailable, ConfigurationError):
             self._abandon(token)
             raise
         return self._register(mode, token, granted_at, attempt.fencing_token)
@@ -173,11 +190,17 @@ class ReadWriteLock:
     def _try_acquire(
         self, mode: LockMode, token: str, description: str, giving_up: str | None
     ) -> scripts.Attempt:
+        """One attempt; with ``min_replicas_acked``, a grant its replicas did not acknowledge in
+        time raises ``BackendUnavailable`` (and ``_acquire_once`` gives it back)."""
         if mode is LockMode.SHARED:
-            return scripts.acquire_shared(
+            shared = scripts.acquire_shared(
                 self.connection, self.keys, token, self.terms.lease_seconds, description
             )
-        attempt: scripts.Attempt = scripts.acquire_exclusive(
+            if self.min_replicas_acked and isinstance(shared, scripts.Granted):
+                self._confirm_shared_grant(token)
+            return shared
+        batch = _acknowledging_batch(self.connection, [self])
+        reply = scripts.acquire_exclusive(
             self.connection,
             self.keys,
             token,
@@ -185,8 +208,37 @@ class ReadWriteLock:
             description,
             fencing_memory_seconds=self.terms.fencing_memory_seconds,
             giving_up=giving_up,
+            batch=batch,
         )
+        if batch is None:
+            attempt: scripts.Attempt = reply
+            return attempt
+        attempt = scripts.exclusive_attempt(batch.send_one())
+        if isinstance(attempt, scripts.Granted):
+            batch.ensure_acknowledged(f"the {self.name(LockMode.EXCLUSIVE)} of {self.keys.path}")
         return attempt
+
+    def _confirm_shared_grant(self, token: str) -> None:
+        """Wait until ``min_replicas_acked`` replicas acknowledge the shared grant of ``token``.
+
+        ``WAIT`` counts the writes of the connection that sends it, and a shared acquisition is
+        sent on its own (``acquire_shared`` takes no batch): so the grant is renewed, for a lease
+        ``_LONGER_BY_SECONDS`` longer (a renewal that lengthens a lease always writes), and ``WAIT``
+        follows on the renewal's connection. A server that renews the lease knows the grant, so
+        its replicas that acknowledge the renewal have the grant too.
+        """
+        batch = _AcknowledgedBatch(
+            self.connection, self.min_replicas_acked, self.min_replicas_timeout_seconds
+        )
+        scripts.extend(
+            self.connection, self.keys, token, self.terms.lease_seconds + _LONGER_BY_SECONDS, batch
+        )
+        if batch.send_one() != 1:
+            raise BackendUnavailable(
+                address=self.connection.address,
+                reason=f"the shared grant of {self.keys.path} was gone at once (a failover in between?)",
+            )
+        batch.ensure_acknowledged(f"the {self.name(LockMode.SHARED)} of {self.keys.path}")
 
     def _wait(
         self,
@@ -198,10 +250,9 @@ class ReadWriteLock:
     ) -> tuple[float, scripts.Granted]:
         """Retry each time a release is published; return when the winning attempt was sent, and it."""
         reporter = WaitReporter(path=self.keys.path, lock=self.name(mode), started=started, clock=self.clock)
-        pubsub = self.connection.client.pubsub()  # type: ignore[no-untyped-call]
+        released: Subscription | None = None
         try:
-            pubsub.subscribe(self.keys.released_channel)
-            await_subscription(pubsub)
+            released = subscription_to(self.connection, self.keys.released_channel)
             while True:
                 attempt_at = self.clock.monotonic()
                 attempt = attempt_to_get()
@@ -225,13 +276,14 @@ class ReadWriteLock:
                             waited_seconds=self.clock.monotonic() - started,
                         )
                     timeout = min(timeout, remaining)
-                pubsub.get_message(timeout=timeout)
+                released.next_message(timeout=timeout)
         except BaseException:
             if mode is LockMode.EXCLUSIVE:
                 self._cancel_wait(token)
             raise
         finally:
-            pubsub.close()
+            if released is not None:
+                released.close()
 
     def _cancel_wait(self, token: str) -> None:
         # Best effort: if Redis is gone, the waiting place expires with its lease anyway,
@@ -278,12 +330,15 @@ def take_ahead(locks: Sequence[ReadWriteLock]) -> bool:
     try:
         for connection in {attempt.lock.connection for attempt in attempts}:
             mine = [attempt for attempt in attempts if attempt.lock.connection is connection]
-            batch = connection.batch()
+            acknowledging = _acknowledging_batch(connection, [attempt.lock for attempt in mine])
+            batch = acknowledging or ScriptBatch(connection)
             for attempt in mine:
                 attempt.add(batch)
             sent_at = SYSTEM_CLOCK.monotonic()
             with connection.errors_translated():
                 replies = batch.send()
+            if acknowledging is not None:  # before any is registered: unanswered attempts are abandoned
+                acknowledging.ensure_acknowledged(f"{len(mine)} write locks taken ahead")
             for attempt, reply in zip(mine, replies, strict=True):
                 held = attempt.answered(reply, sent_at)
                 if held is not None:
@@ -352,3 +407,50 @@ class _AheadAttempt:
             self.lock._abandon(self.token)
         if self.giving_up is not None:
             self.giving_up.give_up()
+
+
+def _acknowledging_batch(
+    connection: RedisConnection, locks: Sequence[ReadWriteLock]
+) -> _AcknowledgedBatch | None:
+    """A batch of the acquisitions of ``locks`` on ``connection``, acknowledged by as many replicas
+    as the most demanding of them asks; None if none asks (no WAIT is sent)."""
+    replicas = max(lock.min_replicas_acked for lock in locks)
+    if replicas == 0:
+        return None
+    return _AcknowledgedBatch(connection, replicas, max(lock.min_replicas_timeout_seconds for lock in locks))
+
+
+class _AcknowledgedBatch(ScriptBatch):
+    """Script calls followed by ``WAIT``, in one round trip on one connection.
+
+    ``WAIT numreplicas timeout`` answers how many replicas acknowledged every write the connection
+    that sends it made, so it must follow the calls on their connection: a pipeline has one.
+    """
+
+    def __init__(self, connection: RedisConnection, replicas: int, timeout_seconds: float) -> None:
+        super().__init__(connection, wait_for_replicas=(replicas, scripts.milliseconds(timeout_seconds)))
+        self._replicas = replicas
+        self._timeout_seconds = timeout_seconds
+
+    def send_one(self) -> Any:
+        """Send the batch's only call: its reply, or the error reply it got, raised."""
+        (reply,) = self.send()
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def ensure_acknowledged(self, what: str) -> None:
+        """Raise unless enough replicas acknowledged the writes sent: ``BackendUnavailable``, or the
+        error ``WAIT`` got (an ACL without ``+wait``)."""
+        acknowledged = self.acknowledged or 0
+        if isinstance(acknowledged, Exception):
+            raise acknowledged
+        if acknowledged < self._replicas:
+            raise BackendUnavailable(
+                address=self._connection.address,
+                reason=(
+                    f"{acknowledged} of the {self._replicas} replicas min_replicas_acked asks for "
+                    f"acknowledged {what} within min_replicas_timeout_seconds ({self._timeout_seconds:g} s): "
+                    "it was given back, so that no failover can forget a lock that is held"
+                ),
+            )

@@ -7,7 +7,10 @@ server has a daemon thread of its own that sends whatever is queued for it, woke
 (a waiter gets the lock a round trip after the holder's end), everything queued in a
 single round trip; a server that hangs delays only its own releases. A request that
 fails, or that the server answers "not now" (``BUSY``, ``LOADING``, ``READONLY``...), is
-tried again until the lease it would end has ended anyway. At exit, also of a
+tried again until the lease it would end has ended anyway. One the server's ACL refuses
+(Redis 7 gives a new user no pub/sub channel, so a release's wake-up is refused) is not:
+that does not heal by itself, so it is reported once per process, as an ERROR naming the
+rules to add, instead of to each release's holder. At exit, also of a
 multiprocessing child (which skips ``atexit``), the process waits, for a bounded time,
 until every queue was sent once; a process killed before that leaves its locks to expire
 with their leases, as any crashed holder does.
@@ -24,8 +27,11 @@ from collections.abc import Callable
 
 import redis
 
-from locked_targets.process_state import ProcessLocal, ProcessLocalMap
-from locked_targets.rwlock.connection import RedisConnection, ScriptBatch, count_failure, is_unavailable
+from locked_targets.errors import BackendUnavailable, ConfigurationError
+from locked_targets.process_state import Once, ProcessLocal, ProcessLocalMap
+from locked_targets.rwlock.connection import RedisConnection
+from locked_targets.rwlock.error_replies import count_failure, is_unavailable
+from locked_targets.rwlock.script_batch import ScriptBatch
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +44,23 @@ _LOCK_WAIT_SECONDS = 1.0
 # Runs after the kept shared leases and the locks taken ahead are handed back at exit
 # (their finalizers have priority 10).
 _EXIT_PRIORITY = 5
+# The users (as redis_url shows them) whose releases the server's ACL refused, reported once.
+_refusals_reported = Once()
+
+
+def configuration_refusal(connection: RedisConnection, reply: object) -> ConfigurationError | None:
+    """The ``ConfigurationError`` naming the rules to add, if ``reply`` is an error reply by which the
+    server refuses the user of ``connection`` for good (its ACL refuses a command, key or channel);
+    None for any other reply. Retrying such a request cannot help."""
+    if not isinstance(reply, redis.ResponseError) or is_unavailable(reply):
+        return None
+    try:  # the connection's own reading of error replies
+        with connection.errors_translated():
+            raise reply
+    except ConfigurationError as refusal:
+        return refusal
+    except (redis.ResponseError, BackendUnavailable):
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +72,8 @@ class Handover:
     """The base of the lock it releases (``LockKeys.base``)."""
     add: Callable[[ScriptBatch], object]
     answered: Callable[[object], None]
-    """Called with the script's reply, or the exception it got."""
+    """Called with the script's reply, or the exception it got; not for an ACL refusal, which the
+    releaser reports itself (once per process: it refuses every release alike)."""
     give_up_at: float
     """When (monotonic) the lease this request ends would have ended by itself."""
 
@@ -139,7 +163,7 @@ class Releaser:
 
     def _send(self, due: list[_Queued]) -> list[_Queued]:
         """Send ``due`` in one batch; return the requests to try again later."""
-        batch = self._connection.batch()
+        batch = ScriptBatch(self._connection)
         for queued in due:
             queued.request.add(batch)
         try:
@@ -159,11 +183,25 @@ class Releaser:
             if isinstance(reply, Exception) and is_unavailable(reply) and now < queued.request.give_up_at:
                 retry.append(dataclasses.replace(queued, not_before=now + _RETRY_AFTER_SECONDS, tried=True))
                 continue
+            refusal = configuration_refusal(self._connection, reply)
+            if refusal is not None:
+                self._report_refusal(refusal)
+                continue
             try:
                 queued.request.answered(reply)
             except Exception:  # a callback's bug must not stop this server's releases for good
                 logger.exception("answering a lock release sent to %s failed", self._connection.address)
         return retry
+
+    def _report_refusal(self, refusal: ConfigurationError) -> None:
+        log = logger.error if _refusals_reported.first_time(self._connection.shown_url) else logger.debug
+        log(
+            "Redis at %s refuses the lock releases of this process (said once): a release whose wake-up "
+            "is refused has given its lock back but woken no waiter, one refused outright leaves its "
+            "lock held until its lease ends. %s",
+            self._connection.address,
+            refusal,
+        )
 
 
 # One sending thread per server; a forked child starts its own and never sends the parent's.

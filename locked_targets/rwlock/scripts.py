@@ -2,9 +2,11 @@
 
 Every change to a lock's keys happens inside one of these scripts, atomically. Each
 script's comment lists ``KEYS`` and ``ARGV`` exactly as its function sends them, and
-what it returns. Durations cross into Redis here: the functions take seconds, the
-scripts count whole milliseconds of the server's clock (``TIME``), so clients on
-different machines agree on leases.
+what it returns. A script touches no key it is not sent in ``KEYS``, and all of a lock's
+keys share one hash slot (``keys``), so a Redis Cluster runs it on the master of that slot.
+Durations cross into Redis here: the functions take seconds, the scripts count whole
+milliseconds of the server's clock (``TIME``), so clients on different machines agree on
+leases.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import dataclasses
 import enum
 from typing import Any
 
-from locked_targets.rwlock.connection import RedisConnection, ScriptBatch
+from locked_targets.rwlock.connection import RedisConnection
 from locked_targets.rwlock.keys import LockKeys
+from locked_targets.rwlock.script_batch import ScriptBatch
 
 # How long the fencing counter outlives the lock's last exclusive grant, unless configured.
 # Tokens are at least the server time in µs, so the counter only has to outlast how far it
@@ -60,6 +63,14 @@ end
 )
 
 
+# How a script wakes the waiters of a lock (``wake_waiters(channel, why)``), opening the scripts
+# that do: by classic PUBLISH, which a cluster forwards to every node; or, where the connection's
+# waiters listen by sharded pub/sub (a Redis 7+ cluster, ``RedisConnection.sharded_pubsub``), by
+# SPUBLISH (``_as_run_on``), which only the node serving the lock's slot delivers: a release then
+# crosses no cluster bus.
+_WAKE_BY_PUBLISH = "local function wake_waiters(channel, why) redis.call('PUBLISH', channel, why) end\n"
+
+
 def milliseconds(seconds: float) -> int:
     """A duration as the whole, positive number of milliseconds a script takes."""
     return max(1, round(seconds * 1000))
@@ -69,11 +80,18 @@ def _run(
     connection: RedisConnection, source: str, keys: list[Any], args: list[Any], batch: ScriptBatch | None
 ) -> Any:
     """Run a script now and return its reply, or only add it to ``batch`` (its reply comes from ``send``)."""
-    script = connection.script(source)
+    script = connection.script(_as_run_on(connection, source))
     if batch is not None:
         batch.add(script, keys, args)
         return None
     return script(keys=keys, args=args)
+
+
+def _as_run_on(connection: RedisConnection, source: str) -> str:
+    """``source`` as ``connection`` runs it: a script that wakes waiters does it as they listen."""
+    if connection.sharded_pubsub and source.startswith(_WAKE_BY_PUBLISH):
+        return source.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'", 1)
+    return source
 
 
 class Relation(enum.Enum):
@@ -173,8 +191,19 @@ def acquire_shared(
 # Returns {1, fencing token} when acquired, else as ACQUIRE_SHARED (error reply included).
 # A writer is admitted when there is no writer and no live reader; otherwise, waiting in
 # line, it (re)registers as waiting, with a lease, which shuts out new readers, and when
-# readers block it, it asks them (through ARGV[4]) to give back leases they keep between
-# reads. A writer that only tries leaves no trace when blocked.
+# readers block it, it asks them (through ARGV[4], by classic PUBLISH on any server: the
+# processes that keep leases listen by pattern, see ``shared_leases``) to give back leases
+# they keep between reads. A writer that only tries leaves no trace when blocked.
+# Fencing tokens across a failover: a script replicates its effects, so the replica receives the
+# counter's value itself (not TIME) with the grant. If the promoted replica has it, the next token
+# is at least counter + 1, whatever its clock says: so always, once the grant is acknowledged by
+# ``min_replicas_acked`` replicas and one of them is promoted (Sentinel promotes the replica
+# furthest along in replication, unless ``replica-priority`` says otherwise or it is down). If
+# the failover lost the counter (the replica lagged), the next token is the new master's time in
+# µs, still larger than every token of the old master as long as the new master's clock is behind
+# the old one's by less than the time from the old master's last grant to the new master's first:
+# after a crash or a partition, the sentinels only start a failover once the master has been
+# silent for down-after-milliseconds; a failover ordered by hand takes only as long as itself.
 ACQUIRE_EXCLUSIVE = (
     _LUA_HELPERS
     + """
@@ -276,7 +305,9 @@ def exclusive_attempt(reply: list[Any]) -> Attempt:
 # Returns 1 if the token held the lock (as writer, or as a reader not yet pruned: no
 # writer can have entered since), 0 if it had lost it. Also withdraws the token from
 # the waiting writers, so it can abandon an attempt whose reply was lost.
-RELEASE = """
+RELEASE = (
+    _WAKE_BY_PUBLISH
+    + """
 local released = 0
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
@@ -287,10 +318,11 @@ end
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 if released == 1 and redis.call('EXISTS', KEYS[1]) == 0 and redis.call('ZCARD', KEYS[2]) == 0 then
-  redis.call('PUBLISH', ARGV[2], 'released')
+  wake_waiters(ARGV[2], 'released')
 end
 return released
 """
+)
 
 
 def release(connection: RedisConnection, keys: LockKeys, token: str, batch: ScriptBatch | None = None) -> Any:
@@ -316,7 +348,8 @@ def release(connection: RedisConnection, keys: LockKeys, token: str, batch: Scri
 # Readers waiting for the writer are woken; a waiting writer, woken too, finds a reader
 # in its way and asks for the lease back on the revoke channel, as with any kept lease.
 DOWNGRADE = (
-    _LUA_HELPERS
+    _WAKE_BY_PUBLISH
+    + _LUA_HELPERS
     + """
 local lease = duration_ms(2)
 if not lease then return refused(2) end
@@ -331,7 +364,7 @@ redis.call('ZADD', KEYS[2], now + lease, ARGV[1])
 keep_alive(KEYS[2], lease)
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 keep_alive(KEYS[3], lease)
-redis.call('PUBLISH', ARGV[4], 'downgraded')
+wake_waiters(ARGV[4], 'downgraded')
 return 1
 """
 )
@@ -362,12 +395,15 @@ def downgrade(
 # KEYS[1] waiting_writers, KEYS[2] holders
 # ARGV[1] token of a writer that stops waiting, ARGV[2] the released channel
 # Readers held back only by this writer may go on, so they are woken. Returns nothing.
-CANCEL_WAIT = """
+CANCEL_WAIT = (
+    _WAKE_BY_PUBLISH
+    + """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
   redis.call('HDEL', KEYS[2], ARGV[1])
-  redis.call('PUBLISH', ARGV[2], 'cancelled')
+  wake_waiters(ARGV[2], 'cancelled')
 end
 """
+)
 
 
 def cancel_wait(connection: RedisConnection, keys: LockKeys, token: str) -> None:

@@ -12,7 +12,9 @@ Safety never depends on the listener: a kept lease is a real reader registration
 writer can get in while a local read uses it. The listener only bounds how long a
 writer waits. A lease is kept only if the listener was subscribed before the lease was
 acquired, so no revocation can have been published unseen; a listener that loses its
-connection gives back every kept lease before it listens again.
+connection gives back every kept lease before it listens again. A listener the server's ACL
+refuses (a user without ``&*}:revoke``, as Redis 7 creates users) stops for good, since that
+does not heal by itself: the process then keeps no lease, and says so once, with the rule to add.
 """
 
 from __future__ import annotations
@@ -24,16 +26,22 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
+from locked_targets.errors import ConfigurationError
+from locked_targets.process_state import Once
 from locked_targets.rwlock import telemetry
-from locked_targets.rwlock.connection import RedisConnection, await_subscription, count_failure
+from locked_targets.rwlock.connection import RedisConnection
+from locked_targets.rwlock.error_replies import count_failure
 from locked_targets.rwlock.keys import REVOKE_CHANNEL_PATTERN, base_of_revoke_channel
 from locked_targets.rwlock.lease import HeldLock
-from locked_targets.rwlock.releases import wait_until_sent
+from locked_targets.rwlock.releases import configuration_refusal, wait_until_sent
+from locked_targets.rwlock.subscription import subscription_to
 
 logger = logging.getLogger(__name__)
 
 _SWEEP_EVERY_SECONDS = 1.0
 _RECONNECT_AFTER_SECONDS = 1.0
+# The users (as redis_url shows them) whose revocation listener the server's ACL refused, reported once.
+_refusals_reported = Once()
 
 
 @dataclasses.dataclass
@@ -179,27 +187,51 @@ class SharedLeases:
             try:
                 self._listen()
             except Exception as error:
+                refusal = configuration_refusal(self._connection, error)
+                if refusal is not None:
+                    self._keep_no_leases(refusal)
+                    return
                 # One warning per outage: the listener retries every second until Redis is back.
                 log = logger.warning if self._failures_in_a_row == 0 else logger.debug
                 log("revocation listener lost Redis at %s, retrying: %s", self._connection.address, error)
                 count_failure(error)
                 self._failures_in_a_row += 1
-            with self._mutex:
-                self._listening.clear()
-                self._subscription += 1
-            self.release_all()  # a revocation may have been published while we were not listening
+            self._stop_lending()
             time.sleep(_RECONNECT_AFTER_SECONDS)
 
+    def _stop_lending(self) -> None:
+        """Keep and lend no lease until the listener listens again: a revocation may go unheard."""
+        with self._mutex:
+            self._listening.clear()
+            self._subscription += 1
+        self.release_all()
+
+    def _keep_no_leases(self, refusal: ConfigurationError) -> None:
+        """The listener stops for good: without it no lease is kept, which is safe, only slower."""
+        self._stop_lending()
+        log = logger.warning if _refusals_reported.first_time(self._connection.shown_url) else logger.debug
+        log(
+            "kept shared leases are off at %s for this process (every read takes and gives back its "
+            "lock): the revocation listener may not PSUBSCRIBE %s, which needs +psubscribe and &%s in the "
+            "user's rules (Redis matches a PSUBSCRIBE pattern against them literally). %s",
+            self._connection.address,
+            REVOKE_CHANNEL_PATTERN,
+            REVOKE_CHANNEL_PATTERN,
+            refusal,
+        )
+
     def _listen(self) -> None:
-        pubsub = self._connection.client.pubsub()  # type: ignore[no-untyped-call]
+        # Classic pub/sub, also on a Redis 7 cluster: sharded pub/sub has no pattern form, and one
+        # PSUBSCRIBE on any node of a cluster hears the revoke channels of every slot, since a cluster
+        # forwards each classic PUBLISH to all its nodes. Revocations are few (a writer asks only
+        # when readers are in its way), so they cost the cluster bus little.
+        revocations = subscription_to(self._connection, REVOKE_CHANNEL_PATTERN, pattern=True)
         try:
-            pubsub.psubscribe(REVOKE_CHANNEL_PATTERN)
-            await_subscription(pubsub)
             self._listening.set()
             self._failures_in_a_row = 0
             swept_at = time.monotonic()
             while True:
-                message = pubsub.get_message(timeout=_SWEEP_EVERY_SECONDS)
+                message = revocations.next_message(timeout=_SWEEP_EVERY_SECONDS)
                 if message is not None and message["type"] == "pmessage":
                     channel: bytes = message["channel"]
                     base = base_of_revoke_channel(channel.decode(errors="replace"))
@@ -213,7 +245,7 @@ class SharedLeases:
                     self._release_idle()
                     swept_at = time.monotonic()
         finally:
-            pubsub.close()
+            revocations.close()
 
     def _release_idle(self) -> None:
         idle_before = time.monotonic() - self._shared_lease_idle_seconds

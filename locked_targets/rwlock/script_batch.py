@@ -1,0 +1,187 @@
+"""Script calls sent together: in one round trip to a server, in one per master on a Redis Cluster.
+
+A batch of script calls goes to each master in a pipeline of its own (``ScriptBatch``):
+redis-py refuses EVALSHA in its cluster pipeline. A call a cluster redirected, or that met a
+failed node, is sent again after the slots are read again.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.commands.core import Script
+from redis.exceptions import RedisClusterException
+
+from locked_targets.errors import ConfigurationError
+from locked_targets.rwlock.connection import RedisConnection, node_serving
+
+_CLUSTER_SEND_ROUNDS = 3
+"""How many times a batch on a cluster sends a call that was redirected, or met a failed node."""
+_TRY_AGAIN_PAUSE_SECONDS = 0.05  # as redis-py pauses on TRYAGAIN
+
+
+def _node_at(cluster: RedisCluster, host: str, port: int) -> ClusterNode:
+    """The node at ``host:port``, known to the cluster client or not (a node an ASK names may be new)."""
+    known: ClusterNode | None = cluster.get_node(host, port)  # type: ignore[no-untyped-call]
+    return known or ClusterNode(host, port)  # type: ignore[no-untyped-call]
+
+
+_Call = tuple[Script, list[Any], list[Any]]
+"""A script call of a batch: the script, its keys and its arguments."""
+
+
+class ScriptBatch:
+    """Script calls sent together by EVALSHA in one round trip (on a cluster: one per node), their
+    replies read in order.
+
+    A redis-py pipeline of scripts first asks ``SCRIPT EXISTS`` in a round trip of its own;
+    a batch sends the calls at once and loads a script only where the server says it lacks
+    it (after a restart), then sends those calls again: a call refused for that never ran.
+    """
+
+    def __init__(self, connection: RedisConnection, wait_for_replicas: tuple[int, int] | None = None) -> None:
+        self._connection = connection
+        self._calls: list[_Call] = []
+        self._wait_for_replicas = wait_for_replicas
+        self.acknowledged: int | Exception | None = None
+        """With ``wait_for_replicas`` (replicas, timeout in ms): the reply of the ``WAIT`` sent after
+        the calls on their connection, how many replicas acknowledged them (or the error it got)."""
+
+    def add(self, script: Script, keys: list[Any], args: list[Any]) -> None:
+        self._calls.append((script, keys, args))
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def send(self) -> list[Any]:
+        """Every call's reply, or the error it got, in the order added: an error reply (a
+        ``redis.ResponseError``), or on a cluster the failure of the node it went to."""
+        replies = self._send(self._calls)
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                self._connection.forget_demoted_master(reply)
+        unknown = [
+            index for index, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)
+        ]
+        if unknown:
+            for script in {self._calls[index][0] for index in unknown}:
+                script.sha = self._connection.client.script_load(script.script)
+            for index, reply in zip(
+                unknown, self._send([self._calls[index] for index in unknown]), strict=True
+            ):
+                replies[index] = reply
+        return replies
+
+    def _send(self, calls: list[_Call]) -> list[Any]:
+        client = self._connection.client
+        if isinstance(client, RedisCluster):
+            if self._wait_for_replicas is not None:
+                # WAIT counts one connection's writes; a batch on a cluster has one per node.
+                raise ConfigurationError(
+                    "min_replicas_acked",
+                    self._wait_for_replicas[0],
+                    "is not supported on a Redis Cluster: set it to 0",
+                )
+            return _send_per_node(client, calls)
+        if self._wait_for_replicas is None:
+            return _pipelined(client, [(call, False) for call in calls])
+        *replies, self.acknowledged = _pipelined(
+            client, [(call, False) for call in calls], wait_for_replicas=self._wait_for_replicas
+        )
+        return replies
+
+
+def _pipelined(
+    client: redis.Redis, calls: list[tuple[_Call, bool]], wait_for_replicas: tuple[int, int] | None = None
+) -> list[Any]:
+    """Each call's reply from one server, in one round trip; ``ASKING`` goes before a call flagged
+    True (one that an ASK redirection sent to this node). With ``wait_for_replicas``, a ``WAIT``
+    follows the calls on their connection, and its reply ends the list."""
+    pipeline = client.pipeline(transaction=False)
+    for (script, keys, args), asking in calls:
+        if asking:
+            pipeline.execute_command("ASKING")  # type: ignore[no-untyped-call]
+        pipeline.evalsha(script.sha, len(keys), *keys, *args)
+    if wait_for_replicas is not None:
+        pipeline.wait(*wait_for_replicas)
+    answers = iter(pipeline.execute(raise_on_error=False))
+    replies = []
+    for _call, asking in calls:
+        if asking:
+            next(answers)  # ASKING's OK
+        replies.append(next(answers))
+    replies.extend(answers)  # WAIT's reply, if sent
+    return replies
+
+
+# A cluster's replies that send a call again: redirected (MOVED, ASK), "not now" (TRYAGAIN,
+# CLUSTERDOWN), or the node failed (a connection error; not a timeout, which is already long).
+_SENT_AGAIN = (
+    redis.exceptions.AskError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+    redis.ConnectionError,
+)
+
+
+def _send_per_node(cluster: RedisCluster, calls: list[_Call]) -> list[Any]:
+    """``calls`` on a cluster, one pipeline per node, each call to the master of its first key's slot
+    (every key of a lock shares one); replies in the order of ``calls``.
+
+    redis-py refuses EVALSHA in its cluster pipeline. A call whose reply is in ``_SENT_AGAIN`` is
+    sent again, up to ``_CLUSTER_SEND_ROUNDS`` times in all: after the slots are read again
+    (MOVED, CLUSTERDOWN, a failed node), to the node an ASK names, or after a pause (TRYAGAIN);
+    then that reply is its reply.
+    """
+    replies: list[Any] = [None] * len(calls)
+    asked: dict[int, ClusterNode] = {}
+    pending = list(range(len(calls)))
+    for _round in range(_CLUSTER_SEND_ROUNDS):
+        by_node: dict[str, list[int]] = {}
+        nodes: dict[str, ClusterNode] = {}
+        for index in pending:
+            try:
+                node = asked.get(index) or node_serving(cluster, calls[index][1][0])
+            except redis.exceptions.ClusterDownError as error:
+                replies[index] = error
+                continue
+            nodes[node.name] = node
+            by_node.setdefault(node.name, []).append(index)
+        for name, indices in by_node.items():
+            try:
+                answered = _pipelined(
+                    cluster.get_redis_connection(nodes[name]),
+                    [(calls[index], index in asked) for index in indices],
+                )
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                answered = [error] * len(indices)
+            for index, reply in zip(indices, answered, strict=True):
+                replies[index] = reply
+        pending = [index for index in pending if isinstance(replies[index], _SENT_AGAIN)]
+        if not pending or not _ready_to_send_again(
+            cluster, [(index, replies[index]) for index in pending], asked
+        ):
+            break
+    return replies
+
+
+def _ready_to_send_again(
+    cluster: RedisCluster, redirected: list[tuple[int, redis.RedisError]], asked: dict[int, ClusterNode]
+) -> bool:
+    """Get ready to send calls again after these replies: note where an ASK sends each, read the slots
+    again or pause as the others ask. False if the slots cannot be read: the replies stand."""
+    asked.clear()
+    for index, reply in redirected:
+        if type(reply) is redis.exceptions.AskError:  # not its subclass MovedError
+            asked[index] = _node_at(cluster, reply.host, reply.port)
+    if len(asked) < len(redirected):
+        try:
+            cluster.nodes_manager.initialize()
+        except RedisClusterException:
+            return False
+    if any(isinstance(reply, redis.exceptions.TryAgainError) for _index, reply in redirected):
+        time.sleep(_TRY_AGAIN_PAUSE_SECONDS)
+    return True
