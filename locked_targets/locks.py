@@ -7,12 +7,16 @@ distinct files never share a lock (gokart keyed by basename, so ``s3://a/x_1.pkl
 newlines, very long names) gives a short, safe key. The digest in
 braces is the Redis Cluster hash tag that keeps every key of one lock in one slot.
 
-The process keeps one ``RedisConnection`` per Redis URL and one set of kept shared
-leases per connection (both in ``process_state``); kept leases are given back at exit.
+A file's lock lives on the lock service of its storage kind (``lock_service_for``:
+``<kind>_redis_url``, else ``redis_url``). The process keeps one ``RedisConnection`` per Redis
+URL and one set of kept shared leases per connection (both in ``process_state``); kept leases
+are given back at exit. Before its first lock on a service, a process checks that the server
+can keep locks (``server_checks``), and judges every new lock by what it read then.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import multiprocessing.util
@@ -25,6 +29,7 @@ from locked_targets.rwlock import (
     ReadWriteLock,
     RedisConnection,
     SharedLeases,
+    server_checks,
     telemetry,
 )
 from locked_targets.settings import Settings
@@ -36,6 +41,25 @@ class LockNamespace(str, enum.Enum):
 
     TARGET = "target"
     RUN = "run"
+
+
+@dataclasses.dataclass(frozen=True)
+class LockService:
+    """The Redis a file's lock lives on, and the setting whose URL named it (for messages)."""
+
+    setting: str
+    url: str
+
+
+def lock_service_for(path: str, settings: Settings) -> LockService | None:
+    """Where the lock of the file at ``path`` lives: its storage kind's own ``<kind>_redis_url``
+    if set, else ``redis_url``; None when neither is (the file is not locked)."""
+    kind = storage_kind_for(path)
+    for setting in (f"{kind.name}_redis_url", "redis_url"):
+        url: str | None = getattr(settings, setting)
+        if url is not None:
+            return LockService(setting=setting, url=url)
+    return None
 
 
 def lock_key_for(
@@ -57,7 +81,7 @@ def lock_for(
     task: str | None = None,
     wait_timeout_seconds: float | None,
 ) -> ReadWriteLock:
-    """The lock of the cache file at ``path`` in ``namespace``, on the Redis of ``settings``.
+    """The lock of the cache file at ``path`` in ``namespace``, on the lock service of its storage kind.
 
     luigi builds a task's targets again and again (18 times per task in a 1,000-task build)
     and a lock's keys cost a real path and a SHA-256, so the process remembers the most
@@ -98,9 +122,20 @@ def _new_lock(
     task: str | None,
     wait_timeout_seconds: float | None,
 ) -> ReadWriteLock:
-    if settings.redis_url is None:
-        raise ValueError("locking is not configured: settings.redis_url is None")
-    connection = connection_for(settings.redis_url)
+    kind = storage_kind_for(path)
+    service = lock_service_for(path, settings)
+    if service is None:
+        raise ValueError(
+            f"locking is not configured for {kind.name} files: neither {kind.name}_redis_url nor redis_url"
+        )
+    connection = connection_for(service.url, service.setting)
+    terms = lease_terms(settings)
+    server_checks.ensure_fit_for_locks(
+        connection,
+        setting=service.setting,
+        allow_eviction=settings.allow_eviction,
+        redis_retry_deadline_seconds=terms.redis_retry_deadline_seconds,
+    )
     keep_shared = namespace is LockNamespace.TARGET and settings.shared_lease_idle_seconds > 0
     # Looked up at each use, not here: a lock built before a fork must not lend the parent's leases.
     shared_leases = (
@@ -111,14 +146,14 @@ def _new_lock(
     return ReadWriteLock(
         connection,
         lock_key_for(path, settings, namespace),
-        lease_terms(settings),
+        terms,
         wait_timeout_seconds=wait_timeout_seconds,
         task=task,
         label=None if namespace is LockNamespace.TARGET else f"{namespace.value} lock",
         shared_leases=shared_leases,
-        telemetry_labels=telemetry.lock_labels(
-            namespace=namespace.value, storage=storage_kind_for(path).name
-        ),
+        telemetry_labels=telemetry.lock_labels(namespace=namespace.value, storage=kind.name),
+        min_replicas_acked=settings.min_replicas_acked,
+        min_replicas_timeout_seconds=settings.min_replicas_timeout_seconds,
     )
 
 
@@ -141,9 +176,10 @@ _connections: ProcessLocalMap[str, RedisConnection] = ProcessLocalMap()
 _kept_shared_leases: ProcessLocalMap[tuple[RedisConnection, float], SharedLeases] = ProcessLocalMap()
 
 
-def connection_for(redis_url: str) -> RedisConnection:
-    """The process's connection to ``redis_url``, made on first use."""
-    return _connections.get(redis_url, lambda: RedisConnection(redis_url))
+def connection_for(redis_url: str, setting: str = "redis_url") -> RedisConnection:
+    """The process's connection to ``redis_url``, made on first use; its messages name ``setting``, the
+    first setting to ask for that URL (several settings may name one Redis)."""
+    return _connections.get(redis_url, lambda: RedisConnection(redis_url, setting))
 
 
 def shared_leases_for(connection: RedisConnection, shared_lease_idle_seconds: float) -> SharedLeases:

@@ -1,12 +1,14 @@
 """``RunWithLock``: one application computes a task; the others wait, then find it complete and skip.
 
 A task's run lock is the set of its outputs' lock keys in the ``run`` namespace (so the
-per-storage prefixes apply). It is taken all or none, in sorted key order, so two
-tasks whose outputs overlap cannot deadlock. Once held, a task that another
-application completed meanwhile is skipped (single flight). The locks are renewed
-for as long as ``run()`` runs; a dump checks them before it writes, so a run that has
-lost its lock by then writes nothing and fails with ``LockLost``; a loss during the write
-itself is caught by the commit's guard, and a stale commit is refused by the storage.
+per-storage prefixes apply), each on the lock service of its output's storage kind, so a
+task whose outputs span two services holds a run lock on each. They are taken all or none,
+one after another in sorted key order (see ``_run_lock_of``), so two tasks whose outputs
+overlap cannot deadlock. Once held, a task that another application completed meanwhile is
+skipped (single flight). The locks are renewed for as long as ``run()`` runs; a dump checks
+them before it writes, so a run that has lost its lock by then writes nothing and fails
+with ``LockLost``; a loss during the write itself is caught by the commit's guard, and a
+stale commit is refused by the storage.
 
 ``RunCollision``, raised instead of waiting under ``fail_on_collision``, is defined here
 rather than in ``errors``: it is also gokart's ``TaskLockException``, which ``errors``
@@ -29,7 +31,7 @@ from gokart.conflict_prevention_lock.task_lock import TaskLockException
 from gokart.target import TargetOnKart
 
 from locked_targets.errors import KeepsArguments, LockError, LockTimeout
-from locked_targets.locks import LockNamespace, lock_for
+from locked_targets.locks import LockNamespace, lock_for, lock_service_for
 from locked_targets.process_state import after_fork
 from locked_targets.rwlock import HeldLock, LockMode, ReadWriteLock, telemetry
 from locked_targets.settings import Settings
@@ -130,10 +132,22 @@ def _locked_run_method(run: _Decorated) -> _Decorated:
 
 @contextmanager
 def _run_lock_of(task: luigi.Task) -> Iterator[bool]:
-    """Hold every run lock of ``task``; yield whether the task is already complete."""
+    """Hold every run lock of ``task``; yield whether the task is already complete.
+
+    The locks are taken in the order of their keys, whichever lock service each lives on.
+    Every application that shares a lock computes the same key for it (the prefixes and the
+    digest of the storage kind and file), and no two locks of one task share a key (the
+    digest names the storage kind, which names the service), so this one order is the same
+    for every lock of every service in every application: a task waits only for a lock
+    later in it than all it holds, and two tasks can never each hold what the other waits
+    for. An order by service would not do: applications may name one service differently
+    (a host name or its address, another user), and so put its locks before or after
+    another service's in different orders. Outputs whose storage kind has no lock service
+    are not run-locked, as their targets are not locked.
+    """
     settings = Settings.for_task(task)
-    paths = _output_paths(task)
-    if settings.redis_url is None or not paths:
+    paths = [path for path in _output_paths(task) if lock_service_for(path, settings) is not None]
+    if not paths:
         yield False
         return
     wait_timeout = 0.0 if settings.fail_on_collision else settings.run_wait_timeout_seconds

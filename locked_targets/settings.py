@@ -5,7 +5,9 @@ before any target is touched, with a message that names it and shows no secret. 
 duration has bounds (``_Bounds``) that keep it within what Redis, the lock's scripts and
 Python's waits can count, and the lease long enough for a renewal to be retried. For gokart
 compatibility ``[TaskOnKart] redis_host``/``redis_port``/``redis_timeout`` (or the
-same task parameters) switch locking on when ``redis_url`` is not set. A key of
+same task parameters) switch locking on when ``redis_url`` is not set. ``local_redis_url``,
+``s3_redis_url`` and ``gcs_redis_url`` override ``redis_url`` for the files of that storage
+kind (``locks.lock_service_for``), so each kind may lock on a Redis of its own. A key of
 ``[locked_targets]`` that no setting reads is logged once per process, since a typo
 in ``redis_url`` would otherwise switch locking off without a word. luigi builds targets
 all the time, so a process reads and checks a configuration once and reuses its settings
@@ -28,7 +30,14 @@ import luigi.configuration
 
 from locked_targets.errors import ConfigurationError
 from locked_targets.process_state import Once, ProcessLocal
-from locked_targets.rwlock.connection import HIDDEN, redacted_url, redis_address, with_sentinel_password
+from locked_targets.rwlock.lock import DEFAULT_MIN_REPLICAS_TIMEOUT_SECONDS
+from locked_targets.rwlock.redis_urls import (
+    HIDDEN,
+    names_sentinels,
+    redacted_url,
+    redis_address,
+    with_sentinel_password,
+)
 from locked_targets.rwlock.scripts import DEFAULT_FENCING_MEMORY_SECONDS
 
 SECTION = "locked_targets"
@@ -86,6 +95,10 @@ REDIS_RETRY_DEADLINE_BOUNDS = _Bounds(1.0, 30 * _DAY_SECONDS)
 # However short the fencing memory, the lock keeps its counter at least one lease; 30 days
 # is far longer than any backward step of a server clock it has to outlast.
 FENCING_MEMORY_BOUNDS = _Bounds(1.0, 30 * _DAY_SECONDS)
+# A grant's WAIT for its replicas: never 0 (which Redis reads as "for ever"); a replica that needs
+# more than a minute to acknowledge a write is not keeping up.
+MIN_REPLICAS_TIMEOUT_BOUNDS = _Bounds(0.001, 60.0)
+MIN_REPLICAS_ACKED_RANGE = range(0, 101)
 _PORT_RANGE = range(1, 65536)
 # A host name or IPv4 address, or an IPv6 address (which the URL puts in brackets).
 _HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
@@ -168,11 +181,28 @@ def _hidden(_value: str) -> str:
     return HIDDEN
 
 
+LOCK_SERVICE_SETTINGS = ("redis_url", "local_redis_url", "s3_redis_url", "gcs_redis_url")
+"""The settings naming a Redis to lock on: ``redis_url`` for every storage kind, the others for one each."""
+
+
+def _check_lock_service_url(name: str, url: str | None) -> None:
+    """Raise ``ConfigurationError`` naming the setting ``name`` unless ``url`` is unset or usable."""
+    if url is None:
+        return
+    try:
+        redis_address(url)
+    except ConfigurationError as refused:
+        raise ConfigurationError(name, refused.value, refused.expectation) from None
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
 class Settings:
     """Where the locks live, how they are keyed, and how long they last."""
 
     redis_url: str | None = _setting(None, _text, shown=redacted_url)
+    local_redis_url: str | None = _setting(None, _text, shown=redacted_url)
+    s3_redis_url: str | None = _setting(None, _text, shown=redacted_url)
+    gcs_redis_url: str | None = _setting(None, _text, shown=redacted_url)
     key_prefix: str = _setting("locked_targets:", _text)
     local_key_prefix: str = _setting("local:", _text)
     s3_key_prefix: str = _setting("s3:", _text)
@@ -192,6 +222,11 @@ class Settings:
     fencing_memory_seconds: float = _setting(
         DEFAULT_FENCING_MEMORY_SECONDS, _number, bounds=FENCING_MEMORY_BOUNDS
     )
+    min_replicas_acked: int = _setting(0, _integer)
+    min_replicas_timeout_seconds: float = _setting(
+        DEFAULT_MIN_REPLICAS_TIMEOUT_SECONDS, _number, bounds=MIN_REPLICAS_TIMEOUT_BOUNDS
+    )
+    allow_eviction: bool = _setting(False, _boolean)
     s3_endpoint_url: str | None = _setting(None, _text, shown=redacted_url)
     gcs_endpoint_url: str | None = _setting(None, _text, shown=redacted_url)
     gcs_project: str | None = _setting(None, _text)
@@ -210,13 +245,10 @@ class Settings:
                 raise ConfigurationError(field.name, _shown(field, value), "must be text")
             if field.metadata[_BOUNDS] is not None:
                 field.metadata[_BOUNDS].check(field.name, value)
-        if self.redis_url is not None:
-            redis_address(self.redis_url)
+        for name in LOCK_SERVICE_SETTINGS:
+            _check_lock_service_url(name, getattr(self, name))
         if self.sentinel_password is not None:
-            # The lock's connection is made from redis_url alone, so the URL carries the password.
-            object.__setattr__(
-                self, "redis_url", with_sentinel_password(self.redis_url, self.sentinel_password)
-            )
+            self._give_sentinel_urls_their_password(self.sentinel_password)
         for name in ("key_prefix", "local_key_prefix", "s3_key_prefix", "gcs_key_prefix"):
             prefix = getattr(self, name)
             if "{" in prefix or "}" in prefix:
@@ -232,6 +264,24 @@ class Settings:
                 f"must be at least twice the renewal interval ({interval:g} s), "
                 "so that a renewal that fails can be retried before the lease ends",
             )
+        self._check_min_replicas(interval)
+
+    def _check_min_replicas(self, renewal_interval: float) -> None:
+        """``min_replicas_acked`` is a count; the wait for the replicas leaves the lease its renewals."""
+        acked = self.min_replicas_acked
+        if isinstance(acked, bool) or not isinstance(acked, int) or acked not in MIN_REPLICAS_ACKED_RANGE:
+            raise ConfigurationError(
+                "min_replicas_acked",
+                acked,
+                f"must be a whole number from 0 (off) to {MIN_REPLICAS_ACKED_RANGE[-1]}",
+            )
+        if acked and self.min_replicas_timeout_seconds > renewal_interval / 2:
+            raise ConfigurationError(
+                "min_replicas_timeout_seconds",
+                self.min_replicas_timeout_seconds,
+                f"must be at most half the renewal interval ({renewal_interval:g} s) when min_replicas_acked "
+                "is set, so that a grant's first renewal comes well before its lease ends",
+            )
 
     def __repr__(self) -> str:
         shown = (
@@ -241,7 +291,21 @@ class Settings:
 
     @property
     def locking_enabled(self) -> bool:
-        return self.redis_url is not None
+        """Whether any storage kind has a lock service (``redis_url`` or a ``<kind>_redis_url``)."""
+        return any(getattr(self, name) is not None for name in LOCK_SERVICE_SETTINGS)
+
+    def _give_sentinel_urls_their_password(self, sentinel_password: str) -> None:
+        """Put ``sentinel_password`` into each sentinel URL: a connection is made from its URL alone."""
+        sentinel_urls = [name for name in LOCK_SERVICE_SETTINGS if names_sentinels(getattr(self, name))]
+        if not sentinel_urls:
+            raise ConfigurationError(
+                "sentinel_password",
+                HIDDEN,
+                "applies only to a redis+sentinel:// or rediss+sentinel:// URL, and none of "
+                f"{', '.join(LOCK_SERVICE_SETTINGS)} is one",
+            )
+        for name in sentinel_urls:
+            object.__setattr__(self, name, with_sentinel_password(getattr(self, name), sentinel_password))
 
     @property
     def effective_renewal_interval_seconds(self) -> float:

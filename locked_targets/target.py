@@ -28,7 +28,7 @@ from gokart.target import SingleFileTarget, TargetOnKart
 from gokart.utils import FlattenableItems
 
 from locked_targets.errors import CommitRefused, LockLost
-from locked_targets.locks import forget_lock, lock_for
+from locked_targets.locks import forget_lock, lock_for, lock_service_for
 from locked_targets.process_state import Once
 from locked_targets.run_lock import ensure_run_locks_held
 from locked_targets.rwlock import HeldLock, ReadWriteLock, take_ahead, taken_ahead, telemetry
@@ -60,8 +60,12 @@ class LockedTarget(WrappedTarget):
         # Built on the first call that locks (see _file_lock): luigi builds targets far more
         # often than it reads or writes them, and the lock's keys cost a realpath and a SHA-256.
         self._lock: ReadWriteLock | None = None
-        if not self._settings.locking_enabled:
-            warn_unlocked_once()
+        # redis_url serves every storage kind without its own: no need to find the path's kind.
+        self._locked = self._settings.redis_url is not None or (
+            lock_service_for(self.path(), self._settings) is not None
+        )
+        if not self._locked:
+            warn_unlocked_once(storage_kind_for(self.path()).name)
 
     def exists(self) -> bool:
         with self._hold_shared():
@@ -137,7 +141,7 @@ class LockedTarget(WrappedTarget):
 
     def _file_lock(self) -> ReadWriteLock | None:
         """The lock of this target's file, built on first use and kept; None when nothing is locked."""
-        if self._lock is None and self._settings.locking_enabled:
+        if self._lock is None and self._locked:
             self._lock = lock_for(
                 self.path(),
                 self._settings,
@@ -218,9 +222,12 @@ def _built_by_locked_targets(target: TargetOnKart) -> bool:
     return isinstance(target, StorageFileTarget | ModelTarget)
 
 
-def warn_unlocked_once() -> None:
-    if _warned.first_time("unlocked"):
+def warn_unlocked_once(storage: str) -> None:
+    """Warn, once per process and storage kind, that no Redis locks the kind's files."""
+    if _warned.first_time(("unlocked", storage)):
         logger.warning(
-            "locked_targets: no Redis configured ([locked_targets] redis_url, or [TaskOnKart] "
-            "redis_host and redis_port): cache targets are NOT locked"
+            "locked_targets: no Redis configured for %s files ([locked_targets] %s_redis_url or redis_url, "
+            "or [TaskOnKart] redis_host and redis_port): cache targets there are NOT locked",
+            storage,
+            storage,
         )

@@ -1,11 +1,12 @@
 """Trying a lock service out before a first run: the lock's scripts and channels, and the server's facts.
 
-For ``locked-targets doctor``, which turns these facts into advice. The trials run the very
-scripts a lock runs (through their functions in ``scripts``) and the pub/sub commands its
-waiters and kept shared leases use, so an ACL that refuses any of them is caught before a
-pipeline meets it. They write only to a scratch lock of their own under the key prefix
-(``<key_prefix>{doctor-<hex>}``), whose leases last a few seconds, and remove its keys at
-the end: no real lock is touched.
+For ``locked-targets doctor``, which turns these facts into advice, and for the start-up
+checks (``server_checks``), which read the server's version and eviction policy here
+(``server_facts``). The trials run the very scripts a lock runs (through their functions in
+``scripts``) and the pub/sub commands its waiters and kept shared leases use, so an ACL that
+refuses any of them is caught before a pipeline meets it. They write only to a scratch lock
+of their own under the key prefix (``<key_prefix>{doctor-<hex>}``), whose leases last a few
+seconds, and remove its keys at the end: no real lock is touched.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from locked_targets.rwlock import scripts
 from locked_targets.rwlock.clock import SYSTEM_CLOCK, Clock
-from locked_targets.rwlock.connection import RedisConnection, await_subscription
+from locked_targets.rwlock.connection import RedisConnection
 from locked_targets.rwlock.holders import describe_holder
 from locked_targets.rwlock.keys import REVOKE_CHANNEL_PATTERN, LockKeys
+from locked_targets.rwlock.subscription import subscription_to
 
 SCRATCH_LEASE_SECONDS = 5.0
 """The scratch lock's leases and fencing memory: whatever a trial leaves behind expires this soon."""
@@ -77,16 +80,7 @@ def lock_trials(connection: RedisConnection, key_prefix: str) -> list[Trial]:
             return [
                 _script_loading(connection),
                 *_scripts_run(connection, keys),
-                _tried("PUBLISH", ("PUBLISH",), lambda: _publish(connection, keys)),
-                _tried(
-                    "SUBSCRIBE", ("SUBSCRIBE",), lambda: _subscribe(connection, keys.channels, pattern=False)
-                ),
-                _tried(
-                    "PSUBSCRIBE",
-                    ("PSUBSCRIBE",),
-                    lambda: _subscribe(connection, (REVOKE_CHANNEL_PATTERN,), pattern=True),
-                    pattern=REVOKE_CHANNEL_PATTERN,
-                ),
+                *_pub_sub_trials(connection, keys),
             ]
         finally:
             # A user the ACL keeps from these keys cannot delete them either: they expire in seconds.
@@ -150,23 +144,37 @@ def _called_commands(source: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_CALLED_COMMAND.findall(source)))
 
 
-def _publish(connection: RedisConnection, keys: LockKeys) -> None:
-    for channel in keys.channels:
-        connection.client.publish(channel, "doctor")
+def _pub_sub_trials(connection: RedisConnection, keys: LockKeys) -> list[Trial]:
+    """Publish and listen as a lock does: wake-ups by SPUBLISH/SSUBSCRIBE where the connection's
+    pub/sub is sharded (a Redis 7+ cluster), else PUBLISH/SUBSCRIBE; revocations always classic."""
+    sharded = connection.sharded_pubsub
+    publish, subscribe = ("SPUBLISH", "SSUBSCRIBE") if sharded else ("PUBLISH", "SUBSCRIBE")
+
+    def wake() -> None:
+        (connection.client.spublish if sharded else connection.client.publish)(
+            keys.released_channel, "doctor"
+        )
+
+    trials = [_tried(publish, (publish,), wake)]
+    if sharded:  # writers ask for kept shared leases back by classic PUBLISH on every server
+        trials.append(
+            _tried("PUBLISH", ("PUBLISH",), lambda: connection.client.publish(keys.revoke_channel, "doctor"))
+        )
+    return [
+        *trials,
+        _tried(subscribe, (subscribe,), lambda: _subscribe(connection, keys.released_channel, pattern=False)),
+        _tried(
+            "PSUBSCRIBE",
+            ("PSUBSCRIBE",),
+            lambda: _subscribe(connection, REVOKE_CHANNEL_PATTERN, pattern=True),
+            pattern=REVOKE_CHANNEL_PATTERN,
+        ),
+    ]
 
 
-def _subscribe(connection: RedisConnection, channels: tuple[str, ...], *, pattern: bool) -> None:
-    """(P)SUBSCRIBE as waiters and kept shared leases do; a refusal arrives as the confirmation would."""
-    pubsub = connection.client.pubsub()  # type: ignore[no-untyped-call]
-    try:
-        if pattern:
-            pubsub.psubscribe(*channels)
-        else:
-            pubsub.subscribe(*channels)
-        for _ in channels:
-            await_subscription(pubsub)
-    finally:
-        pubsub.close()
+def _subscribe(connection: RedisConnection, channel: str, *, pattern: bool) -> None:
+    """Listen as waiters and kept shared leases do; a refusal arrives as the confirmation would."""
+    subscription_to(connection, channel, pattern=pattern).close()
 
 
 def _tried(
@@ -201,25 +209,87 @@ def _refused(trial: Trial, error: redis.ResponseError) -> Trial:
     )
 
 
+EVICTION_FREE_POLICY = "noeviction"
+"""The one ``maxmemory-policy`` under which Redis evicts no key: an evicted lock key is a lock given away."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerFacts:
+    """What a Redis server tells of itself that decides whether it can keep locks."""
+
+    version: str | None
+    """``redis_version`` (``7.0.15``); None if the server did not say."""
+    maxmemory_policy: str | None
+    """``noeviction``, ``allkeys-lru``, ...; None if the server did not say (a proxy may not)."""
+    address: str | None = None
+    """Which server told them (on a cluster, which master); None when not known."""
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any], address: str | None = None) -> ServerFacts:
+        """The facts of a server from its ``INFO`` reply (as redis-py parses it)."""
+        version, policy = info.get("redis_version"), info.get("maxmemory_policy")
+        return cls(
+            version=None if version is None else str(version),
+            maxmemory_policy=policy if isinstance(policy, str) else None,
+            address=address,
+        )
+
+    @property
+    def major_minor(self) -> tuple[int, int] | None:
+        """The version's first two numbers, ``(7, 0)``; None if it has none to read."""
+        parts = (self.version or "").split(".")
+        if len(parts) < 2 or not all(part.isdigit() for part in parts[:2]):
+            return None
+        return int(parts[0]), int(parts[1])
+
+
+def server_facts(connection: RedisConnection) -> list[ServerFacts] | None:
+    """The version and eviction policy of each server that keeps locks (every master of a cluster),
+    from one ``INFO`` each (never ``CONFIG``, which managed services block); None when the ACL refuses
+    ``INFO`` to the user, which a lock does not need.
+
+    Failures to reach a server raise ``BackendUnavailable``.
+    """
+    with connection.errors_translated():
+        try:
+            return [
+                ServerFacts.from_info(client.info(), address) for address, client in connection.primaries()
+            ]
+        except redis.exceptions.NoPermissionError:
+            return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Durability:
     """What of its data a Redis server keeps across a restart."""
 
+    address: str
+    """Which server (on a cluster, which master)."""
     append_only: bool
     """Whether it writes every change to its append-only file (``INFO persistence``)."""
     snapshot_schedule: str | None
     """Its RDB ``save`` schedule ('' for none), or None when it would not say (``CONFIG GET`` refused)."""
 
 
-def durability(connection: RedisConnection) -> Durability:
-    """Whether the server keeps an append-only file, and its snapshot schedule where it tells it."""
+def durability(connection: RedisConnection) -> list[Durability]:
+    """Whether each server that keeps locks (every master of a cluster) keeps an append-only file, and its
+    snapshot schedule where it tells it."""
+    kept = []
     with connection.errors_translated():
-        persistence: dict[str, Any] = connection.client.info("persistence")
-        try:
-            schedule: str | None = str(connection.client.config_get("save").get("save", ""))
-        except redis.ResponseError:  # CONFIG refused by the ACL, or renamed away by a managed service
-            schedule = None
-    return Durability(append_only=persistence.get("aof_enabled") == 1, snapshot_schedule=schedule)
+        for address, client in connection.primaries():
+            persistence: dict[str, Any] = client.info("persistence")
+            try:
+                schedule: str | None = str(client.config_get("save").get("save", ""))
+            except redis.ResponseError:  # CONFIG refused by the ACL, or renamed away by a managed service
+                schedule = None
+            kept.append(
+                Durability(
+                    address=address,
+                    append_only=persistence.get("aof_enabled") == 1,
+                    snapshot_schedule=schedule,
+                )
+            )
+    return kept
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,9 +308,14 @@ class SlotCoverage:
 def slot_coverage(connection: RedisConnection) -> SlotCoverage | None:
     """The cluster's slot coverage, or None for a server that is not in a cluster (``INFO cluster``)."""
     with connection.errors_translated():
-        if connection.client.info("cluster").get("cluster_enabled") != 1:
+        client = connection.client
+        info: dict[str, Any]
+        if isinstance(client, RedisCluster):
+            info = client.cluster_info(target_nodes=RedisCluster.RANDOM)
+        elif client.info("cluster").get("cluster_enabled") != 1:
             return None
-        info: dict[str, Any] = connection.client.cluster("INFO")
+        else:
+            info = client.cluster("INFO")
     return SlotCoverage(
         state=str(info.get("cluster_state")),
         slots_assigned=int(info.get("cluster_slots_assigned", 0)),
