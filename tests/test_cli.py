@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,18 @@ import luigi.configuration
 import pytest
 from click.testing import CliRunner, Result
 
+from helpers.clusters import clusters_by_version
 from locked_targets.cli import main
+from locked_targets.locks import lock_key_for
 from locked_targets.settings import Settings
-from locked_targets.testing import LaunchedProcess, ProcessGroup, ProcessSpec, free_port
+from locked_targets.testing import (
+    ClusterDeployment,
+    LaunchedProcess,
+    ProcessGroup,
+    ProcessSpec,
+    RedisServer,
+    free_port,
+)
 
 # Short leases, so that a stopped holder's lease visibly runs down: renewed every 2 s, and
 # counted as no longer renewed below 3 s left (6 s less 1.5 renewal intervals).
@@ -327,21 +336,7 @@ class Watcher:
 
 def test_watch_shows_a_release_within_a_second(path: str, settings: Settings, config_file: str) -> None:
     with holding(settings, path, "write") as writer:
-        # Refreshed every 60 s unless a lock publishes: a prompt refresh shows the channel woke it.
-        watcher = Watcher(config_file, "--interval", "60")
-        try:
-            first = watcher.next_document(timeout=DEADLINE_SECONDS)
-            assert [lock["path"] for lock in first["locks"]] == [path]
-            writer.process.release()
-            released_at = time.monotonic()
-            after = watcher.next_document(timeout=DEADLINE_SECONDS)
-            shown_after = time.monotonic() - released_at
-            assert after["locks"] == []
-            assert shown_after < 1.0 + 2.0  # a second, and generous room for a busy machine
-            watcher.process.send_signal(signal.SIGINT)
-            assert watcher.process.wait(timeout=DEADLINE_SECONDS) == 0
-        finally:
-            watcher.process.kill()
+        assert_watch_shows_the_release(config_file, writer, path)
 
 
 def test_break_lets_the_waiting_writer_in_at_once_and_the_broken_dump_raises_lock_lost(
@@ -426,3 +421,187 @@ def test_an_unreachable_redis_exits_1_without_showing_the_password(config_file: 
     assert result.exit_code == 1
     assert "unavailable" in result.output
     assert "hunter2" not in result.output
+
+
+# On a Redis Cluster: locks on every master, each read and broken at the master of its slot.
+
+
+@pytest.fixture(scope="module")
+def clusters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], ClusterDeployment]]:
+    """The module's clusters by version ("6.2": the wheel's; "7": skipped without one), each started at
+    its first use and shared by the tests after (none fails a master over)."""
+    with clusters_by_version(tmp_path_factory) as of:
+        yield of
+
+
+@pytest.fixture
+def cluster(clusters: Callable[[str], ClusterDeployment]) -> ClusterDeployment:
+    return clusters("6.2")
+
+
+def cluster_config(tmp_path: Path, cluster: ClusterDeployment, key_prefix: str) -> tuple[Settings, str]:
+    """Settings naming the cluster, and a luigi configuration with them."""
+    settings = Settings(redis_url=cluster.url, key_prefix=key_prefix, lease_seconds=LEASE_SECONDS)
+    config = tmp_path / "cluster.cfg"
+    config.write_text(
+        f"[locked_targets]\nredis_url = {cluster.url}\nkey_prefix = {key_prefix}\n"
+        f"lease_seconds = {LEASE_SECONDS}\n"
+    )
+    return settings, str(config)
+
+
+def paths_on_each_master(tmp_path: Path, cluster: ClusterDeployment, settings: Settings) -> dict[int, str]:
+    """A cache path whose lock lives on each master, by the master's port."""
+    found: dict[int, str] = {}
+    for number in range(200):
+        path = str(tmp_path / f"file-{number}.pkl")
+        found.setdefault(cluster.master_of(lock_key_for(path, settings).writer), path)
+        if len(found) == len(cluster.masters()):
+            return found
+    raise AssertionError("found no path for some master")
+
+
+def test_ls_on_a_cluster_shows_the_locks_held_on_every_master(
+    tmp_path: Path, cluster: ClusterDeployment, key_prefix: str
+) -> None:
+    settings, config = cluster_config(tmp_path, cluster, key_prefix)
+    on_master = paths_on_each_master(tmp_path, cluster, settings)
+    with lock_users(settings, *((path, "write") for path in on_master.values())):
+        locks = until(
+            lambda: len(found := cli_json(config, "ls")["locks"]) == len(on_master) and found,
+            "a lock on every master",
+        )
+    assert {(lock["path"], lock["server"]) for lock in locks} == {
+        (path, f"127.0.0.1:{port}") for port, path in on_master.items()
+    }
+    assert all(len(lock["holders"]) == 1 for lock in locks)
+
+
+def test_status_of_a_cluster_reports_the_health_of_each_master(
+    tmp_path: Path, cluster: ClusterDeployment, key_prefix: str
+) -> None:
+    _settings, config = cluster_config(tmp_path, cluster, key_prefix)
+    result = cli(config, "--json", "status")
+    assert result.exit_code == 0, result.output
+    (service,) = json.loads(result.stdout)["services"]
+    assert sorted(server["address"] for server in service["servers"]) == [
+        f"127.0.0.1:{port}" for port in cluster.masters()
+    ]
+    assert {(server["role"], server["maxmemory_policy"]) for server in service["servers"]} == {
+        ("master", "noeviction")
+    }
+
+
+def test_inspect_and_break_a_lock_on_a_master_other_than_the_first_node(
+    tmp_path: Path, cluster: ClusterDeployment, key_prefix: str
+) -> None:
+    settings, config = cluster_config(tmp_path, cluster, key_prefix)
+    first_node = cluster.ports[0]
+    port, path = next(
+        (port, path)
+        for port, path in paths_on_each_master(tmp_path, cluster, settings).items()
+        if port != first_node
+    )
+    with holding(settings, path, "write") as writer:
+        inspected = only_lock(config, "inspect", path)
+        broken = cli_json(config, "break", path, "--yes", "--reason", "test")
+        assert writer.let_go() == "LockLost"
+    assert (inspected["server"], [holder["pid"] for holder in inspected["holders"]]) == (
+        f"127.0.0.1:{port}",
+        [writer.pid],
+    )
+    assert (broken["broken"], broken["holders_removed"], broken["server"]) == (True, 1, f"127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize("version", ["6.2", "7"], ids=["redis-6.2", "redis-7"])
+def test_watch_on_a_cluster_shows_a_release_within_a_second(
+    tmp_path: Path, clusters: Callable[[str], ClusterDeployment], version: str, key_prefix: str
+) -> None:
+    # On Redis 7 the release is SPUBLISHed at the master of the lock's slot: only a sharded
+    # subscription there hears it.
+    settings, config = cluster_config(tmp_path, clusters(version), key_prefix)
+    path = str(tmp_path / "features.pkl")
+    with holding(settings, path, "write") as writer:
+        assert_watch_shows_the_release(config, writer, path)
+
+
+def assert_watch_shows_the_release(config: str, writer: Holder, path: str) -> None:
+    """A watcher refreshed every 60 s unless a lock publishes: a prompt refresh shows the channel woke it."""
+    watcher = Watcher(config, "--interval", "60")
+    try:
+        first = watcher.next_document(timeout=DEADLINE_SECONDS)
+        assert [lock["path"] for lock in first["locks"]] == [path]
+        writer.process.release()
+        released_at = time.monotonic()
+        after = watcher.next_document(timeout=DEADLINE_SECONDS)
+        shown_after = time.monotonic() - released_at
+        assert after["locks"] == []
+        assert shown_after < 1.0 + 2.0  # a second, and generous room for a busy machine
+        watcher.process.send_signal(signal.SIGINT)
+        assert watcher.process.wait(timeout=DEADLINE_SECONDS) == 0
+    finally:
+        watcher.process.kill()
+
+
+# Several lock services: a local cache's locks on a Redis of their own, the others' on redis_url.
+
+
+@pytest.fixture
+def two_services(
+    tmp_path: Path, settings: Settings, private_redis: RedisServer
+) -> tuple[Settings, Settings, str]:
+    """Settings of the shared service (redis_url) and of the local one (local_redis_url), and a
+    configuration naming both."""
+    local = dataclasses.replace(settings, redis_url=private_redis.url)
+    config = tmp_path / "two.cfg"
+    config.write_text(
+        f"[locked_targets]\nredis_url = {settings.redis_url}\nlocal_redis_url = {private_redis.url}\n"
+        f"key_prefix = {settings.key_prefix}\nlease_seconds = {LEASE_SECONDS}\n"
+    )
+    return settings, local, str(config)
+
+
+S3_PATH = "s3://shared-bucket/features.pkl"
+
+
+def test_status_and_ls_show_the_locks_of_every_lock_service(
+    path: str, two_services: tuple[Settings, Settings, str]
+) -> None:
+    shared, local, config = two_services
+    with holding(local, path, "write"), holding(shared, S3_PATH, "read"):
+        services = cli_json(config, "status")["services"]
+        locks = cli_json(config, "ls")["locks"]
+    assert [(service["settings"], service["held_locks"]) for service in services] == [
+        (["redis_url"], {"read": 1, "write": 0}),
+        (["local_redis_url"], {"read": 0, "write": 1}),
+    ]
+    shown = {service["settings"][0]: service["redis"] for service in services}
+    assert {(lock["path"], lock["redis"]) for lock in locks} == {
+        (S3_PATH, shown["redis_url"]),
+        (path, shown["local_redis_url"]),
+    }
+
+
+def test_inspect_finds_a_local_paths_lock_on_the_local_lock_service(
+    path: str, two_services: tuple[Settings, Settings, str], private_redis: RedisServer
+) -> None:
+    _shared, local, config = two_services
+    with holding(local, path, "write") as writer:
+        document = cli_json(config, "inspect", path)
+    (lock,) = document["locks"]
+    assert [holder["pid"] for holder in lock["holders"]] == [writer.pid]
+    assert lock["server"] == f"127.0.0.1:{private_redis.port}/0"
+    assert document["services"] == [{"redis": lock["redis"], "settings": ["local_redis_url"]}]
+
+
+def test_with_only_a_per_storage_redis_url_the_command_looks_there(
+    tmp_path: Path, path: str, settings: Settings
+) -> None:
+    config = tmp_path / "local-only.cfg"
+    config.write_text(
+        f"[locked_targets]\nlocal_redis_url = {settings.redis_url}\nkey_prefix = {settings.key_prefix}\n"
+    )
+    with holding(settings, path, "read"):
+        result = cli(str(config), "--json", "ls")
+    assert result.exit_code == 0, result.output
+    assert [lock["path"] for lock in json.loads(result.stdout)["locks"]] == [path]

@@ -10,15 +10,17 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
+from helpers.clusters import started_cluster
 from helpers.header_dropping_proxy import header_dropping_proxy
 from helpers.object_stores import GCS_PROJECT, GCS_TOKEN
-from locked_targets.testing import RedisServer, free_port
+from locked_targets.testing import ClusterDeployment, RedisServer, free_port
 
 DEADLINE_SECONDS = 120.0
 USER_PASSWORD = "hunter2-doctor"
@@ -182,3 +184,54 @@ def test_doctor_leaves_the_cache_as_it_found_it(
     assert [summary.key for summary in bucket.objects.all()] == [CACHED_FILE]
     assert bucket.Object(CACHED_FILE).get()["Body"].read() == b"computed"
     assert private_redis.client().dbsize() == 0
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterDeployment]:
+    """The wheel's Redis 6.2 cluster, shared by this module's cluster tests."""
+    with started_cluster(str(tmp_path_factory.mktemp("cluster")), "6.2") as started:
+        yield started
+
+
+def test_a_healthy_cluster_passes_every_check_of_each_master(
+    tmp_path: Path, cluster: ClusterDeployment
+) -> None:
+    status, checks = doctor_json(luigi_config(tmp_path, cluster.url))
+    masters = {f"127.0.0.1:{port}" for port in cluster.masters()}
+    assert status == 0
+    # The cluster's nodes keep no append-only file: one warning per master, nothing else.
+    assert sorted((check["name"], check["server"]) for check in not_fine(checks)) == sorted(
+        ("persistence", master) for master in masters
+    )
+    for name in ("version", "role", "maxmemory_policy"):
+        assert {(check["server"], check["status"]) for check in checks if check["name"] == name} == {
+            (master, "ok") for master in masters
+        }
+    assert {
+        check["status"] for check in checks if check["name"] in ("cluster_slots", "scripts", "channels")
+    } == {"ok"}
+
+
+def test_an_eviction_policy_on_one_master_of_a_cluster_is_a_problem_naming_that_master(
+    tmp_path: Path, cluster: ClusterDeployment
+) -> None:
+    master = cluster.masters()[-1]
+    cluster.client(master).config_set("maxmemory-policy", "volatile-lru")
+    try:
+        status, checks = doctor_json(luigi_config(tmp_path, cluster.url))
+    finally:
+        cluster.client(master).config_set("maxmemory-policy", "noeviction")
+    (problem,) = [check for check in checks if check["status"] == "problem"]
+    assert status == 1
+    assert (problem["name"], problem["server"]) == ("maxmemory_policy", f"127.0.0.1:{master}")
+    assert "volatile-lru" in problem["detail"]
+
+
+def test_doctor_checks_every_lock_service_the_settings_name(
+    tmp_path: Path, private_redis: RedisServer, redis_url: str
+) -> None:
+    status, checks = doctor_json(luigi_config(tmp_path, redis_url, s3_redis_url=private_redis.url))
+    connected = [check for check in checks if check["name"] == "connection"]
+    assert status == 0
+    assert [check["server"] is None and check["status"] for check in connected] == ["ok", "ok"]
+    assert len({check["subject"] for check in connected}) == 2

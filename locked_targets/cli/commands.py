@@ -11,12 +11,12 @@ import contextlib
 import dataclasses
 import functools
 import json
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 import luigi.configuration
-import redis
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 
@@ -27,33 +27,44 @@ from locked_targets.cli.doctor import (
     problems_of,
     workspace_directory,
 )
-from locked_targets.cli.finding import NAMESPACES, STORAGE_EXAMPLE_PATHS, FoundLock, LockFinder
+from locked_targets.cli.finding import (
+    NAMESPACES,
+    STORAGE_EXAMPLE_PATHS,
+    FoundLock,
+    LockFinder,
+    Service,
+    lock_services,
+)
 from locked_targets.cli.report import (
     LockSummary,
+    ServiceStatus,
     lock_problems,
     locks_document,
     server_problems,
+    service_document,
     status_document,
     who,
 )
 from locked_targets.cli.tables import counted, lock_view, locks_table, status_table
 from locked_targets.errors import ConfigurationError, LockError
-from locked_targets.locks import LockNamespace, connection_for, lease_terms
-from locked_targets.rwlock import LeaseTerms, LockKeys, RedisConnection
-from locked_targets.rwlock.connection import await_subscription
+from locked_targets.locks import LockNamespace, lease_terms
+from locked_targets.rwlock import LeaseTerms, LockKeys
 from locked_targets.rwlock.inspection import break_lock, glob_escaped, server_health
 from locked_targets.rwlock.keys import REVOKE_CHANNEL_SUFFIX
-from locked_targets.settings import Settings
+from locked_targets.rwlock.subscription import Subscription, subscription_to
+from locked_targets.settings import LOCK_SERVICE_SETTINGS, Settings
 
 _Command = TypeVar("_Command", bound=Callable[..., Any])
 
 DEFAULT_REASON = "no reason given"
 WATCH_INTERVAL_SECONDS = 2.0
 """How often ``watch`` refreshes when no channel wakes it: acquisitions publish nothing."""
+_WATCH_POLL_SECONDS = 0.05
+"""How often ``watch`` looks at its subscriptions (one per lock service, or more) while it waits."""
 
 
 class _Session:
-    """The global options, and what they give: settings, the Redis connection, how to print."""
+    """The global options, and what they give: settings, the lock services, how to print."""
 
     def __init__(self, config: str | None, redis_url: str | None, as_json: bool) -> None:
         self._config = config
@@ -66,31 +77,28 @@ class _Session:
             luigi.configuration.add_config_path(self._config)  # type: ignore[no-untyped-call]
         try:
             settings = Settings.from_luigi_config()
-            if self._redis_url is not None:
-                settings = dataclasses.replace(settings, redis_url=self._redis_url)
+            if self._redis_url is not None:  # the one Redis to look at, for every storage kind
+                settings = dataclasses.replace(
+                    settings,
+                    redis_url=self._redis_url,
+                    local_redis_url=None,
+                    s3_redis_url=None,
+                    gcs_redis_url=None,
+                )
         except ConfigurationError as error:
             raise click.UsageError(str(error)) from None
-        if settings.redis_url is None:
+        if not settings.locking_enabled:
             raise click.UsageError(
-                "no Redis to look at: set redis_url in the [locked_targets] section of the luigi "
-                "configuration (--config, or LUIGI_CONFIG_PATH), or pass --redis-url"
+                f"no Redis to look at: set redis_url (or one of {', '.join(LOCK_SERVICE_SETTINGS[1:])}) in "
+                "the [locked_targets] section of the luigi configuration (--config, or LUIGI_CONFIG_PATH), "
+                "or pass --redis-url"
             )
         return settings
 
-    @property
-    def redis_url(self) -> str:
-        """The configured URL as it may be shown: without its password."""
-        return connection_for(self._url).shown_url
-
-    @property
-    def _url(self) -> str:
-        url = self.settings.redis_url
-        assert url is not None  # settings refuses to be built without one
-        return url
-
-    @property
-    def connection(self) -> RedisConnection:
-        return connection_for(self._url)
+    @functools.cached_property
+    def services(self) -> list[Service]:
+        """Every distinct lock service the settings name (only ``--redis-url``'s when given)."""
+        return lock_services(self.settings)
 
     @property
     def terms(self) -> LeaseTerms:
@@ -98,7 +106,14 @@ class _Session:
 
     @functools.cached_property
     def finder(self) -> LockFinder:
-        return LockFinder(self.connection, self.settings)
+        return LockFinder(self.services, self.settings)
+
+    def service_of(self, path: str) -> Service:
+        """The lock service of ``path``'s storage kind."""
+        try:
+            return self.finder.service_of(path)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="PATH") from None
 
     def show(self, document: dict[str, Any], view: Callable[[], RenderableType]) -> None:
         """Print ``document`` as JSON, or ``view()`` as a table."""
@@ -151,7 +166,10 @@ def _namespace_option(help_text: str) -> Callable[[_Command], _Command]:
     type=click.Path(exists=True, dir_okay=False),
     help="A luigi configuration file, read after luigi's own (LUIGI_CONFIG_PATH, luigi.cfg).",
 )
-@click.option("--redis-url", help="The Redis to look at, instead of the configured redis_url.")
+@click.option(
+    "--redis-url",
+    help="The Redis to look at, instead of every configured lock service (redis_url, per-storage URLs).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
 @click.version_option(package_name="locked_targets")
 @click.pass_context
@@ -172,23 +190,24 @@ def _exit_for(problems: list[str]) -> None:
 @_json_option
 @_pass_session
 def status(session: _Session) -> None:
-    """The lock service's health and how busy it is: held locks, waiting writers, the oldest of each."""
-    health = server_health(session.connection)
+    """Each lock service's health (each master's, on a cluster) and how busy it is: held locks, waiting
+    writers, the oldest of each."""
     locks = session.finder.every_lock()
-    summary = LockSummary.of(locks)
-    problems = server_problems(health) + [problem for lock in locks for problem in lock_problems(lock)]
-    session.show(
-        status_document(
-            redis=session.redis_url,
-            address=session.connection.address,
-            health=health,
-            summary=summary,
-            problems=problems,
-            terms=session.terms,
-        ),
-        lambda: status_table(session.redis_url, health, summary, problems, session.terms),
-    )
-    _exit_for(problems)
+    statuses = []
+    for service in session.services:
+        health = server_health(service.connection)
+        own = [lock for lock in locks if lock.service is service]
+        statuses.append(
+            ServiceStatus(
+                service=service,
+                health=health,
+                summary=LockSummary.of(own),
+                problems=[problem for server in health for problem in server_problems(server)]
+                + [problem for lock in own for problem in lock_problems(lock)],
+            )
+        )
+    session.show(status_document(statuses, session.terms), lambda: status_table(statuses, session.terms))
+    _exit_for([problem for status in statuses for problem in status.problems])
 
 
 @main.command(name="ls")
@@ -207,11 +226,13 @@ def list_locks(
         for lock in session.finder.every_lock(storage=storage, namespace=namespace)
         if (lock.state.holders or not held) and (lock.state.waiting_writers or not waiting)
     ]
-    _show_locks(session, locks, lambda: locks_table(locks, session.terms))
+    _show_locks(session, session.services, locks, lambda: locks_table(locks, session.terms))
 
 
-def _show_locks(session: _Session, locks: list[FoundLock], view: Callable[[], RenderableType]) -> None:
-    session.show(locks_document(session.redis_url, locks, session.terms), view)
+def _show_locks(
+    session: _Session, services: list[Service], locks: list[FoundLock], view: Callable[[], RenderableType]
+) -> None:
+    session.show(locks_document(services, locks, session.terms), view)
     _exit_for([problem for lock in locks for problem in lock_problems(lock)])
 
 
@@ -223,7 +244,8 @@ def _show_locks(session: _Session, locks: list[FoundLock], view: Callable[[], Re
 def inspect(session: _Session, path_or_task_id: str, namespace: str) -> None:
     """Everything about one lock: that of a cache path, or the run locks of a task id."""
     locks = _locks_named(session, path_or_task_id, namespace)
-    _show_locks(session, locks, lambda: Group(*(lock_view(lock, session.terms) for lock in locks)))
+    services = list({id(lock.service): lock.service for lock in locks}.values())
+    _show_locks(session, services, locks, lambda: Group(*(lock_view(lock, session.terms) for lock in locks)))
 
 
 def _locks_named(session: _Session, path_or_task_id: str, namespace: str) -> list[FoundLock]:
@@ -265,14 +287,18 @@ def watch(session: _Session, path: str | None, namespace: str, interval: float) 
     def view(locks: list[FoundLock]) -> RenderableType:
         return lock_view(locks[0], session.terms) if path else locks_table(locks, session.terms)
 
-    pubsub = session.connection.client.pubsub()  # type: ignore[no-untyped-call]
+    services = [session.service_of(path)] if path else session.services
+    listening = _Listening()
     try:
-        with session.connection.errors_translated(), contextlib.ExitStack() as views:
-            _subscribe(pubsub, session, current()[0].state.keys if path else None)
+        with contextlib.ExitStack() as views:
+            views.callback(listening.close)
+            for service in services:
+                with service.connection.errors_translated():
+                    listening.subscribe(service, current()[0].state.keys if path else None, session.settings)
             if session.as_json:
 
                 def refresh(locks: list[FoundLock]) -> None:
-                    click.echo(json.dumps(locks_document(session.redis_url, locks, session.terms)))
+                    click.echo(json.dumps(locks_document(services, locks, session.terms)))
 
             else:
                 live = views.enter_context(Live(auto_refresh=False))
@@ -281,32 +307,85 @@ def watch(session: _Session, path: str | None, namespace: str, interval: float) 
                     live.update(view(locks), refresh=True)
 
             while True:
-                refresh(current())
-                _wait_for_change(pubsub, interval)
+                locks = current()
+                refresh(locks)
+                listening.wait_for_change(locks, interval)
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a watch ends: not an error
-    finally:
-        pubsub.close()
 
 
-def _subscribe(pubsub: redis.client.PubSub, session: _Session, keys: LockKeys | None) -> None:
-    """Listen to one lock's channels, or to every lock's of the key prefix; return once Redis confirms."""
-    if keys is not None:
-        channels = keys.channels
-        pubsub.subscribe(*channels)
-    else:
-        prefix = glob_escaped(session.settings.key_prefix) + "*}"
-        channels = (prefix + LockKeys.released_channel.suffix, prefix + REVOKE_CHANNEL_SUFFIX)
-        pubsub.psubscribe(*channels)
-    for _ in channels:
-        await_subscription(pubsub)
+class _Listening:
+    """What ``watch`` listens to, so that a released lock shows at once: each service's channels.
 
+    Revocations are published classically, so a pattern subscription hears every lock's. Releases
+    are too, but on a Redis 7+ cluster, where scripts wake waiters by SPUBLISH and sharded pub/sub
+    has no pattern form: there ``watch`` subscribes to each shown lock's released channel, at the
+    master of its slot, as the locks it shows change.
+    """
 
-def _wait_for_change(pubsub: redis.client.PubSub, interval: float) -> None:
-    """Sleep until a lock publishes or ``interval`` passes; a burst of messages makes one refresh."""
-    if pubsub.get_message(timeout=interval) is not None:
-        while pubsub.get_message(timeout=0) is not None:
-            pass
+    def __init__(self) -> None:
+        self._subscriptions: dict[tuple[int, str], Subscription] = {}
+        self._per_lock: set[tuple[int, str]] = set()
+
+    def subscribe(self, service: Service, keys: LockKeys | None, settings: Settings) -> None:
+        """Listen to one lock's channels, or to every lock's of the key prefix; return once Redis confirms."""
+        connection = service.connection
+        if keys is not None:
+            self._add(service, keys.released_channel, pattern=False)
+            self._add(service, keys.revoke_channel, pattern=False, sharded=False)  # always classic PUBLISH
+            return
+        prefix = glob_escaped(settings.key_prefix) + "*}"
+        self._add(service, prefix + REVOKE_CHANNEL_SUFFIX, pattern=True)
+        if not connection.sharded_pubsub:
+            self._add(service, prefix + LockKeys.released_channel.suffix, pattern=True)
+
+    def wait_for_change(self, shown: list[FoundLock], interval: float) -> None:
+        """Sleep until a lock publishes or ``interval`` passes; a burst of messages makes one refresh."""
+        self._follow(shown)
+        deadline = time.monotonic() + interval
+        while time.monotonic() < deadline:
+            if self._heard():
+                while self._heard():
+                    pass
+                return
+            time.sleep(_WATCH_POLL_SECONDS)
+
+    def close(self) -> None:
+        for subscription in self._subscriptions.values():
+            subscription.close()
+        self._subscriptions.clear()
+
+    def _follow(self, shown: list[FoundLock]) -> None:
+        """On sharded pub/sub, listen to the released channel of each shown lock, and of no other."""
+        kept_all_along = self._subscriptions.keys() - self._per_lock
+        wanted = {
+            (id(lock.service), lock.state.keys.released_channel): lock.service
+            for lock in shown
+            if lock.service.connection.sharded_pubsub
+        }
+        for gone in self._per_lock - wanted.keys():
+            self._subscriptions.pop(gone).close()
+        for (_, channel), service in wanted.items():
+            if (id(service), channel) not in self._subscriptions:
+                with service.connection.errors_translated():
+                    self._add(service, channel, pattern=False)
+        self._per_lock = set(wanted.keys() - kept_all_along)
+
+    def _add(self, service: Service, channel: str, *, pattern: bool, sharded: bool | None = None) -> None:
+        """Subscribe to ``channel`` as the lock's scripts publish on it (``sharded``: None, as wake-ups)."""
+        connection = service.connection
+        self._subscriptions[(id(service), channel)] = (
+            subscription_to(connection, channel, pattern=pattern)
+            if sharded is None
+            else Subscription(connection, channel, sharded=sharded, pattern=pattern)
+        )
+
+    def _heard(self) -> bool:
+        """Whether any subscription has a message now (each one read at most once)."""
+        heard = False
+        for subscription in self._subscriptions.values():
+            heard = subscription.next_message(timeout=0) is not None or heard
+        return heard
 
 
 @main.command(name="break")
@@ -328,7 +407,8 @@ def break_(session: _Session, path: str, namespace: str, yes: bool, reason: str)
     renewed = [holder for holder in state.holders if holder.is_renewed(session.terms)]
     refused = bool(renewed) and not yes
     document: dict[str, Any] = {
-        "redis": session.redis_url,
+        **service_document(lock.service),
+        "server": state.server,
         "path": state.path,
         "key": state.keys.base,
         "broken": False,
@@ -347,7 +427,7 @@ def break_(session: _Session, path: str, namespace: str, yes: bool, reason: str)
         )
     else:
         broken = break_lock(
-            session.connection,
+            lock.service.connection,
             state.keys,
             reason=reason,
             tokens=[holder.token for holder in (*state.holders, *state.waiting_writers)],
@@ -383,7 +463,12 @@ def doctor(session: _Session, paths: tuple[str, ...]) -> None:
     each PATH, with scratch files only. Exit 1 if a check found a problem; warnings alone exit 0.
     """
     checks = doctor_checks(
-        session.connection, session.redis_url, session.settings, [workspace_directory(), *paths]
+        [service.connection for service in session.services],
+        session.settings,
+        [workspace_directory(), *paths],
     )
-    session.show(doctor_document(session.redis_url, checks), lambda: doctor_table(checks))
+    session.show(
+        doctor_document([service_document(service) for service in session.services], checks),
+        lambda: doctor_table(checks),
+    )
     _exit_for(problems_of(checks))

@@ -23,24 +23,30 @@ from typing import Any
 
 import gokart
 import redis
+from redis.cluster import RedisCluster
 from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from locked_targets.cli.report import HEALTHY_EVICTION_POLICY, HEALTHY_ROLE
+from locked_targets.cli.report import HEALTHY_ROLE
 from locked_targets.errors import BackendUnavailable, CommitRefused, ConfigurationError
 from locked_targets.rwlock import RedisConnection
 from locked_targets.rwlock.checks import (
     CLUSTER_SLOTS,
+    EVICTION_FREE_POLICY,
+    Durability,
     Refusal,
+    ServerFacts,
     Trial,
     clock_offset,
     durability,
     lock_trials,
     slot_coverage,
 )
-from locked_targets.rwlock.inspection import glob_escaped, server_health
+from locked_targets.rwlock.connection import CLUSTER_ACL_RULE, SHARDED_PUBSUB_ACL_RULE
+from locked_targets.rwlock.inspection import ServerHealth, glob_escaped, server_health
+from locked_targets.rwlock.server_checks import version_problem
 from locked_targets.settings import Settings
 from locked_targets.storage import storage_kind_for
 from locked_targets.storage.local import _NO_HARD_LINKS
@@ -88,20 +94,23 @@ class Check:
     status: Status
     detail: str
     fix: str | None = None
+    server: str | None = None
+    """For a check of one server of the lock service (on a cluster, one per master): its address."""
 
 
 def doctor_checks(
-    connection: RedisConnection, shown_url: str, settings: Settings, paths: Sequence[str]
+    connections: Sequence[RedisConnection], settings: Settings, paths: Sequence[str]
 ) -> list[Check]:
-    """Every check of the lock service, then of the storage of each path."""
-    return lock_service_checks(connection, shown_url, settings.key_prefix) + [
-        storage_check(path, settings) for path in dict.fromkeys(paths)
-    ]
+    """Every check of each lock service, then of the storage of each path."""
+    return [
+        check for connection in connections for check in lock_service_checks(connection, settings.key_prefix)
+    ] + [storage_check(path, settings) for path in dict.fromkeys(paths)]
 
 
-def lock_service_checks(connection: RedisConnection, shown_url: str, key_prefix: str) -> list[Check]:
-    """Connection, TLS, version, role, eviction policy, persistence, clock, Cluster, ACL: one server's."""
-    check = functools.partial(Check, shown_url)
+def lock_service_checks(connection: RedisConnection, key_prefix: str) -> list[Check]:
+    """Connection, TLS, version, role, eviction policy, persistence (each master's, on a cluster), clock,
+    Cluster, ACL: one lock service's."""
+    check = functools.partial(Check, connection.shown_url)
     tls = _tls_check(connection, check)
     try:
         with connection.errors_translated():
@@ -112,36 +121,56 @@ def lock_service_checks(connection: RedisConnection, shown_url: str, key_prefix:
                 "connection",
                 Status.PROBLEM,
                 str(error),
-                "check the host, port, password and TLS of redis_url",
+                f"check the host, port, password and TLS of {connection.setting}",
             ),
             tls,
         ]
-    health = server_health(connection)
     trials = lock_trials(connection, key_prefix)
+    kept = {each.address: each for each in durability(connection)}
+    per_server = [
+        each
+        for health in server_health(connection)
+        for each in _server_checks(health, kept[health.address], connection.setting, check)
+    ]
     return [
         check("connection", Status.OK, f"Redis at {connection.address} answered"),
         tls,
-        _version_check(health.version, check),
-        _role_check(health.role, check),
-        _eviction_check(health.maxmemory_policy, check),
-        _persistence_check(connection, check),
+        *per_server,
         _clock_check(connection, check),
         _cluster_check(connection, check),
         _permission_check(
-            "scripts", [trial for trial in trials if trial.name not in _PUB_SUB], key_prefix, check
+            "scripts",
+            [trial for trial in trials if trial.name not in _PUB_SUB],
+            connection,
+            key_prefix,
+            check,
         ),
         _permission_check(
-            "channels", [trial for trial in trials if trial.name in _PUB_SUB], key_prefix, check
+            "channels", [trial for trial in trials if trial.name in _PUB_SUB], connection, key_prefix, check
         ),
     ]
 
 
-_PUB_SUB = ("PUBLISH", "SUBSCRIBE", "PSUBSCRIBE")
+_PUB_SUB = ("PUBLISH", "SUBSCRIBE", "PSUBSCRIBE", "SPUBLISH", "SSUBSCRIBE")
 _CheckOf = Callable[..., Check]
 
 
+def _server_checks(health: ServerHealth, kept: Durability, setting: str, check: _CheckOf) -> list[Check]:
+    """Version, role, eviction policy and persistence of one server (on a cluster, of one master)."""
+    of_server = functools.partial(check, server=health.address)
+    return [
+        _version_check(health, of_server),
+        _role_check(health.role, setting, of_server),
+        _eviction_check(health.maxmemory_policy, of_server),
+        _persistence_check(kept, of_server),
+    ]
+
+
 def _tls_check(connection: RedisConnection, check: _CheckOf) -> Check:
-    pool = connection.client.connection_pool
+    client = connection.client
+    if isinstance(client, RedisCluster):
+        client = client.get_redis_connection(client.get_default_node())  # type: ignore[no-untyped-call]
+    pool = client.connection_pool
     if not issubclass(pool.connection_class, redis.connection.SSLConnection):
         return check(
             "tls",
@@ -168,32 +197,31 @@ def _judged(
     return check(name, status, f"{seen}: {harm}", fix)
 
 
-def _version_check(version: str | None, check: _CheckOf) -> Check:
-    try:
-        major_minor = tuple(int(part) for part in (version or "").split(".")[:2])
-    except ValueError:
-        major_minor = ()
+def _version_check(health: ServerHealth, check: _CheckOf) -> Check:
+    facts = ServerFacts(version=health.version, maxmemory_policy=health.maxmemory_policy)
+    major_minor = facts.major_minor
     oldest = ".".join(map(str, OLDEST_TESTED_VERSION))
     return _judged(
         check,
         "version",
-        healthy=len(major_minor) == 2 and major_minor >= OLDEST_TESTED_VERSION,
-        seen=f"Redis {version or 'of an unknown version'}",
-        harm=f"older than {oldest}, the oldest the lock is tested on: its scripts write after reading TIME "
-        "(5.0), `ls` finds locks by SCAN TYPE (6.0), and ACL users (6.0) and channel permissions (6.2) "
-        "are how a shared server keeps other users off the locks",
+        healthy=major_minor is not None and major_minor >= OLDEST_TESTED_VERSION,
+        seen=f"Redis {health.version or 'of an unknown version'}",
+        harm=version_problem(facts)
+        or f"older than {oldest}, the oldest the lock is tested on: `ls` finds locks by SCAN TYPE (6.0), "
+        "and ACL users (6.0) and channel permissions (6.2) are how a shared server keeps other users off "
+        "the locks",
         fix=f"upgrade the server to Redis {oldest} or newer",
     )
 
 
-def _role_check(role: str | None, check: _CheckOf) -> Check:
+def _role_check(role: str | None, setting: str, check: _CheckOf) -> Check:
     return _judged(
         check,
         "role",
         healthy=role == HEALTHY_ROLE,
         seen=str(role),
         harm="a replica refuses the lock's writes (READONLY), and locks must be taken where replicas follow",
-        fix="point redis_url at the master",
+        fix=f"point {setting} at the master",
     )
 
 
@@ -201,17 +229,16 @@ def _eviction_check(policy: str | None, check: _CheckOf) -> Check:
     return _judged(
         check,
         "maxmemory_policy",
-        healthy=policy == HEALTHY_EVICTION_POLICY,
+        healthy=policy == EVICTION_FREE_POLICY,
         seen=f"{policy} (INFO memory)",
         harm="when memory runs short Redis may evict a lock's keys, which gives a held lock away to the "
         "next application",
-        fix=f"set maxmemory-policy {HEALTHY_EVICTION_POLICY} (in redis.conf, or CONFIG SET maxmemory-policy "
-        f"{HEALTHY_EVICTION_POLICY})",
+        fix=f"set maxmemory-policy {EVICTION_FREE_POLICY} (in redis.conf, or CONFIG SET maxmemory-policy "
+        f"{EVICTION_FREE_POLICY})",
     )
 
 
-def _persistence_check(connection: RedisConnection, check: _CheckOf) -> Check:
-    kept = durability(connection)
+def _persistence_check(kept: Durability, check: _CheckOf) -> Check:
     if kept.append_only:
         return check("persistence", Status.OK, "append-only file on: a restart keeps the locks")
     if kept.snapshot_schedule is None:
@@ -261,7 +288,9 @@ def _cluster_check(connection: RedisConnection, check: _CheckOf) -> Check:
     )
 
 
-def _permission_check(name: str, trials: Sequence[Trial], key_prefix: str, check: _CheckOf) -> Check:
+def _permission_check(
+    name: str, trials: Sequence[Trial], connection: RedisConnection, key_prefix: str, check: _CheckOf
+) -> Check:
     """One check over trials on the scratch lock: ok if every one went through."""
     failed = [trial for trial in trials if trial.error is not None]
     tried = ", ".join(dict.fromkeys(trial.name for trial in trials))
@@ -271,13 +300,16 @@ def _permission_check(name: str, trials: Sequence[Trial], key_prefix: str, check
     for trial in failed:
         refused_with.setdefault(trial.error, []).append(trial.name)
     rules = " ".join(dict.fromkeys(rule for trial in failed for rule in _acl_rules(trial, key_prefix)))
+    if rules and connection.is_cluster:  # what redis-py's cluster client sends, and sharded pub/sub
+        rules += f" (and, as on every cluster, {CLUSTER_ACL_RULE}"
+        rules += f" {SHARDED_PUBSUB_ACL_RULE})" if connection.sharded_pubsub else ")"
     # Redis 6.2 does not name a command it refuses inside a script: any the script calls may be it.
     unnamed = any(len(trial.refused_commands) > 1 for trial in failed)
     return check(
         name,
         Status.PROBLEM,
         "; ".join(f"{', '.join(names)} refused: {error}" for error, names in refused_with.items()),
-        (f"add to the ACL user of redis_url: {rules}" if rules else "see what the server answered")
+        (f"add to the ACL user of {connection.setting}: {rules}" if rules else "see what the server answered")
         + (" (those it lacks: the server did not say which command it refused)" if unnamed else ""),
     )
 
@@ -443,10 +475,11 @@ def _object_store_check(path: str, store: _ObjectStore) -> Check:
     )
 
 
-def doctor_document(shown_url: str, checks: Sequence[Check]) -> dict[str, Any]:
-    """What ``doctor --json`` prints."""
+def doctor_document(services: Sequence[dict[str, Any]], checks: Sequence[Check]) -> dict[str, Any]:
+    """What ``doctor --json`` prints: the lock services it checked (``redis``: the first), and the checks."""
     return {
-        "redis": shown_url,
+        "redis": services[0]["redis"],
+        "services": list(services),
         "checks": [{**dataclasses.asdict(check), "status": check.status.value} for check in checks],
     }
 

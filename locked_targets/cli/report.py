@@ -12,12 +12,12 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from locked_targets.cli.finding import FoundLock
+from locked_targets.cli.finding import FoundLock, Service
 from locked_targets.rwlock import LeaseTerms
+from locked_targets.rwlock.checks import EVICTION_FREE_POLICY
 from locked_targets.rwlock.inspection import LockBreak, LockHolder, ServerHealth
 
-# What a lock service must say of itself to be fit for locking.
-HEALTHY_EVICTION_POLICY = "noeviction"
+# The role a server that keeps locks must have.
 HEALTHY_ROLE = "master"
 
 
@@ -44,15 +44,17 @@ def lock_problems(lock: FoundLock) -> list[str]:
 
 
 def server_problems(health: ServerHealth) -> list[str]:
-    """What makes a Redis server unfit to keep locks."""
+    """What makes a Redis server unfit to keep locks, each naming the server."""
     problems = []
-    if health.maxmemory_policy != HEALTHY_EVICTION_POLICY:
+    if health.maxmemory_policy != EVICTION_FREE_POLICY:
         problems.append(
-            f"maxmemory-policy is {health.maxmemory_policy}: Redis may evict lock keys, which gives locks "
-            f"away; set it to {HEALTHY_EVICTION_POLICY}"
+            f"{health.address}: maxmemory-policy is {health.maxmemory_policy}: Redis may evict lock keys, "
+            f"which gives locks away; set it to {EVICTION_FREE_POLICY}"
         )
     if health.role != HEALTHY_ROLE:
-        problems.append(f"role is {health.role}: locks must be taken on a master, which replicas follow")
+        problems.append(
+            f"{health.address}: role is {health.role}: locks must be taken on a master, which replicas follow"
+        )
     return problems
 
 
@@ -81,6 +83,8 @@ def lock_document(lock: FoundLock, terms: LeaseTerms) -> dict[str, Any]:
     return {
         "path": state.path,
         "key": state.keys.base,
+        "redis": lock.service.shown_url,
+        "server": state.server,
         "storage": lock.storage,
         "namespace": lock.namespace,
         "mode": None if state.mode is None else state.mode.value,
@@ -94,9 +98,21 @@ def lock_document(lock: FoundLock, terms: LeaseTerms) -> dict[str, Any]:
     }
 
 
-def locks_document(redis: str, locks: Sequence[FoundLock], terms: LeaseTerms) -> dict[str, Any]:
-    """What ``ls``, ``inspect`` and ``watch`` print."""
-    return {"redis": redis, "locks": [lock_document(lock, terms) for lock in locks]}
+def service_document(service: Service) -> dict[str, Any]:
+    """Which lock service: its URL without password, and the settings that name it."""
+    return {"redis": service.shown_url, "settings": list(service.settings)}
+
+
+def locks_document(
+    services: Sequence[Service], locks: Sequence[FoundLock], terms: LeaseTerms
+) -> dict[str, Any]:
+    """What ``ls``, ``inspect`` and ``watch`` print: the services looked at (``redis``: the first's URL),
+    and the locks."""
+    return {
+        "redis": services[0].shown_url,
+        "services": [service_document(service) for service in services],
+        "locks": [lock_document(lock, terms) for lock in locks],
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,28 +155,34 @@ def _placed_holder(pair: tuple[FoundLock, LockHolder] | None, terms: LeaseTerms)
     return {"path": lock.state.path, **holder_document(holder, terms, lock.state.server_time)}
 
 
-def status_document(
-    *,
-    redis: str,
-    address: str,
-    health: ServerHealth,
-    summary: LockSummary,
-    problems: list[str],
-    terms: LeaseTerms,
-) -> dict[str, Any]:
-    """What ``status`` prints: one entry per lock service (today, the one configured)."""
+@dataclasses.dataclass(frozen=True)
+class ServiceStatus:
+    """One lock service as ``status`` shows it: the health of each of its servers, and its locks."""
+
+    service: Service
+    health: list[ServerHealth]
+    """One per server that keeps locks: the one server, or each master of a cluster."""
+    summary: LockSummary
+    problems: list[str]
+
+
+def status_document(statuses: Sequence[ServiceStatus], terms: LeaseTerms) -> dict[str, Any]:
+    """What ``status`` prints: one entry per lock service; ``server`` is its first server's health,
+    ``servers`` each one's (on a cluster, each master's), named by ``address``."""
     return {
         "services": [
             {
-                "redis": redis,
-                "address": address,
-                "server": dataclasses.asdict(health),
-                "held_locks": summary.held_locks,
-                "holders": summary.holders,
-                "waiting_writers": summary.waiting_writers,
-                "oldest_holder": _placed_holder(summary.oldest_holder, terms),
-                "longest_wait": _placed_holder(summary.longest_wait, terms),
-                "problems": problems,
+                **service_document(status.service),
+                "address": status.service.connection.address,
+                "server": dataclasses.asdict(status.health[0]),
+                "servers": [dataclasses.asdict(health) for health in status.health],
+                "held_locks": status.summary.held_locks,
+                "holders": status.summary.holders,
+                "waiting_writers": status.summary.waiting_writers,
+                "oldest_holder": _placed_holder(status.summary.oldest_holder, terms),
+                "longest_wait": _placed_holder(status.summary.longest_wait, terms),
+                "problems": status.problems,
             }
+            for status in statuses
         ]
     }

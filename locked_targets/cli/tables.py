@@ -9,9 +9,9 @@ from rich.table import Table
 from rich.text import Text
 
 from locked_targets.cli.finding import FoundLock
-from locked_targets.cli.report import LockSummary, lock_problems, utc, who
+from locked_targets.cli.report import ServiceStatus, lock_problems, utc, who
 from locked_targets.rwlock import LeaseTerms
-from locked_targets.rwlock.inspection import LockHolder, ServerHealth
+from locked_targets.rwlock.inspection import LockHolder
 
 
 def holder_line(holder: LockHolder, terms: LeaseTerms) -> str:
@@ -53,6 +53,7 @@ def lock_view(lock: FoundLock, terms: LeaseTerms) -> RenderableType:
     facts.add_column(overflow="fold")
     facts.add_row("path", state.path)
     facts.add_row("key", state.keys.base)
+    facts.add_row("redis", f"{lock.service.shown_url} (server {state.server})")
     facts.add_row("kind", f"{lock.storage or '?'} {lock.namespace or '?'}")
     facts.add_row("mode", state.mode.value if state.mode else "free")
     facts.add_row("fencing token", str(state.fencing_token or "none remembered"))
@@ -87,18 +88,22 @@ def lock_view(lock: FoundLock, terms: LeaseTerms) -> RenderableType:
     return Group(*parts)
 
 
-def status_table(
-    redis: str, health: ServerHealth, summary: LockSummary, problems: Sequence[str], terms: LeaseTerms
-) -> RenderableType:
-    """One lock service: the server's health and how busy its locks are."""
+def status_table(statuses: Sequence[ServiceStatus], terms: LeaseTerms) -> RenderableType:
+    """Each lock service: the health of each of its servers and how busy its locks are."""
+    return Group(*(_service_status_table(status, terms) for status in statuses))
+
+
+def _service_status_table(status: ServiceStatus, terms: LeaseTerms) -> RenderableType:
+    summary = status.summary
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    table.add_row("redis", redis)
-    table.add_row("server", f"Redis {health.version}, {health.role}")
-    table.add_row("maxmemory-policy", str(health.maxmemory_policy))
-    table.add_row("used memory", f"{health.used_memory_bytes} bytes")
-    table.add_row("connected clients", str(health.connected_clients))
+    table.add_row("redis", f"{status.service.shown_url} ({', '.join(status.service.settings)})")
+    for health in status.health:
+        table.add_row("server", f"{health.address}: Redis {health.version}, {health.role}")
+        table.add_row("maxmemory-policy", str(health.maxmemory_policy))
+        table.add_row("used memory", f"{health.used_memory_bytes} bytes")
+        table.add_row("connected clients", str(health.connected_clients))
     table.add_row("held locks", ", ".join(f"{count} {mode}" for mode, count in summary.held_locks.items()))
     table.add_row("holders", ", ".join(f"{count} {mode}" for mode, count in summary.holders.items()))
     table.add_row("waiting writers", str(summary.waiting_writers))
@@ -108,7 +113,7 @@ def status_table(
             since = f"since {utc(holder.since)}, " if holder.since is not None else ""
             table.add_row(label, f"{lock.state.path}\n{since}{holder_line(holder, terms)}")
     parts: list[RenderableType] = [table]
-    parts += [Text(f"problem: {problem}", style="red") for problem in problems]
+    parts += [Text(f"problem: {problem}", style="red") for problem in status.problems]
     return Group(*parts)
 
 

@@ -3,7 +3,10 @@
 For operators and their tools (the ``locked-targets`` command), not for holders. Reading
 never changes a lock: one transaction (MULTI/EXEC, one round trip) reads every key of a lock
 together with the server's ``TIME``, so leases left are measured on the clock Redis counts
-them on. Locks are found with SCAN, never KEYS, which would block the server.
+them on. Locks are found with SCAN, never KEYS, which would block the server. On a Redis
+Cluster, SCAN visits every master (redis-py's cluster ``scan_iter`` does), a lock is read in a
+transaction at the master of its slot (every key of a lock shares one), and the health of
+each master is read on its own.
 
 Breaking a lock (``break_lock``, one script) removes the holders and waiting writers it is
 given, advances the fencing counter, records who broke it and why in the lock's holders
@@ -25,10 +28,18 @@ import time
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
+import redis
+
 from locked_targets.rwlock.connection import RedisConnection
 from locked_targets.rwlock.keys import LockKeys
 from locked_targets.rwlock.lease import LeaseTerms, LockMode
-from locked_targets.rwlock.scripts import _LUA_HELPERS, DEFAULT_FENCING_MEMORY_SECONDS, milliseconds
+from locked_targets.rwlock.scripts import (
+    _LUA_HELPERS,
+    _WAKE_BY_PUBLISH,
+    DEFAULT_FENCING_MEMORY_SECONDS,
+    _run,
+    milliseconds,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +105,8 @@ class LockState:
     """One lock at one moment: its holders, its waiting writers, its fencing counter, its last break."""
 
     keys: LockKeys
+    server: str
+    """The address of the server it was read from (on a cluster, the master of its slot)."""
     server_time: float
     """The server's clock when the lock was read, in epoch seconds."""
     holders: tuple[LockHolder, ...]
@@ -138,11 +151,21 @@ def find_locks(connection: RedisConnection, base_pattern: str) -> list[LockKeys]
 
 
 def read_locks(connection: RedisConnection, locks: Sequence[LockKeys]) -> list[LockState]:
-    """The state of each lock, read in one transaction per batch of locks."""
-    states: list[LockState] = []
-    for start in range(0, len(locks), _LOCKS_PER_ROUND_TRIP):
-        states += _read_batch(connection, locks[start : start + _LOCKS_PER_ROUND_TRIP])
-    return states
+    """The state of each lock, in the order given, read in one transaction per batch of locks of one
+    server (on a cluster, of the master of their slots)."""
+    with connection.errors_translated():
+        per_server: dict[str, tuple[redis.Redis, list[int]]] = {}
+        for index, keys in enumerate(locks):
+            address, client = connection.primary_of(keys.base)
+            per_server.setdefault(address, (client, []))[1].append(index)
+    states: list[LockState | None] = [None] * len(locks)
+    for address, (client, indices) in per_server.items():
+        for start in range(0, len(indices), _LOCKS_PER_ROUND_TRIP):
+            batch = indices[start : start + _LOCKS_PER_ROUND_TRIP]
+            read = _read_batch(connection, address, client, [locks[index] for index in batch])
+            for index, state in zip(batch, read, strict=True):
+                states[index] = state
+    return [state for state in states if state is not None]
 
 
 def read_lock(connection: RedisConnection, keys: LockKeys) -> LockState:
@@ -150,9 +173,11 @@ def read_lock(connection: RedisConnection, keys: LockKeys) -> LockState:
     return read_locks(connection, [keys])[0]
 
 
-def _read_batch(connection: RedisConnection, locks: Sequence[LockKeys]) -> list[LockState]:
+def _read_batch(
+    connection: RedisConnection, address: str, client: redis.Redis, locks: Sequence[LockKeys]
+) -> list[LockState]:
     with connection.errors_translated():
-        pipeline = connection.client.pipeline(transaction=True)
+        pipeline = client.pipeline(transaction=True)
         pipeline.time()
         for keys in locks:
             pipeline.get(keys.writer)
@@ -165,10 +190,10 @@ def _read_batch(connection: RedisConnection, locks: Sequence[LockKeys]) -> list[
     seconds, microseconds = replies[0]
     now_ms = seconds * 1000 + microseconds // 1000
     per_lock = iter(replies[1:])
-    return [_state(keys, now_ms, per_lock) for keys in locks]
+    return [_state(keys, address, now_ms, per_lock) for keys in locks]
 
 
-def _state(keys: LockKeys, now_ms: int, replies: Iterator[Any]) -> LockState:
+def _state(keys: LockKeys, address: str, now_ms: int, replies: Iterator[Any]) -> LockState:
     writer, writer_ms_left, readers, waiting, descriptions, fence = (next(replies) for _ in range(6))
     holders: list[LockHolder] = []
     if writer is not None:
@@ -176,6 +201,7 @@ def _state(keys: LockKeys, now_ms: int, replies: Iterator[Any]) -> LockState:
     holders += (_holder(LockMode.SHARED, token, score - now_ms, descriptions) for token, score in readers)
     return LockState(
         keys=keys,
+        server=address,
         server_time=now_ms / 1000,
         holders=tuple(holders),
         waiting_writers=tuple(
@@ -238,6 +264,8 @@ def _number(fields: dict[str, Any], name: str) -> float | None:
 class ServerHealth:
     """What a Redis server says of itself that matters to locks (``INFO``)."""
 
+    address: str
+    """Which server (on a cluster, which master) said it."""
     version: str | None
     role: str | None
     maxmemory_policy: str | None
@@ -246,11 +274,16 @@ class ServerHealth:
     connected_clients: int | None
 
 
-def server_health(connection: RedisConnection) -> ServerHealth:
-    """The server's version, role, eviction policy, memory and clients, from one ``INFO``."""
+def server_health(connection: RedisConnection) -> list[ServerHealth]:
+    """Each server's version, role, eviction policy, memory and clients, from one ``INFO`` each: the one
+    server's, or every master's of a cluster (each keeps the locks of its own slots)."""
     with connection.errors_translated():
-        info: dict[str, Any] = connection.client.info()
+        return [_health(address, client.info()) for address, client in connection.primaries()]
+
+
+def _health(address: str, info: dict[str, Any]) -> ServerHealth:
     return ServerHealth(
+        address=address,
         version=None if info.get("redis_version") is None else str(info["redis_version"]),
         role=_typed(info, "role", str),
         maxmemory_policy=_typed(info, "maxmemory_policy", str),
@@ -277,8 +310,11 @@ class BrokenLock:
 # written nothing, if ARGV[1] is out of range.
 # The counter advances as at a grant (at least the server time in µs) and is kept at least
 # as long as it already was; the record goes into the holders hash, kept as long as the counter.
+# Waiters are woken as a release wakes them (SPUBLISH where they listen by sharded pub/sub),
+# kept shared leases asked back as a writer asks (classic PUBLISH).
 BREAK = (
-    _LUA_HELPERS
+    _WAKE_BY_PUBLISH
+    + _LUA_HELPERS
     + """
 local memory = duration_ms(1)
 if not memory then return refused(1) end
@@ -307,7 +343,7 @@ local fence = math.max(tonumber(redis.call('GET', KEYS[5]) or '0') + 1, floor_us
 redis.call('SET', KEYS[5], string.format('%d', fence), 'PX', math.max(memory, redis.call('PTTL', KEYS[5])))
 redis.call('HSET', KEYS[4], 'broken', ARGV[2])  -- BROKEN_FIELD
 keep_alive(KEYS[4], memory)
-redis.call('PUBLISH', ARGV[3], 'broken')
+wake_waiters(ARGV[3], 'broken')
 redis.call('PUBLISH', ARGV[4], 'broken')
 return {holders_removed, waiting_removed, fence}
 """
@@ -341,15 +377,19 @@ def break_lock(
         }
     )
     with connection.errors_translated():
-        reply: list[Any] = connection.script(BREAK)(
-            keys=list(keys.every_key),
-            args=[
+        # On a cluster, by the cluster client, to the master of the lock's slot.
+        reply: list[Any] = _run(
+            connection,
+            BREAK,
+            list(keys.every_key),
+            [
                 milliseconds(fencing_memory_seconds),
                 record,
                 keys.released_channel,
                 keys.revoke_channel,
                 *(tokens or ()),
             ],
+            None,
         )
     broken = BrokenLock(
         holders_removed=int(reply[0]), waiting_writers_removed=int(reply[1]), fencing_token=int(reply[2])
