@@ -19,6 +19,7 @@ from locked_targets.locks import connection_for, lease_terms, lock_key_for
 from locked_targets.rwlock import LockMode, ReadWriteLock, redis_address, scripts
 from locked_targets.settings import (
     LEASE_BOUNDS,
+    LOCK_SERVICE_SETTINGS,
     RENEWAL_INTERVAL_BOUNDS,
     SHARED_LEASE_IDLE_BOUNDS,
     WAIT_BOUNDS,
@@ -78,7 +79,8 @@ Part = tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]
 
 @st.composite
 def hostile_settings(draw: st.DrawFn) -> dict[str, Any]:
-    """Keyword arguments for Settings: some durations, prefixes and a URL that carries ``SECRET``."""
+    """Keyword arguments for Settings: some durations, prefixes and a URL that carries ``SECRET``,
+    as ``redis_url`` or as one of the per-storage URLs."""
     hostile = draw(st.sampled_from([None, *DURATION_BOUNDS, "prefixes", "redis_url"]))
 
     def part(values: Part, setting: str) -> Any:
@@ -102,7 +104,7 @@ def hostile_settings(draw: st.DrawFn) -> dict[str, Any]:
         pairs.insert(draw(st.integers(0, len(pairs))), f"{draw(credential_names)}={SECRET}")
     user_information = "" if in_query else f"{draw(st.sampled_from(['', 'user']))}:{SECRET}@"
     query = f"?{'&'.join(pairs)}" if pairs else ""
-    arguments["redis_url"] = (
+    arguments[draw(st.sampled_from(LOCK_SERVICE_SETTINGS))] = (
         f"{part(SCHEMES, 'redis_url')}{user_information}{part(HOSTS, 'redis_url')}"
         f"{part(PORTS, 'redis_url')}{part(PATHS, 'redis_url')}{query}"
     )
@@ -114,8 +116,9 @@ def assert_usable_by_the_lock(built: Settings) -> None:
         value = getattr(built, name)
         assert value is None or bounds.within(value), name
     assert built.effective_renewal_interval_seconds <= built.lease_seconds / 2
-    if built.redis_url is not None:
-        redis_address(built.redis_url)
+    for name in LOCK_SERVICE_SETTINGS:
+        if getattr(built, name) is not None:
+            redis_address(getattr(built, name))
     assert SECRET not in repr(built)
 
 

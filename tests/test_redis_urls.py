@@ -13,7 +13,7 @@ from helpers.lock_processes import make_lock
 from helpers.tcp_peers import TcpPeer
 from locked_targets import BackendUnavailable, ConfigurationError, Settings
 from locked_targets.rwlock import LockMode, redis_address
-from locked_targets.rwlock.connection import redacted_url
+from locked_targets.rwlock.redis_urls import redacted_url
 from locked_targets.testing import RedisServer, free_port
 
 
@@ -140,10 +140,52 @@ def test_a_peer_that_is_not_redis_is_reported_naming_its_address() -> None:
         ("redis://:s3cret/0", "redis://:***/0"),
         ("redis://[::1]:6379/0", "redis://[::1]:6379/0"),
         ("rediss://[::1]:s3cret", "rediss://[::1]:***"),
+        ("redis+cluster://user:s3cret@h1:7000,h2:7001", "redis+cluster://user:***@h1:7000,h2:7001"),
+        (
+            "rediss+cluster://:s3cret@h1:7000?ssl_password=s3cret",
+            "rediss+cluster://:***@h1:7000?ssl_password=***",
+        ),
+        ("redis+cluster://h1:7000,h2:7001,[::1]:7002", "redis+cluster://h1:7000,h2:7001,[::1]:7002"),
+        ("redis+cluster://user:s3cret", "redis+cluster://user:***"),
     ],
 )
 def test_a_url_is_shown_with_every_secret_hidden(url: str, shown: str) -> None:
     assert redacted_url(url) == shown
+
+
+def test_a_cluster_url_is_shown_as_its_nodes_and_database_0() -> None:
+    assert redis_address("redis+cluster://:s3cret@h1:7000,[::1]:7001/0") == "cluster via h1:7000,[::1]:7001/0"
+
+
+def test_a_cluster_node_port_defaults_to_6379() -> None:
+    assert redis_address("rediss+cluster://h1,h2:7001") == "cluster via h1:6379,h2:7001/0"
+
+
+@pytest.mark.parametrize(
+    ("place", "problem"),
+    [
+        ("", "names no node: write host:port for each, as in redis+cluster://"),
+        ("h1:7000,,h2:7001", "the address of node 2 cannot be read"),
+        ("h1:7000,h2:99999", "the address of node 2 cannot be read"),
+        ("h1:7000/3", "names the database 3: a Redis Cluster has only database 0"),
+        ("h1:7000?db=3", "names the database 3: a Redis Cluster has only database 0"),
+        ("h1:7000/first", "the database 'first' (the path after the port)"),
+        ("h1:7000?socket_timeout=1", "unknown query parameter socket_timeout"),
+        ("h1:7000?ssl_cert_reqs=none", "ssl_cert_reqs applies to rediss:// URLs only"),
+    ],
+)
+def test_a_malformed_cluster_url_is_refused_naming_what_is_wrong(place: str, problem: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        Settings(redis_url=f"redis+cluster://user:s3cret@{place}")
+    assert problem in str(refused.value)
+    assert "s3cret" not in str(refused.value)
+
+
+def test_a_tls_cluster_url_takes_the_tls_parameters(tmp_path: Path) -> None:
+    certificate = tmp_path / "ca.pem"
+    certificate.write_text("not read until the handshake")
+    url = f"rediss+cluster://h1:7000,h2:7001?ssl_ca_certs={certificate}&ssl_cert_reqs=required"
+    assert Settings(redis_url=url).redis_url == url
 
 
 @pytest.mark.parametrize(
@@ -155,6 +197,8 @@ def test_a_url_is_shown_with_every_secret_hidden(url: str, shown: str) -> None:
         "redis://user:s3cret@host:port/0",
         "http://user:s3cret@host/0",
         "redis://user:s3cret@host/0?ssl_certfile=/missing",
+        "redis+cluster://user:s3cret@host:7000/2",
+        "redis+cluster://user:s3cret",
     ],
 )
 def test_a_refused_url_never_shows_its_password(url: str) -> None:

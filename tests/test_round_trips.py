@@ -40,8 +40,10 @@ def test_a_cold_task_waits_for_two_round_trips_and_a_warm_one_for_one(builds: Wo
     # output and gokart's five log files). The aggregate's own requests and the
     # connections' greetings are spread over the leaves.
     assert cold.main_thread <= 2.6
-    # Warm: one completeness check per leaf; its load reads under the lease kept since.
-    assert warm.main_thread <= 1.3
+    # Warm: one completeness check per leaf; its load reads under the lease kept since. Once
+    # per build, at most 14 more: the aggregate's own, the connections' greetings and the
+    # start-up check's INFO (rwlock/server_checks.py).
+    assert warm.main_thread <= 1 + 14 / LEAVES
 
 
 def test_a_cold_task_runs_at_most_fourteen_scripts_in_all(builds: Workspace) -> None:

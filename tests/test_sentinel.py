@@ -23,7 +23,8 @@ from helpers.targets import locked_target
 from locked_targets import BackendUnavailable, ConfigurationError, LockLost, Settings
 from locked_targets.locks import connection_for, lease_terms, lock_key_for
 from locked_targets.rwlock import LockMode, ReadWriteLock, redis_address
-from locked_targets.rwlock.connection import RedisConnection, redacted_url
+from locked_targets.rwlock.connection import RedisConnection
+from locked_targets.rwlock.redis_urls import redacted_url
 from locked_targets.testing import SentinelDeployment
 
 SENTINEL_PASSWORD = "sentinel-SECRET"

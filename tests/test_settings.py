@@ -14,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from locked_targets.errors import ConfigurationError
-from locked_targets.settings import Settings
+from locked_targets.locks import LockService, lock_service_for
+from locked_targets.settings import LOCK_SERVICE_SETTINGS, Settings
 
 
 @pytest.fixture
@@ -129,6 +130,8 @@ OUT_OF_BOUNDS = [
     ("redis_retry_deadline_seconds", 0.5),
     ("redis_retry_deadline_seconds", 30 * 24 * 3600 + 1),
     ("redis_retry_deadline_seconds", float("-inf")),
+    ("min_replicas_timeout_seconds", 0),
+    ("min_replicas_timeout_seconds", 60.001),
     ("lease_seconds", "60"),  # text given in code
     ("wait_timeout_seconds", True),
 ]
@@ -153,6 +156,8 @@ def test_a_duration_out_of_its_bounds_is_refused_naming_them(name: str, value: o
         ("wait_timeout_seconds", 30 * 24 * 3600),
         ("shared_lease_idle_seconds", 0),
         ("redis_retry_deadline_seconds", 1),
+        ("min_replicas_timeout_seconds", 0.001),
+        ("min_replicas_timeout_seconds", 60),
     ],
     ids=str,
 )
@@ -185,6 +190,30 @@ def test_a_duration_in_the_file_the_lease_cannot_take_names_the_setting(
 def test_negative_wait_timeout_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="wait_timeout_seconds=-1"):
         Settings(wait_timeout_seconds=-1)
+
+
+@pytest.mark.parametrize("value", [-1, 101, 1.5, True, "1"], ids=repr)
+def test_a_min_replicas_acked_that_is_no_count_of_replicas_is_refused(value: object) -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"min_replicas_acked=.*: must be a whole number from 0 \(off\) to 100"
+    ):
+        Settings(min_replicas_acked=value)  # type: ignore[arg-type]
+
+
+def test_min_replicas_acked_is_read_from_the_section(
+    luigi_config: luigi.configuration.LuigiConfigParser,
+) -> None:
+    set_option(luigi_config, "locked_targets", "min_replicas_acked", "2")
+    assert Settings.from_luigi_config().min_replicas_acked == 2
+
+
+def test_a_replica_wait_over_half_the_renewal_interval_is_refused_when_replicas_are_asked_for() -> None:
+    with pytest.raises(ConfigurationError, match=r"min_replicas_timeout_seconds=0\.6: must be at most half"):
+        Settings(lease_seconds=3, min_replicas_acked=1, min_replicas_timeout_seconds=0.6)
+
+
+def test_any_wait_for_replicas_within_its_bounds_is_accepted_while_none_are_asked_for() -> None:
+    assert Settings(lease_seconds=3, min_replicas_timeout_seconds=60).min_replicas_timeout_seconds == 60
 
 
 def test_non_numeric_lease_names_the_setting(luigi_config: luigi.configuration.LuigiConfigParser) -> None:
@@ -258,23 +287,36 @@ def test_malformed_redis_url_is_refused(url: str, complaint: str) -> None:
         Settings(redis_url=url)
 
 
-def test_a_refused_url_never_shows_its_password() -> None:
+@pytest.mark.parametrize("name", LOCK_SERVICE_SETTINGS)
+def test_a_refused_url_never_shows_its_password_and_names_its_setting(name: str) -> None:
     with pytest.raises(ConfigurationError) as raised:
-        Settings(redis_url="redis://user:hunter2@localhost:6379/db")
+        Settings(**{name: "redis://user:hunter2@localhost:6379/db"})  # type: ignore[arg-type]
+    assert raised.value.setting == name
     assert "hunter2" not in str(raised.value)
     assert "user:***@localhost" in str(raised.value)
 
 
-def test_the_repr_of_settings_hides_the_redis_password_and_the_gcs_token() -> None:
+def test_the_repr_of_settings_hides_every_redis_password_and_the_gcs_token() -> None:
     settings = Settings(
         redis_url="redis://user:hunter2@localhost:6379/0?client_name=app",
+        local_redis_url="redis://:local-secret@near:6379/0",
+        s3_redis_url="rediss://user:s3-redis-secret@far:6380/0",
+        gcs_redis_url="redis://far:6379/0?password=gcs-redis-secret",
         gcs_token="ya29.secret-token",
         s3_endpoint_url="http://key:s3-secret@127.0.0.1:9000",
     )
     shown = repr(settings)
-    for secret in ("hunter2", "secret-token", "s3-secret"):
+    for secret in (
+        "hunter2",
+        "local-secret",
+        "s3-redis-secret",
+        "gcs-redis-secret",
+        "secret-token",
+        "s3-secret",
+    ):
         assert secret not in shown
     assert "redis_url='redis://user:***@localhost:6379/0?client_name=app'" in shown
+    assert "s3_redis_url='rediss://user:***@far:6380/0'" in shown
     assert "gcs_token='***'" in shown
 
 
@@ -356,6 +398,69 @@ def test_a_boolean_that_does_not_parse_names_the_setting(
         Settings.from_luigi_config()
 
 
+def test_allow_eviction_is_read_from_the_section(luigi_config: luigi.configuration.LuigiConfigParser) -> None:
+    set_option(luigi_config, "locked_targets", "allow_eviction", "true")
+    assert Settings.from_luigi_config().allow_eviction is True
+
+
+PER_STORAGE_URLS = ["local_redis_url", "s3_redis_url", "gcs_redis_url"]
+
+
+def test_each_storage_kind_locks_on_its_own_url_read_from_the_section(
+    luigi_config: luigi.configuration.LuigiConfigParser,
+) -> None:
+    urls = {
+        "redis_url": "redis://shared-redis:6379/0",
+        "local_redis_url": "redis://near-redis:6379/1",
+        "s3_redis_url": "rediss://s3-redis:6380/2",
+    }
+    for name, url in urls.items():
+        set_option(luigi_config, "locked_targets", name, url)
+    settings = Settings.from_luigi_config()
+    services = [
+        lock_service_for(path, settings) for path in ("/cache/x.pkl", "s3://bkt/x.pkl", "gs://bkt/x.pkl")
+    ]
+    # gs:// has no URL of its own: it locks on redis_url.
+    assert services == [
+        LockService(name, urls[name]) for name in ("local_redis_url", "s3_redis_url", "redis_url")
+    ]
+
+
+def test_a_storage_kind_without_its_own_url_or_redis_url_has_no_lock_service() -> None:
+    settings = Settings(s3_redis_url="redis://s3-redis:6379/0")
+    assert settings.locking_enabled
+    assert lock_service_for("/cache/x.pkl", settings) is None
+    assert lock_service_for("gs://bkt/x.pkl", settings) is None
+
+
+@pytest.mark.parametrize("name", PER_STORAGE_URLS)
+def test_a_per_storage_url_alone_switches_locking_on(name: str) -> None:
+    assert Settings(**{name: "redis://cache-redis:6379/0"}).locking_enabled  # type: ignore[arg-type]
+
+
+def test_sentinel_password_goes_to_every_sentinel_url_and_no_other() -> None:
+    urls = {
+        "redis_url": "redis://shared:6379/0",
+        "local_redis_url": "redis+sentinel://near-1:26379,near-2:26379/near-master",
+        "s3_redis_url": "rediss+sentinel://far-1:26379/far-master/2",
+    }
+    settings = Settings(**urls, sentinel_password="sentinels-own")  # type: ignore[arg-type]
+    with_password = {name: f"{url}?sentinel_password=sentinels-own" for name, url in urls.items()}
+    assert {name: getattr(settings, name) for name in urls} == {
+        **with_password,
+        "redis_url": urls["redis_url"],
+    }
+    assert "sentinels-own" not in repr(settings)
+
+
+def test_sentinel_password_without_any_sentinel_url_is_refused_naming_the_urls() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        Settings(s3_redis_url="redis://far:6379/0", sentinel_password="sentinels-own")
+    assert refused.value.setting == "sentinel_password"
+    assert "none of redis_url, local_redis_url, s3_redis_url, gcs_redis_url is one" in str(refused.value)
+    assert "sentinels-own" not in str(refused.value)
+
+
 # The one-time memory of reported keys lasts the whole process, so each test below
 # misspells a setting of its own.
 
@@ -381,7 +486,10 @@ def test_a_key_close_to_no_setting_is_reported_with_all_their_names(
 ) -> None:
     set_option(luigi_config, "locked_targets", "colour", "blue")
     [report] = warnings_when_read(caplog)
-    assert "unknown setting colour; the settings are redis_url, key_prefix," in report
+    assert (
+        "unknown setting colour; the settings are redis_url, local_redis_url, s3_redis_url, gcs_redis_url,"
+        in report
+    )
 
 
 def test_default_section_keys_are_not_reported(
