@@ -1,6 +1,8 @@
 """Runs every scenario against one private redis-server, prints the tables, draws the charts (``make bench``).
 
-Scenario 8 starts private servers of its own, so that what a build leaves is all they hold.
+Scenario 8 starts private servers of its own, so that what a build leaves is all they hold;
+scenario 9, the last one measured, starts a Sentinel deployment and a Redis Cluster beside the
+run's server.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from importlib.metadata import version
 from bench import (
     construction,
     dag,
+    deployments,
     distance,
     goals,
     hot_target,
@@ -46,6 +49,8 @@ class Effort:
     dag_sizes: tuple[int, ...]
     distance_leaves: int
     memory_leaves: int
+    deployment_calls: int
+    deployment_hot_seconds: float
 
 
 def effort_for(quick: bool) -> Effort:
@@ -61,6 +66,8 @@ def effort_for(quick: bool) -> Effort:
         dag_sizes=(10, 30) if quick else (100, 300, 1000),
         distance_leaves=10 if quick else 200,
         memory_leaves=20 if quick else 300,
+        deployment_calls=10 if quick else 200,
+        deployment_hot_seconds=0.2 if quick else 2.0,
     )
 
 
@@ -110,6 +117,10 @@ def main(argv: list[str] | None = None) -> None:
             _show(distance.report(distance_result))
             leftovers = redis_memory.measure(directory, effort.memory_leaves)
             _show(redis_memory.report(leftovers, effort.memory_leaves))
+            deployments_result = deployments.measure(
+                directory, redis, effort.deployment_calls, effort.deployment_hot_seconds
+            )
+            _show(deployments.report(deployments_result))
         if charts is not None:
             written = [
                 plots.write_dag_chart(dag_result, charts),

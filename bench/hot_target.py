@@ -23,9 +23,10 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 
 import redis
+from redis.cluster import RedisCluster
 
 from bench.tables import heading, table, verdict
-from bench.variants import RedisAddress, Variant, make_target, use_redis_for_locked_targets
+from bench.variants import RedisUrl, Variant, make_target, redis_client, use_redis_for_locked_targets
 
 PROCESSES = 8
 OBJECT_BYTES = 256 * 1024
@@ -70,10 +71,11 @@ def phase_title(phase: Phase) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class WorkerPlan:
-    """What every worker process does: which target, for how long, against which object."""
+    """What every worker process does: which target, in which phases, for how long, against which object."""
 
     path: str
-    redis: RedisAddress
+    redis: RedisUrl
+    phases: tuple[Phase, ...]
     seconds: float
     digest: str
 
@@ -91,12 +93,12 @@ class WorkerResult:
 
 
 def work(plan: WorkerPlan, start_together: Barrier, results: Queue[WorkerResult]) -> None:
-    """Entry point of a worker process: one timed phase of loads per entry of ``PHASES``, in order."""
+    """Entry point of a worker process: one timed phase of loads per entry of ``plan.phases``, in order."""
     use_redis_for_locked_targets(plan.redis)
     expected = hot_object()
     if hashlib.sha256(expected).hexdigest() != plan.digest:
         raise RuntimeError("this process built a different hot object than the parent dumped")
-    for phase in PHASES:
+    for phase in plan.phases:
         load = _loader(phase, plan)
         load()  # connect and register scripts before the clock starts
         loads = bad_loads = 0
@@ -122,7 +124,7 @@ def _loader(phase: Phase, plan: WorkerPlan) -> Callable[[], object]:
     if isinstance(phase, FreshTargets):
         variant = phase.variant
         return lambda: make_target(variant, plan.path, plan.redis).load()
-    client = redis.Redis.from_url(plan.redis.url)
+    client = redis_client(plan.redis)
     target = make_target(Variant.UNLOCKED, plan.path, plan.redis)
 
     def pinged_load() -> object:
@@ -146,12 +148,20 @@ class Throughput:
     first_error: str | None
 
 
-def measure(directory: str, redis_address: RedisAddress, seconds: float) -> dict[Phase, Throughput]:
+def measure(
+    directory: str, redis_address: RedisUrl, seconds: float, phases: tuple[Phase, ...] = PHASES
+) -> dict[Phase, Throughput]:
+    """Loads per second of each of ``phases`` (all of them by default; only the variants that can
+    lock on ``redis_address`` can run)."""
     payload = hot_object()
     path = os.path.join(directory, "hot.pkl")
     make_target(Variant.UNLOCKED, path, redis_address).dump(payload)
     plan = WorkerPlan(
-        path=path, redis=redis_address, seconds=seconds, digest=hashlib.sha256(payload).hexdigest()
+        path=path,
+        redis=redis_address,
+        phases=phases,
+        seconds=seconds,
+        digest=hashlib.sha256(payload).hexdigest(),
     )
     start_together = _SPAWN.Barrier(PROCESSES + 1)
     results: Queue[WorkerResult] = _SPAWN.Queue()
@@ -161,10 +171,10 @@ def measure(directory: str, redis_address: RedisAddress, seconds: float) -> dict
     ]
     for worker in workers:
         worker.start()
-    server = redis.Redis.from_url(redis_address.url)
+    server = redis_client(redis_address)
     try:
         throughputs: dict[Phase, Throughput] = {}
-        for phase in PHASES:
+        for phase in phases:
             start_together.wait(timeout=_START_TIMEOUT_SECONDS)
             server_cpu_started = _server_cpu_seconds(server)
             phase_results = [results.get(timeout=_START_TIMEOUT_SECONDS) for _ in workers]
@@ -179,9 +189,13 @@ def measure(directory: str, redis_address: RedisAddress, seconds: float) -> dict
                 worker.kill()
 
 
-def _server_cpu_seconds(client: redis.Redis) -> float:
-    cpu = client.info("cpu")
-    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+def _server_cpu_seconds(client: redis.Redis | RedisCluster) -> float:
+    """The CPU time redis-server has spent, of every node of a cluster together."""
+    if isinstance(client, RedisCluster):
+        per_node = list(client.info("cpu", target_nodes=RedisCluster.ALL_NODES).values())
+    else:
+        per_node = [client.info("cpu")]
+    return sum(float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]) for cpu in per_node)
 
 
 def _total(phase: list[WorkerResult], server_cpu_seconds: float) -> Throughput:
@@ -193,6 +207,11 @@ def _total(phase: list[WorkerResult], server_cpu_seconds: float) -> Throughput:
         server_cpu_seconds=server_cpu_seconds,
         first_error=next((result.first_error for result in phase if result.first_error), None),
     )
+
+
+def against_unlocked(throughputs: dict[Phase, Throughput], phase: Phase) -> float:
+    """``phase``'s loads per second over unlocked gokart's made the same way (one target, or one per load)."""
+    return throughputs[phase].loads_per_second / throughputs[_unlocked_of_its_kind(phase)].loads_per_second
 
 
 def slowdown(throughputs: dict[Phase, Throughput], variant: Variant) -> float:
@@ -235,7 +254,7 @@ def report(throughputs: dict[Phase, Throughput], seconds: float) -> str:
             f"{result.loads_per_second:,.0f}",
             f"{result.loads:,}",
             f"{result.bad_loads:,}",
-            f"{throughputs[_unlocked_of_its_kind(phase)].loads_per_second / result.loads_per_second:.2f}x",
+            f"{1 / against_unlocked(throughputs, phase):.2f}x",
             f"{result.worker_cpu_seconds / result.loads * 1e6:,.0f}",
             f"{result.server_cpu_seconds / result.loads * 1e6:,.1f}",
         ]

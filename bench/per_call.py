@@ -12,13 +12,12 @@ import dataclasses
 import os
 from collections.abc import Callable
 
-import redis as redis_py
 from gokart.target import TargetOnKart
 
 from bench.request_count import RequestCount, count_requests
 from bench.tables import heading, table, verdict
 from bench.timing import call_seconds, median_ms
-from bench.variants import LOCKED_VARIANTS, RedisAddress, Variant, make_target
+from bench.variants import LOCKED_VARIANTS, RedisAddress, RedisUrl, Variant, make_target, redis_client
 
 OPERATIONS = ("exists", "load", "dump")
 # Issue 2's goal: LockedTarget adds at most this many round trips per call.
@@ -41,12 +40,12 @@ class PerCallResult:
 class _Workbench:
     """Makes the targets each operation works on: one existing file, or fresh paths for dumps."""
 
-    def __init__(self, directory: str, redis: RedisAddress) -> None:
+    def __init__(self, directory: str, redis: RedisUrl) -> None:
         self._directory = directory
-        self._redis = redis
+        self.redis = redis
         self._fresh = 0
         self._existing: dict[Variant, TargetOnKart] = {}
-        for variant in Variant:
+        for variant in redis.variants:
             path = os.path.join(directory, f"small-{variant.name.lower()}.pkl")
             target = make_target(variant, path, redis)
             target.dump(SMALL_OBJECT)
@@ -55,7 +54,7 @@ class _Workbench:
     def fresh_target(self, variant: Variant) -> TargetOnKart:
         self._fresh += 1
         path = os.path.join(self._directory, f"dump-{variant.name.lower()}-{self._fresh}.pkl")
-        return make_target(variant, path, self._redis)
+        return make_target(variant, path, self.redis)
 
     def prepare(self, operation: str, variant: Variant) -> Callable[[], object]:
         """The call to time, with everything it needs built beforehand."""
@@ -68,11 +67,7 @@ class _Workbench:
 
 def measure(directory: str, redis: RedisAddress, calls: int, counted_calls: int) -> PerCallResult:
     bench = _Workbench(directory, redis)
-    ping_client = redis_py.Redis.from_url(redis.url)
-    try:
-        times, round_trip_ms = _median_times(bench, ping_client, calls)
-    finally:
-        ping_client.close()
+    times, round_trip_ms = _median_times(bench, calls)
     requests = {}
     for operation in OPERATIONS:
         for variant in Variant:
@@ -87,23 +82,34 @@ def measure(directory: str, redis: RedisAddress, calls: int, counted_calls: int)
     )
 
 
-def _median_times(
-    bench: _Workbench, ping_client: redis_py.Redis, calls: int
+def measure_median_times(
+    directory: str, redis: RedisUrl, calls: int
 ) -> tuple[dict[tuple[str, Variant], float], float]:
+    """The timing half of ``measure`` on any deployment, for the variants that can lock on it (no
+    request counting: MONITOR sees one server only)."""
+    return _median_times(_Workbench(directory, redis), calls)
+
+
+def _median_times(bench: _Workbench, calls: int) -> tuple[dict[tuple[str, Variant], float], float]:
     """Median ms per (operation, variant), and of the PINGs interleaved with them."""
+    variants = bench.redis.variants
     samples: dict[tuple[str, Variant], list[float]] = {
-        (operation, variant): [] for operation in OPERATIONS for variant in Variant
+        (operation, variant): [] for operation in OPERATIONS for variant in variants
     }
     pings: list[float] = []
-    for operation in OPERATIONS:
-        for variant in Variant:
-            for _ in range(_WARM_UP_CALLS):
-                bench.prepare(operation, variant)()
-        for _ in range(calls):
-            pings.append(call_seconds(ping_client.ping))
-            for variant in Variant:
-                prepared = bench.prepare(operation, variant)
-                samples[operation, variant].append(call_seconds(prepared))
+    ping_client = redis_client(bench.redis)
+    try:
+        for operation in OPERATIONS:
+            for variant in variants:
+                for _ in range(_WARM_UP_CALLS):
+                    bench.prepare(operation, variant)()
+            for _ in range(calls):
+                pings.append(call_seconds(ping_client.ping))
+                for variant in variants:
+                    prepared = bench.prepare(operation, variant)
+                    samples[operation, variant].append(call_seconds(prepared))
+    finally:
+        ping_client.close()
     return {key: median_ms(values) for key, values in samples.items()}, median_ms(pings)
 
 

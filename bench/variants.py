@@ -7,10 +7,13 @@ import enum
 
 import gokart.target
 import luigi.configuration
+import redis as redis_py
 from gokart.conflict_prevention_lock.task_lock import make_task_lock_params
 from gokart.target import TargetOnKart
+from redis.cluster import RedisCluster
 
 import locked_targets
+from locked_targets.rwlock.connection import RedisConnection
 from locked_targets.settings import Settings
 
 # gokart's default lease (redis_timeout), which LockedTarget also uses by default.
@@ -18,12 +21,30 @@ GOKART_REDIS_TIMEOUT_SECONDS = 180
 
 
 @dataclasses.dataclass(frozen=True)
-class RedisAddress:
-    """Where the benchmark's private Redis listens, in the forms each variant wants."""
+class RedisUrl:
+    """A Redis deployment LockedTarget locks on through its ``redis_url``: Sentinel, Cluster or one server.
+
+    gokart's lock cannot use it: it takes one server's host and port.
+    """
 
     url: str
+
+    @property
+    def variants(self) -> tuple[Variant, ...]:
+        """The variants that can lock on this deployment."""
+        return tuple(variant for variant in Variant if variant is not Variant.GOKART_LOCK)
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisAddress(RedisUrl):
+    """One private redis-server, in the forms each variant wants: a URL, and gokart's host and port."""
+
     host: str
     port: int
+
+    @property
+    def variants(self) -> tuple[Variant, ...]:
+        return tuple(Variant)
 
 
 class Variant(enum.Enum):
@@ -75,7 +96,7 @@ class Variant(enum.Enum):
 LOCKED_VARIANTS = (Variant.LOCKED_TARGET, Variant.LOCKED_TARGET_NO_KEPT_LEASES)
 
 
-def use_redis_for_locked_targets(redis: RedisAddress) -> None:
+def use_redis_for_locked_targets(redis: RedisUrl) -> None:
     """Point ``[locked_targets] redis_url`` of this process's luigi configuration at ``redis``."""
     config = luigi.configuration.get_config()  # type: ignore[no-untyped-call]
     if not config.has_section("locked_targets"):
@@ -83,11 +104,13 @@ def use_redis_for_locked_targets(redis: RedisAddress) -> None:
     config.set("locked_targets", "redis_url", redis.url)
 
 
-def make_target(variant: Variant, path: str, redis: RedisAddress) -> TargetOnKart:
+def make_target(variant: Variant, path: str, redis: RedisUrl) -> TargetOnKart:
     """The cache target at ``path`` as ``variant`` builds it."""
     if variant is Variant.UNLOCKED:
         return gokart.target.make_target(path)
     if variant is Variant.GOKART_LOCK:
+        if not isinstance(redis, RedisAddress):
+            raise ValueError(f"gokart's lock needs one server's host and port, not only a URL ({redis.url})")
         lock_params = make_task_lock_params(
             file_path=path,
             unique_id=None,
@@ -100,3 +123,8 @@ def make_target(variant: Variant, path: str, redis: RedisAddress) -> TargetOnKar
         return locked_targets.make_target(path)
     settings = dataclasses.replace(Settings.from_luigi_config(), shared_lease_idle_seconds=0)
     return locked_targets.make_target(path, settings=settings)
+
+
+def redis_client(redis: RedisUrl) -> redis_py.Redis | RedisCluster:
+    """A client of ``redis`` as LockedTarget reaches it: Sentinel's master, the cluster, or the server."""
+    return RedisConnection(redis.url).client
