@@ -48,7 +48,7 @@ class LockService:
     """The Redis a file's lock lives on, and the setting whose URL named it (for messages)."""
 
     setting: str
-    url: str
+    url: str = dataclasses.field(repr=False)  # may hold a password
 
 
 def lock_service_for(path: str, settings: Settings) -> LockService | None:

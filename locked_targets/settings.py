@@ -33,6 +33,7 @@ from locked_targets.process_state import Once, ProcessLocal
 from locked_targets.rwlock.lock import DEFAULT_MIN_REPLICAS_TIMEOUT_SECONDS
 from locked_targets.rwlock.redis_urls import (
     HIDDEN,
+    names_cluster,
     names_sentinels,
     redacted_url,
     redis_address,
@@ -97,7 +98,8 @@ REDIS_RETRY_DEADLINE_BOUNDS = _Bounds(1.0, 30 * _DAY_SECONDS)
 FENCING_MEMORY_BOUNDS = _Bounds(1.0, 30 * _DAY_SECONDS)
 # A grant's WAIT for its replicas: never 0 (which Redis reads as "for ever"); a replica that needs
 # more than a minute to acknowledge a write is not keeping up.
-MIN_REPLICAS_TIMEOUT_BOUNDS = _Bounds(0.001, 60.0)
+# Below the command timeout (30 s), which would cut an unanswered WAIT short with a vaguer error.
+MIN_REPLICAS_TIMEOUT_BOUNDS = _Bounds(0.001, 25.0)
 MIN_REPLICAS_ACKED_RANGE = range(0, 101)
 _PORT_RANGE = range(1, 65536)
 # A host name or IPv4 address, or an IPv6 address (which the URL puts in brackets).
@@ -274,6 +276,14 @@ class Settings:
                 "min_replicas_acked",
                 acked,
                 f"must be a whole number from 0 (off) to {MIN_REPLICAS_ACKED_RANGE[-1]}",
+            )
+        clusters = [name for name in LOCK_SERVICE_SETTINGS if names_cluster(getattr(self, name))]
+        if acked and clusters:
+            raise ConfigurationError(
+                "min_replicas_acked",
+                acked,
+                f"is not supported on a Redis Cluster ({', '.join(clusters)} names one): WAIT counts the "
+                "writes of one connection, and a cluster's locks live on several; set it to 0",
             )
         if acked and self.min_replicas_timeout_seconds > renewal_interval / 2:
             raise ConfigurationError(

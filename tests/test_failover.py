@@ -22,7 +22,7 @@ import redis
 import locked_targets
 from helpers.lock_processes import SPAWN
 from helpers.target_processes import hold_lock_of
-from locked_targets import BackendUnavailable, LockLost, Settings
+from locked_targets import BackendUnavailable, ConfigurationError, LockLost, Settings
 from locked_targets.locks import connection_for, lease_terms, lock_key_for
 from locked_targets.rwlock import HeldLock, LockMode, ReadWriteLock, take_ahead, taken_ahead
 from locked_targets.rwlock.releases import wait_until_sent
@@ -125,6 +125,23 @@ def test_a_grant_no_replica_acknowledges_is_given_back_as_backend_unavailable(
     assert f"min_replicas_timeout_seconds ({SHORT_WAIT_FOR_REPLICAS_SECONDS:g} s)" in message
     with redis.Redis.from_url(private_redis.url) as client:
         assert held_lock_keys(client, lock) == 0
+
+
+def test_a_server_that_does_not_run_wait_is_a_configuration_error_and_keeps_no_lock(
+    key_prefix: str, tmp_path: Path
+) -> None:
+    server = RedisServer(directives=["--rename-command", "WAIT", ""]).start()
+    try:
+        settings = Settings(redis_url=server.url, key_prefix=key_prefix, min_replicas_acked=1)
+        lock = lock_of(str(tmp_path / "no-wait.pkl"), settings)
+
+        with pytest.raises(ConfigurationError, match="does not answer WAIT"):
+            lock.acquire(LockMode.EXCLUSIVE)
+
+        with redis.Redis.from_url(server.url) as client:
+            assert held_lock_keys(client, lock) == 0
+    finally:
+        server.stop()
 
 
 def test_a_locked_target_asks_for_the_replicas_its_settings_name(

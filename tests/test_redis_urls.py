@@ -13,7 +13,7 @@ from helpers.lock_processes import make_lock
 from helpers.tcp_peers import TcpPeer
 from locked_targets import BackendUnavailable, ConfigurationError, Settings
 from locked_targets.rwlock import LockMode, redis_address
-from locked_targets.rwlock.redis_urls import redacted_url
+from locked_targets.rwlock.redis_urls import checked_url, redacted_url
 from locked_targets.testing import RedisServer, free_port
 
 
@@ -206,3 +206,15 @@ def test_a_refused_url_never_shows_its_password(url: str) -> None:
         Settings(redis_url=url)
     assert "s3cret" not in str(raised.value)
     assert "s3cret" not in repr(raised.value.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://user:hunter2@127.0.0.1:6379/0",
+        "redis+sentinel://:hunter2@127.0.0.1:26379/mymaster?sentinel_password=hunter2",
+        "rediss+cluster://user:hunter2@127.0.0.1:7000,127.0.0.1:7001",
+    ],
+)
+def test_a_checked_url_shows_no_password_in_its_repr(url: str) -> None:
+    assert "hunter2" not in repr(checked_url(url))

@@ -131,7 +131,7 @@ OUT_OF_BOUNDS = [
     ("redis_retry_deadline_seconds", 30 * 24 * 3600 + 1),
     ("redis_retry_deadline_seconds", float("-inf")),
     ("min_replicas_timeout_seconds", 0),
-    ("min_replicas_timeout_seconds", 60.001),
+    ("min_replicas_timeout_seconds", 25.001),
     ("lease_seconds", "60"),  # text given in code
     ("wait_timeout_seconds", True),
 ]
@@ -157,7 +157,7 @@ def test_a_duration_out_of_its_bounds_is_refused_naming_them(name: str, value: o
         ("shared_lease_idle_seconds", 0),
         ("redis_retry_deadline_seconds", 1),
         ("min_replicas_timeout_seconds", 0.001),
-        ("min_replicas_timeout_seconds", 60),
+        ("min_replicas_timeout_seconds", 25),
     ],
     ids=str,
 )
@@ -213,7 +213,23 @@ def test_a_replica_wait_over_half_the_renewal_interval_is_refused_when_replicas_
 
 
 def test_any_wait_for_replicas_within_its_bounds_is_accepted_while_none_are_asked_for() -> None:
-    assert Settings(lease_seconds=3, min_replicas_timeout_seconds=60).min_replicas_timeout_seconds == 60
+    assert Settings(lease_seconds=3, min_replicas_timeout_seconds=25).min_replicas_timeout_seconds == 25
+
+
+@pytest.mark.parametrize("setting", ["redis_url", "s3_redis_url"])
+def test_replicas_asked_for_on_a_redis_cluster_are_refused_naming_the_cluster_url(setting: str) -> None:
+    refusal = rf"min_replicas_acked=1: .*Redis Cluster \({setting} names one\)"
+    with pytest.raises(ConfigurationError, match=refusal):
+        Settings(**{setting: "redis+cluster://127.0.0.1:7000", "min_replicas_acked": 1})  # type: ignore[arg-type]
+
+
+def test_the_lock_service_of_a_path_shows_no_password_in_its_repr() -> None:
+    service = lock_service_for(
+        "/tmp/cache/x.pkl", Settings(redis_url="redis://user:hunter2@localhost:6379/0")
+    )
+    assert service is not None
+    assert "hunter2" not in repr(service)
+    assert "redis_url" in repr(service)
 
 
 def test_non_numeric_lease_names_the_setting(luigi_config: luigi.configuration.LuigiConfigParser) -> None:

@@ -195,7 +195,7 @@ def _redis_error_behind(error: RedisClusterException) -> redis.RedisError | None
     return cause if isinstance(cause, redis.RedisError) else None
 
 
-def _cluster_client_for(checked: CheckedUrl) -> _LockCluster:
+def _cluster_client_for(checked: CheckedUrl, setting: str) -> _LockCluster:
     """A client of the cluster ``checked`` names, under the lock's timeouts; it reads the slots from a node.
 
     Raises a ``redis.RedisError`` if no node it names answers, ``ConfigurationError`` if one is not
@@ -223,7 +223,7 @@ def _cluster_client_for(checked: CheckedUrl) -> _LockCluster:
         )
     except RedisClusterException as error:
         if isinstance(error.__cause__, RedisClusterException):  # "Cluster mode is not enabled on this node"
-            raise ConfigurationError("redis_url", redacted_url(checked.url), _NOT_A_CLUSTER) from None
+            raise ConfigurationError(setting, redacted_url(checked.url), _NOT_A_CLUSTER) from None
         behind = _redis_error_behind(error)
         raise (behind or redis.ConnectionError(f"could not learn the cluster's slots: {error}")) from None
 
@@ -272,7 +272,7 @@ class RedisConnection:
         if self._client is None:
             with self._client_lock:
                 if self._client is None:
-                    cluster = _cluster_client_for(self._checked)
+                    cluster = _cluster_client_for(self._checked, self.setting)
                     # The commands the server that answered COMMAND knows (every node runs one version,
                     # but during an upgrade: a process started then keeps classic pub/sub).
                     self._sharded_pubsub = "spublish" in cluster.commands_parser.commands

@@ -174,8 +174,8 @@ class ReadWriteLock:
                 if isinstance(attempt, scripts.Blocked):
                     # The lease runs from when the winning attempt was sent, not from when waiting began.
                     granted_at, attempt = self._wait(mode, attempt_to_get, token, started, attempt)
-        # A refusal for good (a WAIT the ACL refuses) may come after the grant: give it back too.
-        except (BackendUnavailable, ConfigurationError):
+        # A failure may come after the grant (a WAIT refused or unanswered): give it back too.
+        except (BackendUnavailable, ConfigurationError, redis.RedisError):
             self._abandon(token)
             raise
         return self._register(mode, token, granted_at, attempt.fencing_token)
@@ -441,10 +441,20 @@ class _AcknowledgedBatch(ScriptBatch):
 
     def ensure_acknowledged(self, what: str) -> None:
         """Raise unless enough replicas acknowledged the writes sent: ``BackendUnavailable``, or the
-        error ``WAIT`` got (an ACL without ``+wait``)."""
+        error ``WAIT`` got, translated (an ACL without ``+wait`` is a ``ConfigurationError``, and so
+        is a server that does not run ``WAIT`` at all)."""
         acknowledged = self.acknowledged or 0
         if isinstance(acknowledged, Exception):
-            raise acknowledged
+            try:
+                with self._connection.errors_translated():
+                    raise acknowledged
+            except redis.RedisError as refused:
+                raise ConfigurationError(
+                    "min_replicas_acked",
+                    self._replicas,
+                    f"the server at {self._connection.address} does not answer WAIT ({refused}): lock on "
+                    "one that does, or set min_replicas_acked = 0",
+                ) from None
         if acknowledged < self._replicas:
             raise BackendUnavailable(
                 address=self._connection.address,

@@ -104,9 +104,9 @@ def _redacted_pair(pair: re.Match[str]) -> str:
     return f"{name}={HIDDEN}" if _CREDENTIAL_NAME.search(unquote_plus(name)) else pair[0]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class CheckedUrl:
-    """A Redis URL redis-py can use, and what it reads from it."""
+    """A Redis URL redis-py can use, and what it reads from it; its repr shows no secret."""
 
     url: str
     """The URL as redis-py is given it: its scheme in lower case."""
@@ -119,6 +119,9 @@ class CheckedUrl:
     sentinel_password: str | None = None
     cluster_nodes: tuple[tuple[str, int], ...] = ()
     """The nodes of a Redis Cluster the client starts from; empty for a URL that names no cluster."""
+
+    def __repr__(self) -> str:
+        return f"CheckedUrl({redacted_url(self.url)!r})"
 
     @property
     def database(self) -> int:
@@ -388,6 +391,11 @@ def _value_problem(name: str, value: str) -> str | None:
 def names_sentinels(url: str | None) -> bool:
     """Whether ``url`` names sentinels (``redis+sentinel://``, ``rediss+sentinel://``), read or not."""
     return url is not None and url.partition("://")[0].lower() in _SENTINEL_SCHEMES
+
+
+def names_cluster(url: str | None) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://``, ``rediss+cluster://``), read or not."""
+    return url is not None and url.partition("://")[0].lower() in _CLUSTER_SCHEMES
 
 
 def redis_address(redis_url: str) -> str:

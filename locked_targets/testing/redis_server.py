@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 import redis
 
@@ -34,8 +35,10 @@ def redis_server_binary() -> str:
 class RedisServer:
     """One private Redis server on a loopback port, controlled like a real deployment would be."""
 
-    def __init__(self, password: str | None = None) -> None:
+    def __init__(self, password: str | None = None, directives: Sequence[str] = ()) -> None:
+        """``directives``: more of the server's command-line configuration (``--name value`` pairs)."""
         self.password = password
+        self.directives = tuple(directives)
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -63,6 +66,7 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             command += ["--requirepass", self.password]
+        command += self.directives
         self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
         deadline = time.monotonic() + _START_TIMEOUT_SECONDS
