@@ -147,6 +147,8 @@ def test_a_peer_that_is_not_redis_is_reported_naming_its_address() -> None:
         ),
         ("redis+cluster://h1:7000,h2:7001,[::1]:7002", "redis+cluster://h1:7000,h2:7001,[::1]:7002"),
         ("redis+cluster://user:s3cret", "redis+cluster://user:***"),
+        # No scheme, and an "@" before the last (found by the hostile-settings fuzz).
+        (":s3cret@:0/16?=@", ":***@"),
     ],
 )
 def test_a_url_is_shown_with_every_secret_hidden(url: str, shown: str) -> None:

@@ -71,7 +71,8 @@ def redacted_url(url: str) -> str:
     Hidden are the password of the user information (``user:***@host``) and the value of every
     query parameter whose name says credential (``password=***``). Malformed URLs are redacted
     too (``rediss//user:pw@host``, ``redis:/user:pw@host``): everything between the scheme and
-    the last ``@`` is taken for user information, and only a user name before a colon is kept.
+    the last ``@`` is taken for user information, and only a user name (without ``@``) before a
+    colon is kept.
     Without any ``@``, a non-numeric "port" (``redis://user:pw``) is hidden as a password.
     """
     shown = url
@@ -79,7 +80,8 @@ def redacted_url(url: str) -> str:
     if at >= 0:
         start = _matched_end(_SCHEME_AND_SLASHES, url)
         user, colon, _secret = url[start:at].partition(":")
-        shown = url[:start] + (f"{user}:{HIDDEN}" if colon else HIDDEN) + url[at:]
+        # An "@" in the user name means its information ended sooner than the last "@": hide it all.
+        shown = url[:start] + (f"{user}:{HIDDEN}" if colon and "@" not in user else HIDDEN) + url[at:]
     else:
         shown = _AUTHORITY_WITHOUT_USER.sub(_port_or_hidden, url, count=1)
     return _QUERY_PAIR.sub(_redacted_pair, shown)
