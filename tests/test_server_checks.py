@@ -21,8 +21,8 @@ from helpers.targets import locked_target
 from locked_targets import BackendUnavailable, ConfigurationError, Settings
 from locked_targets.process_state import Once, ProcessLocal
 from locked_targets.rwlock import server_checks
-from locked_targets.rwlock.checks import ServerFacts
 from locked_targets.rwlock.connection import KEY_PREFIX_PLACEHOLDER, LOCK_ACL_RULE
+from locked_targets.rwlock.server_checks import ServerFacts
 from locked_targets.testing import RedisServer
 
 PASSWORD = "checks-s3cret"
@@ -33,6 +33,7 @@ def fresh_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     """A process that has checked no server and said nothing yet (a test's server may reuse a port)."""
     monkeypatch.setattr(server_checks, "_facts", ProcessLocal(dict))
     monkeypatch.setattr(server_checks, "_told", Once())
+    monkeypatch.setattr(server_checks, "_passed", ProcessLocal(set))
 
 
 @pytest.fixture

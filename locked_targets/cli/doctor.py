@@ -34,10 +34,8 @@ from locked_targets.errors import BackendUnavailable, CommitRefused, Configurati
 from locked_targets.rwlock import RedisConnection
 from locked_targets.rwlock.checks import (
     CLUSTER_SLOTS,
-    EVICTION_FREE_POLICY,
     Durability,
     Refusal,
-    ServerFacts,
     Trial,
     clock_offset,
     durability,
@@ -46,7 +44,7 @@ from locked_targets.rwlock.checks import (
 )
 from locked_targets.rwlock.connection import CLUSTER_ACL_RULE, SHARDED_PUBSUB_ACL_RULE
 from locked_targets.rwlock.inspection import ServerHealth, glob_escaped, server_health
-from locked_targets.rwlock.server_checks import version_problem
+from locked_targets.rwlock.server_checks import EVICTION_FREE_POLICY, ServerFacts, version_problem
 from locked_targets.settings import Settings
 from locked_targets.storage import storage_kind_for
 from locked_targets.storage.local import _NO_HARD_LINKS

@@ -14,8 +14,8 @@ from typing import Any
 
 from locked_targets.cli.finding import FoundLock, Service
 from locked_targets.rwlock import LeaseTerms
-from locked_targets.rwlock.checks import EVICTION_FREE_POLICY
 from locked_targets.rwlock.inspection import LockBreak, LockHolder, ServerHealth
+from locked_targets.rwlock.server_checks import EVICTION_FREE_POLICY
 
 # The role a server that keeps locks must have.
 HEALTHY_ROLE = "master"

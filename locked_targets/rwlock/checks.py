@@ -1,12 +1,12 @@
 """Trying a lock service out before a first run: the lock's scripts and channels, and the server's facts.
 
-For ``locked-targets doctor``, which turns these facts into advice, and for the start-up
-checks (``server_checks``), which read the server's version and eviction policy here
-(``server_facts``). The trials run the very scripts a lock runs (through their functions in
-``scripts``) and the pub/sub commands its waiters and kept shared leases use, so an ACL that
-refuses any of them is caught before a pipeline meets it. They write only to a scratch lock
-of their own under the key prefix (``<key_prefix>{doctor-<hex>}``), whose leases last a few
-seconds, and remove its keys at the end: no real lock is touched.
+For ``locked-targets doctor``, which turns these facts into advice (the version and eviction
+policy that the start-up checks read are theirs: ``server_checks``). The trials run the very
+scripts a lock runs (through their functions in ``scripts``) and the pub/sub commands its
+waiters and kept shared leases use, so an ACL that refuses any of them is caught before a
+pipeline meets it. They write only to a scratch lock of their own under the key prefix
+(``<key_prefix>{doctor-<hex>}``), whose leases last a few seconds, and remove its keys at
+the end: no real lock is touched.
 """
 
 from __future__ import annotations
@@ -207,56 +207,6 @@ def _refused(trial: Trial, error: redis.ResponseError) -> Trial:
     return dataclasses.replace(
         refused, refusal=Refusal.COMMAND, refused_commands=tuple(c for c in trial.commands if c != "EVALSHA")
     )
-
-
-EVICTION_FREE_POLICY = "noeviction"
-"""The one ``maxmemory-policy`` under which Redis evicts no key: an evicted lock key is a lock given away."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerFacts:
-    """What a Redis server tells of itself that decides whether it can keep locks."""
-
-    version: str | None
-    """``redis_version`` (``7.0.15``); None if the server did not say."""
-    maxmemory_policy: str | None
-    """``noeviction``, ``allkeys-lru``, ...; None if the server did not say (a proxy may not)."""
-    address: str | None = None
-    """Which server told them (on a cluster, which master); None when not known."""
-
-    @classmethod
-    def from_info(cls, info: dict[str, Any], address: str | None = None) -> ServerFacts:
-        """The facts of a server from its ``INFO`` reply (as redis-py parses it)."""
-        version, policy = info.get("redis_version"), info.get("maxmemory_policy")
-        return cls(
-            version=None if version is None else str(version),
-            maxmemory_policy=policy if isinstance(policy, str) else None,
-            address=address,
-        )
-
-    @property
-    def major_minor(self) -> tuple[int, int] | None:
-        """The version's first two numbers, ``(7, 0)``; None if it has none to read."""
-        parts = (self.version or "").split(".")
-        if len(parts) < 2 or not all(part.isdigit() for part in parts[:2]):
-            return None
-        return int(parts[0]), int(parts[1])
-
-
-def server_facts(connection: RedisConnection) -> list[ServerFacts] | None:
-    """The version and eviction policy of each server that keeps locks (every master of a cluster),
-    from one ``INFO`` each (never ``CONFIG``, which managed services block); None when the ACL refuses
-    ``INFO`` to the user, which a lock does not need.
-
-    Failures to reach a server raise ``BackendUnavailable``.
-    """
-    with connection.errors_translated():
-        try:
-            return [
-                ServerFacts.from_info(client.info(), address) for address, client in connection.primaries()
-            ]
-        except redis.exceptions.NoPermissionError:
-            return None
 
 
 @dataclasses.dataclass(frozen=True)

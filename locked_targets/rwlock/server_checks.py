@@ -3,7 +3,7 @@
 A Redis whose ``maxmemory-policy`` lets it evict keys gives a held lock away when its memory
 runs short, and one older than 5.0 cannot run the lock's scripts. A process reads both facts
 from one ``INFO`` per server (on a cluster, per master: each keeps the locks of its slots;
-``checks.server_facts``; never ``CONFIG``, which managed services block) the first time it
+``server_facts``; never ``CONFIG``, which managed services block) the first time it
 builds a lock on a service, remembers them while it lives once they pass, and judges every
 new lock by them without a round trip: acquisitions never pay for the check. A
 server refused is asked again at the next new lock, so an operator's fix needs no restart. A
@@ -18,11 +18,14 @@ forked child has connections of its own and reads the facts again, once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from typing import Any
+
+import redis
 
 from locked_targets.errors import ConfigurationError
 from locked_targets.process_state import Once, ProcessLocal
-from locked_targets.rwlock.checks import EVICTION_FREE_POLICY, ServerFacts, server_facts
 from locked_targets.rwlock.connection import RedisConnection
 from locked_targets.rwlock.retry import with_redis_retries
 
@@ -34,9 +37,62 @@ SCRIPTS_NEED_VERSION = (5, 0)
 before, Redis refuses the write ("Write commands not allowed after non deterministic commands").
 Every other command they call is older (``ZADD XX``: 3.0.2)."""
 
+EVICTION_FREE_POLICY = "noeviction"
+"""The one ``maxmemory-policy`` under which Redis evicts no key: an evicted lock key is a lock given away."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerFacts:
+    """What a Redis server tells of itself that decides whether it can keep locks."""
+
+    version: str | None
+    """``redis_version`` (``7.0.15``); None if the server did not say."""
+    maxmemory_policy: str | None
+    """``noeviction``, ``allkeys-lru``, ...; None if the server did not say (a proxy may not)."""
+    address: str | None = None
+    """Which server told them (on a cluster, which master); None when not known."""
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any], address: str | None = None) -> ServerFacts:
+        """The facts of a server from its ``INFO`` reply (as redis-py parses it)."""
+        version, policy = info.get("redis_version"), info.get("maxmemory_policy")
+        return cls(
+            version=None if version is None else str(version),
+            maxmemory_policy=policy if isinstance(policy, str) else None,
+            address=address,
+        )
+
+    @property
+    def major_minor(self) -> tuple[int, int] | None:
+        """The version's first two numbers, ``(7, 0)``; None if it has none to read."""
+        parts = (self.version or "").split(".")
+        if len(parts) < 2 or not all(part.isdigit() for part in parts[:2]):
+            return None
+        return int(parts[0]), int(parts[1])
+
+
+def server_facts(connection: RedisConnection) -> list[ServerFacts] | None:
+    """The version and eviction policy of each server that keeps locks (every master of a cluster),
+    from one ``INFO`` each (never ``CONFIG``, which managed services block); None when the ACL refuses
+    ``INFO`` to the user, which a lock does not need.
+
+    Failures to reach a server raise ``BackendUnavailable``.
+    """
+    with connection.errors_translated():
+        try:
+            return [
+                ServerFacts.from_info(client.info(), address) for address, client in connection.primaries()
+            ]
+        except redis.exceptions.NoPermissionError:
+            return None
+
+
 # What each connection's server told (None: its ACL refused INFO) once it passed, per process.
 _facts: ProcessLocal[dict[RedisConnection, list[ServerFacts] | None]] = ProcessLocal(dict)
 _told = Once()
+# The services each passed, with the allow_eviction they passed under, per process: a new lock on
+# one of them then costs a lookup, not a judgement of every master's facts again.
+_passed: ProcessLocal[set[tuple[RedisConnection, bool]]] = ProcessLocal(set)
 
 
 def ensure_fit_for_locks(
@@ -53,6 +109,9 @@ def ensure_fit_for_locks(
     ``BackendUnavailable``, retried as an acquisition is for ``redis_retry_deadline_seconds``
     (None: at once).
     """
+    passed = _passed.get()
+    if (connection, allow_eviction) in passed:
+        return
     remembered = _facts.get()
     if connection in remembered:
         facts = remembered[connection]
@@ -74,6 +133,7 @@ def ensure_fit_for_locks(
             _judge(each, connection, setting=setting, allow_eviction=allow_eviction)
     # Only what passed: a server refused is asked again at the next lock, so fixing it needs no restart.
     remembered[connection] = facts
+    passed.add((connection, allow_eviction))
 
 
 def _judge(facts: ServerFacts, connection: RedisConnection, *, setting: str, allow_eviction: bool) -> None:
