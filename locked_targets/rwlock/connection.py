@@ -53,6 +53,7 @@ from locked_targets.rwlock.error_replies import (
     acl_refusal,
     count_failure,
     error_code,
+    is_unavailable,
     reply_from_code,
 )
 from locked_targets.rwlock.keys import REVOKE_CHANNEL_PATTERN
@@ -335,6 +336,24 @@ class RedisConnection:
                 raise
             count_failure(error)
             raise BackendUnavailable(address=self.address, reason=reason) from None
+
+    def translated(self, error: redis.RedisError) -> Exception:
+        """What ``errors_translated`` raises for ``error`` (a ``BackendUnavailable``, a
+        ``ConfigurationError``, or ``error`` itself), for an error reply received, not raised."""
+        try:
+            with self.errors_translated():
+                raise error
+        except (BackendUnavailable, ConfigurationError, redis.RedisError) as translated:
+            return translated
+
+    def refusal_of(self, reply: object) -> ConfigurationError | None:
+        """The ``ConfigurationError`` naming the rules to add, if ``reply`` is an error reply by which
+        the server refuses this connection's user for good (its ACL refuses a command, key or
+        channel); None for any other reply. Retrying such a request cannot help."""
+        if not isinstance(reply, redis.ResponseError) or is_unavailable(reply):
+            return None
+        translated = self.translated(reply)
+        return translated if isinstance(translated, ConfigurationError) else None
 
     def forget_demoted_master(self, error: BaseException) -> None:
         """After a READONLY reply through sentinels, drop the idle connections to the demoted master.

@@ -445,16 +445,19 @@ class _AcknowledgedBatch(ScriptBatch):
         is a server that does not run ``WAIT`` at all)."""
         acknowledged = self.acknowledged or 0
         if isinstance(acknowledged, Exception):
-            try:
-                with self._connection.errors_translated():
-                    raise acknowledged
-            except redis.RedisError as refused:
-                raise ConfigurationError(
-                    "min_replicas_acked",
-                    self._replicas,
-                    f"the server at {self._connection.address} does not answer WAIT ({refused}): lock on "
-                    "one that does, or set min_replicas_acked = 0",
-                ) from None
+            translated = (
+                self._connection.translated(acknowledged)
+                if isinstance(acknowledged, redis.RedisError)
+                else acknowledged
+            )
+            if isinstance(translated, BackendUnavailable | ConfigurationError):
+                raise translated
+            raise ConfigurationError(
+                "min_replicas_acked",
+                self._replicas,
+                f"the server at {self._connection.address} does not answer WAIT ({translated}): lock on "
+                "one that does, or set min_replicas_acked = 0",
+            ) from None
         if acknowledged < self._replicas:
             raise BackendUnavailable(
                 address=self._connection.address,

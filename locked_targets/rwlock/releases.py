@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import redis
 
-from locked_targets.errors import BackendUnavailable, ConfigurationError
+from locked_targets.errors import ConfigurationError
 from locked_targets.process_state import Once, ProcessLocal, ProcessLocalMap
 from locked_targets.rwlock.connection import RedisConnection
 from locked_targets.rwlock.error_replies import count_failure, is_unavailable
@@ -46,21 +46,6 @@ _LOCK_WAIT_SECONDS = 1.0
 _EXIT_PRIORITY = 5
 # The users (as redis_url shows them) whose releases the server's ACL refused, reported once.
 _refusals_reported = Once()
-
-
-def configuration_refusal(connection: RedisConnection, reply: object) -> ConfigurationError | None:
-    """The ``ConfigurationError`` naming the rules to add, if ``reply`` is an error reply by which the
-    server refuses the user of ``connection`` for good (its ACL refuses a command, key or channel);
-    None for any other reply. Retrying such a request cannot help."""
-    if not isinstance(reply, redis.ResponseError) or is_unavailable(reply):
-        return None
-    try:  # the connection's own reading of error replies
-        with connection.errors_translated():
-            raise reply
-    except ConfigurationError as refusal:
-        return refusal
-    except (redis.ResponseError, BackendUnavailable):
-        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +168,7 @@ class Releaser:
             if isinstance(reply, Exception) and is_unavailable(reply) and now < queued.request.give_up_at:
                 retry.append(dataclasses.replace(queued, not_before=now + _RETRY_AFTER_SECONDS, tried=True))
                 continue
-            refusal = configuration_refusal(self._connection, reply)
+            refusal = self._connection.refusal_of(reply)
             if refusal is not None:
                 self._report_refusal(refusal)
                 continue

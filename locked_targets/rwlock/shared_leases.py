@@ -33,7 +33,7 @@ from locked_targets.rwlock.connection import RedisConnection
 from locked_targets.rwlock.error_replies import count_failure
 from locked_targets.rwlock.keys import REVOKE_CHANNEL_PATTERN, base_of_revoke_channel
 from locked_targets.rwlock.lease import HeldLock
-from locked_targets.rwlock.releases import configuration_refusal, wait_until_sent
+from locked_targets.rwlock.releases import wait_until_sent
 from locked_targets.rwlock.subscription import subscription_to
 
 logger = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class SharedLeases:
             try:
                 self._listen()
             except Exception as error:
-                refusal = configuration_refusal(self._connection, error)
+                refusal = self._connection.refusal_of(error)
                 if refusal is not None:
                     self._keep_no_leases(refusal)
                     return
