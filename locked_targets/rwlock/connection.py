@@ -237,6 +237,7 @@ class RedisConnection:
     """
 
     def __init__(self, redis_url: str, setting: str = "redis_url") -> None:
+        self._redis_url = redis_url
         self._checked = checked_url(redis_url)
         self.setting = setting
         """The setting whose URL named this server, for messages (``redis_url``, ``s3_redis_url`` ...)."""
@@ -254,6 +255,18 @@ class RedisConnection:
         self._client_lock = threading.Lock()
         self._scripts: dict[str, Script] = {}
         self._scripts_lock = threading.Lock()
+        self._background: RedisConnection | None = None
+
+    @property
+    def background(self) -> RedisConnection:
+        """This server through a client (and connection pool) of its own, for the threads that send
+        releases and renewals: while they hold a connection, the thread running tasks must not open
+        another one (a greeting of several round trips on its critical path), nor wait for theirs."""
+        if self._background is None:
+            with self._client_lock:
+                if self._background is None:
+                    self._background = RedisConnection(self._redis_url, self.setting)
+        return self._background
 
     @property
     def client(self) -> redis.Redis | RedisCluster:

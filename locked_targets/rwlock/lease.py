@@ -330,7 +330,7 @@ def _renew_together(connection: RedisConnection, group: list[HeldLock]) -> None:
     """Extend a group of leases on one server in a single round trip."""
     sent_at = SYSTEM_CLOCK.monotonic()
     try:
-        batch = ScriptBatch(connection)
+        batch = ScriptBatch(connection.background)
         for held in group:
             held.extend(batch)
         replies = batch.send()

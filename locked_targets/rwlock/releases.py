@@ -148,7 +148,7 @@ class Releaser:
 
     def _send(self, due: list[_Queued]) -> list[_Queued]:
         """Send ``due`` in one batch; return the requests to try again later."""
-        batch = ScriptBatch(self._connection)
+        batch = ScriptBatch(self._connection.background)
         for queued in due:
             queued.request.add(batch)
         try:
