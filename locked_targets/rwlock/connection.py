@@ -27,6 +27,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -259,9 +260,10 @@ class RedisConnection:
 
     @property
     def background(self) -> RedisConnection:
-        """This server through a client (and connection pool) of its own, for the threads that send
-        releases and renewals: while they hold a connection, the thread running tasks must not open
-        another one (a greeting of several round trips on its critical path), nor wait for theirs."""
+        """This server through a client (and connection pool) of its own, for the background threads
+        (releases, renewals, the revocation listener): while they hold a connection, the thread
+        running tasks must not open another one (a greeting of round trips on its critical path),
+        nor wait for theirs."""
         if self._background is None:
             with self._client_lock:
                 if self._background is None:
@@ -537,7 +539,10 @@ def _greet_within_connect_timeout(connection: AbstractConnection) -> None:
     """redis-py's greeting (AUTH, SELECT, CLIENT SETINFO) under the connect timeout, then the command one.
 
     A connection the server ends at the first command says what to check (``ended_at_first_command``).
+    A socket just opened is not checked for health first: redis-py would send a PING, one more
+    round trip per new connection.
     """
+    connection.next_health_check = time.monotonic() + connection.health_check_interval  # type: ignore[assignment]
     try:
         connection.on_connect()  # type: ignore[no-untyped-call]
     except redis.ConnectionError as error:

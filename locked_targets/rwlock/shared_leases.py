@@ -225,7 +225,7 @@ class SharedLeases:
         # PSUBSCRIBE on any node of a cluster hears the revoke channels of every slot, since a cluster
         # forwards each classic PUBLISH to all its nodes. Revocations are few (a writer asks only
         # when readers are in its way), so they cost the cluster bus little.
-        revocations = subscription_to(self._connection, REVOKE_CHANNEL_PATTERN, pattern=True)
+        revocations = subscription_to(self._connection.background, REVOKE_CHANNEL_PATTERN, pattern=True)
         try:
             self._listening.set()
             self._failures_in_a_row = 0
