@@ -13,6 +13,7 @@ from helpers.lock_processes import make_lock
 from helpers.tcp_peers import TcpPeer
 from locked_targets import BackendUnavailable, ConfigurationError, Settings
 from locked_targets.rwlock import LockMode, redis_address
+from locked_targets.rwlock.connection import RedisConnection
 from locked_targets.rwlock.redis_urls import checked_url, redacted_url
 from locked_targets.testing import RedisServer, free_port
 
@@ -220,3 +221,19 @@ def test_a_refused_url_never_shows_its_password(url: str) -> None:
 )
 def test_a_checked_url_shows_no_password_in_its_repr(url: str) -> None:
     assert "hunter2" not in repr(checked_url(url))
+
+
+def test_a_new_connection_greets_the_server_without_a_health_check_ping_first(
+    private_redis: RedisServer,
+) -> None:
+    """A socket just opened needs no PING: it would be one more round trip per new connection."""
+    probe = f"probe-{uuid.uuid4().hex}"
+    with private_redis.client().monitor() as monitor:  # type: ignore[no-untyped-call]
+        connection = RedisConnection(private_redis.url)
+        assert isinstance(connection.client, redis.Redis)
+        connection.client.get(probe)
+        greeting: list[str] = []
+        while probe not in (command := monitor.next_command())["command"]:
+            greeting.append(command["command"].split()[0].upper())
+    assert greeting, "the new connection's greeting was not seen"
+    assert "PING" not in greeting

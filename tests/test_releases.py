@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -113,3 +114,26 @@ def test_a_lock_released_a_moment_ago_is_free_to_this_process_even_without_waiti
     for _ in range(50):  # each release is still on its way when the next acquisition starts
         impatient.acquire(LockMode.EXCLUSIVE).release()
         impatient.acquire(LockMode.SHARED).release()
+
+
+def test_a_release_is_sent_on_a_connection_other_than_the_acquiring_threads(
+    private_redis: RedisServer, key_prefix: str
+) -> None:
+    """The background thread sends releases through a pool of its own: the thread running tasks
+    never opens a connection (a greeting of round trips) because the releaser holds one."""
+    lock = make_lock(private_redis.url, f"{key_prefix}{{own-connection}}")
+    end_of_trial = f"end-of-trial-{uuid.uuid4().hex}"
+    with private_redis.client().monitor() as monitor:  # type: ignore[no-untyped-call]
+        for _ in range(3):
+            lock.acquire(LockMode.EXCLUSIVE).release()
+            assert wait_until_sent()
+        private_redis.client().echo(end_of_trial)
+        senders_by_script: dict[str, set[str]] = {}
+        while end_of_trial not in (command := monitor.next_command())["command"]:
+            if command["client_type"] != "lua" and lock.keys.base in command["command"]:
+                script = command["command"].split()[1]
+                senders_by_script.setdefault(script, set()).add(command["client_port"])
+    # One script acquires, another releases; each always from one connection, never the same one.
+    acquiring, releasing = senders_by_script.values()
+    assert len(acquiring) == len(releasing) == 1
+    assert acquiring != releasing

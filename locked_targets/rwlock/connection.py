@@ -1,7 +1,8 @@
 """A Redis server as the lock sees it: one client, its scripts, and its failures as ``BackendUnavailable``.
 
-A process keeps one connection per Redis URL (the target layer's registry); locks, the
-lease-renewal thread and waiters share its connection pool.
+A process keeps one connection per Redis URL (the target layer's registry): its locks and
+waiters share one connection pool, and the background threads (releases, renewals, the
+revocation listener) another (``RedisConnection.background``).
 
 A ``redis+sentinel://`` (or ``rediss+sentinel://``) URL names sentinels and a service: the
 client's pool asks the sentinels for the service's master on every new connection, and a
