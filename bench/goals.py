@@ -145,13 +145,15 @@ def report_issue_9(
                 verdict(ratio <= goal),
             ]
         )
+    smallest, *_, largest = dag_result.sizes
     for mode, goal in (("cold", dag.COLD_REQUESTS_GOAL), ("warm", dag.WARM_REQUESTS_GOAL)):
-        most = dag_result.most_requests(locked, mode)
+        waited = dag_result.waited(locked, mode)
         rows.append(
             [
-                f"DAG, {mode}: (c) waits for <= {goal:g} Redis requests per task (most over every N)",
-                f"{most:.2f}",
-                verdict(most <= goal),
+                f"DAG, {mode}: (c) waits for <= {goal:g} Redis requests per task (slope N = {smallest} to "
+                f"{largest})",
+                f"{waited.per_task:.2f} per task + {waited.per_build:.1f} per build",
+                verdict(waited.per_task <= goal),
             ]
         )
     return "\n".join(
@@ -159,9 +161,12 @@ def report_issue_9(
             heading("Goals of issue 9"),
             "(a) unlocked gokart, (b) gokart's lock, (c) LockedTarget (tasks on locked_targets.TaskOnKart in "
             "the DAG), as in scenarios 3, 5 to 7.",
-            "A ratio of times is (c)'s over (a)'s; of loads per second, (c)'s over the other's. Requests per "
-            "task: sent by the thread running",
-            "the tasks, divided by N (scenario 6).",
+            "A ratio of times is (c)'s over (a)'s (DAG: median build times over the rounds); of loads per "
+            "second, (c)'s over the other's.",
+            "Requests per task: sent by the thread running the tasks, what one more leaf adds to a build "
+            "(the slope between two sizes);",
+            "what a build pays once whatever N (such as greetings, the start-up check, the aggregate's own) "
+            "is beside it, not judged.",
             table(["goal", "measured", "met"], rows),
         ]
     )

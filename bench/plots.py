@@ -67,7 +67,7 @@ def _save(figure: Figure, panels: Sequence[Axes], x_label: str, path: str) -> No
     for mode, panel in zip(MODES, panels, strict=True):
         panel.set_title(_MODE_TITLES[mode])
         panel.set_xlabel(x_label)
-        panel.set_ylabel("build time (s)")
+        panel.set_ylabel("build time (s, median over the rounds)")
         panel.margins(x=0.08)  # room for the labels of the outermost points, above and beside
         panel.set_ylim(0, panel.get_ylim()[1] * 1.08)
         panel.grid(alpha=0.3)
