@@ -31,7 +31,14 @@ from locked_targets.errors import CommitRefused, LockLost
 from locked_targets.locks import forget_lock, lock_for, lock_service_for
 from locked_targets.process_state import Once
 from locked_targets.run_lock import ensure_run_locks_held
-from locked_targets.rwlock import HeldLock, ReadWriteLock, take_ahead, taken_ahead, telemetry
+from locked_targets.rwlock import (
+    HeldLock,
+    ReadWriteLock,
+    keep_shared_ahead,
+    take_ahead,
+    taken_ahead,
+    telemetry,
+)
 from locked_targets.settings import Settings
 from locked_targets.storage import storage_kind_for
 from locked_targets.storage.base import StorageFileTarget
@@ -154,12 +161,22 @@ class LockedTarget(WrappedTarget):
 def take_write_locks_ahead(targets: Iterable[TargetOnKart]) -> bool:
     """Take the exclusive locks of the ``LockedTarget``s among ``targets`` together, in one
     round trip, for this thread's coming dumps; True if it got them all (see ``taken_ahead``)."""
-    locks = [
+    locks = _locks_of(targets)
+    return bool(locks) and take_ahead(locks)
+
+
+def keep_read_leases_ahead(targets: Iterable[TargetOnKart]) -> int:
+    """Keep the shared leases of the ``LockedTarget``s among ``targets``, acquired together in one
+    round trip, for this process's coming reads (see ``keep_shared_ahead``); how many are kept."""
+    return keep_shared_ahead(_locks_of(targets))
+
+
+def _locks_of(targets: Iterable[TargetOnKart]) -> list[ReadWriteLock]:
+    return [
         lock
         for target in targets
         if isinstance(target, LockedTarget) and (lock := target._file_lock()) is not None
     ]
-    return bool(locks) and take_ahead(locks)
 
 
 def release_write_locks_taken_ahead() -> None:

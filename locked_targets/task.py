@@ -17,7 +17,12 @@ from locked_targets import factories
 from locked_targets.factories import DEFAULT_MAX_BYTE
 from locked_targets.run_lock import run_under_lock, runs_under_lock
 from locked_targets.settings import GOKART_SECTION, Settings, check_gokart_parameters
-from locked_targets.target import LockedTarget, release_write_locks_taken_ahead, take_write_locks_ahead
+from locked_targets.target import (
+    LockedTarget,
+    keep_read_leases_ahead,
+    release_write_locks_taken_ahead,
+    take_write_locks_ahead,
+)
 
 T = TypeVar("T")
 
@@ -90,6 +95,17 @@ class TaskOnKart(gokart.TaskOnKart[T]):
         finally:
             if event in (luigi.Event.SUCCESS, luigi.Event.FAILURE):
                 release_write_locks_taken_ahead()
+
+    def complete(self) -> bool:
+        """gokart's check; when this task is not complete, its dependencies' outputs are read
+        next (luigi checks each of them): their shared leases are kept ahead, all in one round
+        trip, so those checks, and this task's loads of them, ask Redis nothing more."""
+        done = bool(super().complete())
+        if not done:
+            keep_read_leases_ahead(
+                output for dependency in flatten(self.requires()) for output in flatten(dependency.output())
+            )
+        return done
 
     def _files_a_run_writes(self) -> list[TargetOnKart]:
         """The outputs, and the log files gokart dumps around a run (when it dumps them)."""

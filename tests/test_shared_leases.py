@@ -10,11 +10,13 @@ from pathlib import Path
 import redis
 
 from helpers.lock_processes import SPAWN
-from helpers.target_processes import read_and_exit, read_repeatedly
+from helpers.target_processes import hold_lock_of, read_and_exit, read_repeatedly
 from helpers.targets import locked_target
 from locked_targets.locks import lock_for, lock_key_for
+from locked_targets.rwlock import LockMode
 from locked_targets.rwlock.releases import wait_until_sent
 from locked_targets.settings import Settings
+from locked_targets.target import keep_read_leases_ahead
 from locked_targets.testing import RedisServer
 
 
@@ -143,3 +145,59 @@ def test_a_forked_child_reads_under_a_lease_of_its_own_not_its_parents(
             assert done.is_set(), "a writer got in while the forked child was reading"
     finally:
         child.join(timeout=30)
+
+
+def test_leases_kept_ahead_serve_the_checks_and_loads_that_follow_without_a_script(
+    tmp_path: Path, private_redis: RedisServer
+) -> None:
+    settings = Settings(redis_url=private_redis.url)
+    targets = [locked_target(str(tmp_path / f"dependency-{index}.pkl"), settings) for index in range(5)]
+    for index, target in enumerate(targets):
+        target.dump(index)
+    assert wait_until_sent()
+    assert keep_read_leases_ahead(targets) == len(targets)
+    client = private_redis.client()
+    after_keeping = script_calls(client)
+    assert all(target.exists() for target in targets)
+    assert [target.load() for target in targets] == list(range(5))
+    assert script_calls(client) == after_keeping
+
+
+def test_a_writer_in_another_process_gets_a_file_whose_lease_is_kept_ahead(
+    tmp_path: Path, settings: Settings
+) -> None:
+    path = str(tmp_path / "kept-ahead.pkl")
+    target = locked_target(path, settings)
+    target.dump("x")
+    assert keep_read_leases_ahead([target]) == 1
+    acquired = SPAWN.Event()
+    writer = SPAWN.Process(
+        target=hold_lock_of, args=(path, settings, LockMode.EXCLUSIVE.value, 0.1, acquired)
+    )
+    writer.start()
+    try:
+        # The writer's process starts and imports in a few seconds; without the revocation it
+        # would wait out the lease (settings.lease_seconds).
+        assert acquired.wait(timeout=min(20.0, settings.lease_seconds - 1))
+    finally:
+        writer.join(timeout=30)
+    assert writer.exitcode == 0
+
+
+def test_a_file_a_writer_holds_is_not_kept_ahead_and_nothing_waits(
+    tmp_path: Path, settings: Settings
+) -> None:
+    path = str(tmp_path / "written.pkl")
+    target = locked_target(path, settings)
+    acquired = SPAWN.Event()
+    writer = SPAWN.Process(
+        target=hold_lock_of, args=(path, settings, LockMode.EXCLUSIVE.value, 3.0, acquired)
+    )
+    writer.start()
+    try:
+        assert acquired.wait(timeout=30)
+        began = time.monotonic()
+        assert keep_read_leases_ahead([target]) == 0
+        assert time.monotonic() - began < 1.0
+    finally:
+        writer.join(timeout=30)

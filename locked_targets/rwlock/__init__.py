@@ -18,7 +18,7 @@ from locked_targets.rwlock.clock import SYSTEM_CLOCK, Clock
 from locked_targets.rwlock.connection import RedisConnection
 from locked_targets.rwlock.keys import LockKeys
 from locked_targets.rwlock.lease import HeldLock, LeaseTerms, LockMode
-from locked_targets.rwlock.lock import ReadWriteLock, take_ahead
+from locked_targets.rwlock.lock import ReadWriteLock, keep_shared_ahead, take_ahead
 from locked_targets.rwlock.redis_urls import redis_address
 from locked_targets.rwlock.shared_leases import SharedLeases
 from locked_targets.rwlock.taken_ahead import taken_ahead
@@ -33,6 +33,7 @@ __all__ = [
     "ReadWriteLock",
     "RedisConnection",
     "SharedLeases",
+    "keep_shared_ahead",
     "redis_address",
     "take_ahead",
     "taken_ahead",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Iterable
 from typing import Any
 
 from locked_targets.rwlock.connection import RedisConnection
@@ -172,13 +173,33 @@ def acquire_shared(
     connection: RedisConnection, keys: LockKeys, token: str, lease_seconds: float, description: str
 ) -> Attempt:
     """One attempt to join the readers of the lock."""
-    reply: list[Any] = _run(
-        connection,
-        ACQUIRE_SHARED,
-        [keys.writer, keys.readers, keys.waiting_writers, keys.holders],
-        [token, milliseconds(lease_seconds), description],
-        None,
+    return shared_attempt(
+        _run(connection, ACQUIRE_SHARED, *_shared_attempt(keys, token, lease_seconds, description), None)
     )
+
+
+def add_shared_attempts(
+    batch: ScriptBatch, connection: RedisConnection, attempts: Iterable[tuple[LockKeys, str, float, str]]
+) -> None:
+    """``acquire_shared`` for each (keys, token, lease in seconds, description), only added to
+    ``batch``: ``shared_attempt`` reads each reply."""
+    for keys, token, lease_seconds, description in attempts:
+        _run(connection, ACQUIRE_SHARED, *_shared_attempt(keys, token, lease_seconds, description), batch)
+
+
+def _shared_attempt(
+    keys: LockKeys, token: str, lease_seconds: float, description: str
+) -> tuple[list[Any], list[Any]]:
+    """``ACQUIRE_SHARED``'s keys and arguments."""
+    return [keys.writer, keys.readers, keys.waiting_writers, keys.holders], [
+        token,
+        milliseconds(lease_seconds),
+        description,
+    ]
+
+
+def shared_attempt(reply: list[Any]) -> Attempt:
+    """What an ``ACQUIRE_SHARED`` reply says."""
     return Granted(fencing_token=None) if int(reply[0]) == 1 else _blocked(reply)
 
 

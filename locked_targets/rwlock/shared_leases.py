@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 _SWEEP_EVERY_SECONDS = 1.0
 _RECONNECT_AFTER_SECONDS = 1.0
+# How long keeping leases ahead waits for a listener just started to subscribe.
+_LISTENING_WAIT_SECONDS = 1.0
 # The users (as redis_url shows them) whose revocation listener the server's ACL refused, reported once.
 _refusals_reported = Once()
 
@@ -74,15 +76,37 @@ class SharedLeases:
         kept = self._lend(base)
         if kept is not None:
             return kept.held, kept
-        # Noted before acquiring: a lease is kept only if the listener heard every
-        # revocation from then on (same subscription, never interrupted).
-        with self._mutex:
-            subscription = self._subscription if self._listening.is_set() else None
-            heard = self._revocations_heard
+        noted = self._noted_before_acquiring()
         held = acquire()
-        if subscription is None:
+        if noted is None:
             return held, None
-        return held, self._keep(base, held, subscription, heard)
+        return held, self._keep(base, held, *noted)
+
+    def _noted_before_acquiring(self) -> tuple[int, int] | None:
+        """The listener's subscription and the revocations it heard so far, noted before acquiring a
+        lease: it is kept only if the listener heard every revocation from then on (same
+        subscription, never interrupted). None if no listener hears them now: nothing is kept."""
+        with self._mutex:
+            return (self._subscription, self._revocations_heard) if self._listening.is_set() else None
+
+    def keeps(self, base: str) -> bool:
+        """Whether this process keeps a lease of ``base`` that reads can use."""
+        with self._mutex:
+            kept = self._kept.get(base)
+            return kept is not None and not kept.revoked and not kept.held.lost
+
+    def noted_for_keeping_ahead(self) -> tuple[int, int] | None:
+        """``_noted_before_acquiring`` for leases acquired ahead of their reads (``keep_idle``), once
+        the revocation listener listens (it is started, and waited for briefly, on first use)."""
+        self._start_listener()
+        self._listening.wait(timeout=_LISTENING_WAIT_SECONDS)
+        return self._noted_before_acquiring()
+
+    def keep_idle(self, base: str, held: HeldLock, noted: tuple[int, int]) -> bool:
+        """Keep ``held``, a shared lease acquired ahead of its reads, unused until a read lends it;
+        False if it cannot be kept (one is kept already, or a revocation may have been missed):
+        then the caller releases it."""
+        return self._keep(base, held, *noted, readers=0) is not None
 
     def take_for_upgrade(self, base: str) -> HeldLock | None:
         """The kept lease of ``base``, no longer kept nor renewed, for an exclusive acquisition
@@ -149,7 +173,9 @@ class SharedLeases:
             kept.readers += 1
             return kept
 
-    def _keep(self, base: str, held: HeldLock, subscription: int, heard: int) -> _KeptLease | None:
+    def _keep(
+        self, base: str, held: HeldLock, subscription: int, heard: int, readers: int = 1
+    ) -> _KeptLease | None:
         with self._mutex:
             if (
                 base in self._kept  # another thread keeps one already
@@ -158,7 +184,7 @@ class SharedLeases:
                 or heard != self._revocations_heard  # a writer may have asked for this very lease
             ):
                 return None
-            kept = self._kept[base] = _KeptLease(held)
+            kept = self._kept[base] = _KeptLease(held, readers=readers, idle_since=time.monotonic())
             return kept
 
     def _give_back_after_read(self, base: str, kept: _KeptLease) -> None:
