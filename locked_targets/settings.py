@@ -349,13 +349,7 @@ class Settings:
         unchanged configuration are the very same object (see ``_SettingsMemory``).
         """
         config = luigi.configuration.get_config()  # type: ignore[no-untyped-call]
-        return _remembered_settings.get().settings(
-            config,
-            (cls, redis_host, redis_port, redis_timeout),
-            functools.partial(
-                cls._read, config, redis_host=redis_host, redis_port=redis_port, redis_timeout=redis_timeout
-            ),
-        )
+        return _remembered_settings.get().settings(config, (cls, redis_host, redis_port, redis_timeout))
 
     @classmethod
     def _read(
@@ -498,7 +492,16 @@ class _Remembered:
     environment: tuple[tuple[str, str | None], ...]
 
     def environment_unchanged(self) -> bool:
-        return all(os.environ.get(name) == value for name, value in self.environment)
+        return not self.environment or all(os.environ.get(name) == value for name, value in self.environment)
+
+
+_Parameters = tuple[type[Settings], str | None, int | None, int | None]
+"""What ``from_luigi_config`` reads with: the class, and a task's redis_host, redis_port and redis_timeout."""
+
+
+def _read(config: luigi.configuration.LuigiConfigParser, parameters: _Parameters) -> Settings:
+    cls, redis_host, redis_port, redis_timeout = parameters
+    return cls._read(config, redis_host=redis_host, redis_port=redis_port, redis_timeout=redis_timeout)
 
 
 class _SettingsMemory:
@@ -517,9 +520,9 @@ class _SettingsMemory:
         self._remembered: dict[Hashable, _Remembered] = {}
         self._last: tuple[tuple[object, ...], tuple[Mapping[str, object], ...], _Remembered] | None = None
 
-    def settings(
-        self, config: ConfigParser, parameters: tuple[object, ...], read: Callable[[], Settings]
-    ) -> Settings:
+    def settings(self, config: luigi.configuration.LuigiConfigParser, parameters: _Parameters) -> Settings:
+        """The settings of ``config`` for ``parameters`` (the class, then a task's ``redis_host``,
+        ``redis_port`` and ``redis_timeout``), read only if not remembered."""
         if config is not self._config:
             self._config, self._remembered, self._last = config, {}, None
         sections = _sections_read(config)
@@ -529,6 +532,7 @@ class _SettingsMemory:
             last_parameters, last_sections, last = self._last
             if parameters == last_parameters and sections == last_sections and last.environment_unchanged():
                 return last.settings
+        read = functools.partial(_read, config, parameters)
         remembered = self._remembered_by_fingerprint(config, parameters, read)
         if remembered is None:  # a value that cannot be a key (a TOML list): read it every time
             return read()
@@ -537,7 +541,7 @@ class _SettingsMemory:
         return remembered.settings
 
     def _remembered_by_fingerprint(
-        self, config: ConfigParser, parameters: tuple[object, ...], read: Callable[[], Settings]
+        self, config: ConfigParser, parameters: _Parameters, read: Callable[[], Settings]
     ) -> _Remembered | None:
         """The settings of this fingerprint, read now if not remembered; None if it cannot be a key."""
         raw = _raw_values(config)
