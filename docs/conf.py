@@ -24,8 +24,10 @@ nitpick_ignore = [
     ("py:class", "gokart.file_processor.base.FileProcessor"),
     ("py:class", "FlattenableItems"),
     ("py:class", "RequiredTaskOutput"),
-    # luigi's, named by the docstring LockedTarget.exists inherits from luigi.target.Target.
+    # luigi's, named by the docstring LockedTarget.exists inherits from luigi.target.Target,
+    # and by the signature of TaskOnKart.deps.
     ("py:class", "Target"),
+    ("py:class", "luigi.task.Task"),
     # RunWithLock's private TypeVar: it returns what it decorates, with the same type.
     ("py:class", "locked_targets.run_lock._Decorated"),
 ]

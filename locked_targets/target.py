@@ -27,7 +27,7 @@ from gokart.required_task_output import RequiredTaskOutput
 from gokart.target import SingleFileTarget, TargetOnKart
 from gokart.utils import FlattenableItems
 
-from locked_targets.errors import CommitRefused, LockLost
+from locked_targets.errors import CommitRefused, ConfigurationError, LockError, LockLost
 from locked_targets.locks import forget_lock, lock_for, lock_service_for
 from locked_targets.process_state import Once
 from locked_targets.run_lock import ensure_run_locks_held
@@ -167,8 +167,16 @@ def take_write_locks_ahead(targets: Iterable[TargetOnKart]) -> bool:
 
 def keep_read_leases_ahead(targets: Iterable[TargetOnKart]) -> int:
     """Keep the shared leases of the ``LockedTarget``s among ``targets``, acquired together in one
-    round trip, for this process's coming reads (see ``keep_shared_ahead``); how many are kept."""
-    return keep_shared_ahead(_locks_of(targets))
+    round trip, for this process's coming reads (see ``keep_shared_ahead``); how many are kept.
+
+    Only a saving: a failure (a lock service that cannot be reached or is misconfigured) keeps
+    nothing, and each read meets it on its own.
+    """
+    try:
+        return keep_shared_ahead(_locks_of(targets))
+    except (LockError, ConfigurationError) as error:
+        logger.debug("kept no read leases ahead: %s", error)
+        return 0
 
 
 def _locks_of(targets: Iterable[TargetOnKart]) -> list[ReadWriteLock]:

@@ -96,16 +96,17 @@ class TaskOnKart(gokart.TaskOnKart[T]):
             if event in (luigi.Event.SUCCESS, luigi.Event.FAILURE):
                 release_write_locks_taken_ahead()
 
-    def complete(self) -> bool:
-        """gokart's check; when this task is not complete, its dependencies' outputs are read
-        next (luigi checks each of them): their shared leases are kept ahead, all in one round
-        trip, so those checks, and this task's loads of them, ask Redis nothing more."""
-        done = bool(super().complete())
-        if not done:
-            keep_read_leases_ahead(
-                output for dependency in flatten(self.requires()) for output in flatten(dependency.output())
-            )
-        return done
+    def deps(self) -> list[luigi.Task]:
+        """luigi's dependencies. luigi checks each of them next, one by one (when it schedules this
+        task, and again before running it): first their outputs' shared leases are kept ahead,
+        all in one round trip, so those checks, and this task's loads, ask Redis nothing more."""
+        dependencies: list[luigi.Task] = super().deps()  # type: ignore[no-untyped-call]
+        keep_read_leases_ahead(
+            output
+            for dependency in dependencies
+            for output in flatten(dependency.output())  # type: ignore[no-untyped-call]
+        )
+        return dependencies
 
     def _files_a_run_writes(self) -> list[TargetOnKart]:
         """The outputs, and the log files gokart dumps around a run (when it dumps them)."""

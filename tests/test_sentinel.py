@@ -226,6 +226,33 @@ def test_readonly_reply_is_unavailable_and_drops_connections_to_the_demoted_mast
         time.sleep(0.05)
 
 
+def test_readonly_heard_by_the_background_threads_drops_the_task_threads_connections_too(
+    deployment: SentinelDeployment,
+) -> None:
+    """Releases and renewals go through a pool of their own: a READONLY one of them hears must
+    also keep the task thread's next acquisition away from the demoted master."""
+    client_name = "demoted-master-foreground-probe"
+    connection = RedisConnection(
+        f"{deployment.url}?client_name={client_name}&sentinel_password={SENTINEL_PASSWORD}"
+    )
+    master = deployment.client(deployment.master_port())
+    connection.client.ping()  # the task thread's pool: an idle connection to the master
+    connection.background.client.ping()  # the background threads' pool: another
+    assert sum(client["name"] == client_name for client in master.client_list()) == 2
+    replica = deployment.client(
+        next(port for port in deployment.data_ports if port != deployment.master_port())
+    )
+    with pytest.raises(redis.ResponseError) as refused_by_replica:
+        replica.eval("return redis.call('set', KEYS[1], 'x')", 1, "readonly-probe")
+
+    connection.background.forget_demoted_master(refused_by_replica.value)
+
+    deadline = time.monotonic() + BOUND_SECONDS
+    while any(client["name"] == client_name for client in master.client_list()):
+        assert time.monotonic() < deadline, "an idle connection to the demoted master was kept"
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("on_redis_error", ["wait", "fail"])
 def test_lock_operations_after_a_failover_reach_the_new_master(
     deployment_to_fail_over: SentinelDeployment, tmp_path: Path, key_prefix: str, on_redis_error: str

@@ -187,6 +187,9 @@ def test_a_writer_in_another_process_gets_a_file_whose_lease_is_kept_ahead(
 def test_a_file_a_writer_holds_is_not_kept_ahead_and_nothing_waits(
     tmp_path: Path, settings: Settings
 ) -> None:
+    other = locked_target(str(tmp_path / "free.pkl"), settings)
+    other.dump("free")
+    assert keep_read_leases_ahead([other]) == 1  # the listener listens: only the writer can refuse
     path = str(tmp_path / "written.pkl")
     target = locked_target(path, settings)
     acquired = SPAWN.Event()

@@ -258,6 +258,8 @@ class RedisConnection:
         self._scripts: dict[str, Script] = {}
         self._scripts_lock = threading.Lock()
         self._background: RedisConnection | None = None
+        self._foreground: RedisConnection | None = None
+        """For a ``background`` connection: the one it serves (a demoted master is forgotten by both)."""
 
     @property
     def background(self) -> RedisConnection:
@@ -268,7 +270,9 @@ class RedisConnection:
         if self._background is None:
             with self._client_lock:
                 if self._background is None:
-                    self._background = RedisConnection(self._redis_url, self.setting)
+                    background = RedisConnection(self._redis_url, self.setting)
+                    background._foreground = self
+                    self._background = background
         return self._background
 
     @property
@@ -375,11 +379,19 @@ class RedisConnection:
         """After a READONLY reply through sentinels, drop the idle connections to the demoted master.
 
         redis-py does it for a plain READONLY reply, not for one inside a script's error; a
-        connection opened next asks the sentinels for the master again.
+        connection opened next asks the sentinels for the master again. Both pools of the URL
+        (the task thread's and the background threads') forget it, whichever heard the reply.
         """
-        pool = self._client.connection_pool if isinstance(self._client, redis.Redis) else None
-        if isinstance(pool, SentinelConnectionPool) and error_code(error) == "READONLY":
-            pool.disconnect(inuse_connections=False)
+        if error_code(error) != "READONLY":
+            return
+        for connection in (self, self._background, self._foreground):
+            pool = (
+                connection._client.connection_pool
+                if connection and isinstance(connection._client, redis.Redis)
+                else None
+            )
+            if isinstance(pool, SentinelConnectionPool):
+                pool.disconnect(inuse_connections=False)
 
     def _unavailable_reason(self, error: redis.RedisError) -> str | None:
         """Why ``error`` means the server cannot serve locks now; None if it means something else.

@@ -40,7 +40,7 @@ from locked_targets.rwlock.connection import RedisConnection
 from locked_targets.rwlock.holders import describe_holder, readable_blocker
 from locked_targets.rwlock.keys import LockKeys
 from locked_targets.rwlock.lease import HeldLock, LeaseTerms, LockMode, lease_keeper
-from locked_targets.rwlock.releases import releaser_for
+from locked_targets.rwlock.releases import Handover, releaser_for
 from locked_targets.rwlock.retry import with_redis_retries
 from locked_targets.rwlock.script_batch import ScriptBatch
 from locked_targets.rwlock.shared_leases import SharedLeases
@@ -162,7 +162,7 @@ class ReadWriteLock:
     def _acquire_once(self, mode: LockMode, giving_up: str | None) -> HeldLock:
         # A release of this lock this process handed over a moment ago must reach Redis first,
         # or the attempt would wait for (or, with no wait timeout left, fail on) its own past hold.
-        releaser_for(self.connection).wait_for_lock(self.keys.base)
+        releaser_for(self.connection).wait_for_locks([self.keys.base])
         token = secrets.token_hex(16)
         description = self._description(mode)
         started = self.clock.monotonic()
@@ -186,6 +186,19 @@ class ReadWriteLock:
             scripts.release(self.connection, self.keys, token)
         except (redis.RedisError, OSError) as error:
             logger.debug("could not abandon an attempt on %s: %s", self.keys.path, error)
+
+    def _abandon_later(self, token: str) -> None:
+        """``_abandon``, sent in the background (``releases``): nothing waits for a Redis that
+        failed, and it is retried while the lease it would end lasts."""
+        releaser_for(self.connection).hand_over(
+            Handover(
+                connection=self.connection,
+                lock=self.keys.base,
+                add=functools.partial(scripts.release, self.connection, self.keys, token),
+                answered=functools.partial(_abandon_answered, self.keys.path),
+                give_up_at=self.clock.monotonic() + self.terms.lease_seconds,
+            )
+        )
 
     def _try_acquire(
         self, mode: LockMode, token: str, description: str, giving_up: str | None
@@ -310,6 +323,11 @@ class ReadWriteLock:
         return held
 
 
+def _abandon_answered(path: str, reply: object) -> None:
+    if isinstance(reply, Exception):
+        logger.debug("could not abandon an attempt on %s (its lease will end it): %s", path, reply)
+
+
 @contextmanager
 def _lent(held: HeldLock) -> Iterator[HeldLock]:
     """A read under a lock the thread holds anyway: checked at its end, not released."""
@@ -384,9 +402,8 @@ def _keep_shared_ahead_in(leases: SharedLeases, locks: list[ReadWriteLock]) -> i
     if noted is None:
         return 0
     connection = locks[0].connection
-    releaser = releaser_for(connection)
-    for lock in locks:  # this process's own release of one, handed over a moment ago, goes first
-        releaser.wait_for_lock(lock.keys.base)
+    # This process's own releases of them, handed over a moment ago, go first.
+    releaser_for(connection).wait_for_locks([lock.keys.base for lock in locks])
     batch = ScriptBatch(connection)
     tokens = [secrets.token_hex(16) for _ in locks]
     scripts.add_shared_attempts(
@@ -404,12 +421,12 @@ def _keep_shared_ahead_in(leases: SharedLeases, locks: list[ReadWriteLock]) -> i
     except (LockError, redis.RedisError, OSError) as error:
         logger.debug("could not keep %d shared leases ahead: %s", len(locks), error)
         for lock, token in zip(locks, tokens, strict=True):
-            lock._abandon(token)
+            lock._abandon_later(token)
         return 0
     kept = 0
     for lock, token, reply in zip(locks, tokens, replies, strict=True):
         if isinstance(reply, Exception):  # on a cluster, a node may have failed after granting
-            lock._abandon(token)
+            lock._abandon_later(token)
             continue
         if not isinstance(scripts.shared_attempt(reply), scripts.Granted):
             continue

@@ -23,7 +23,7 @@ import logging
 import multiprocessing.util
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import redis
 
@@ -92,12 +92,12 @@ class Releaser:
                 self._thread.start()
             self._changed.notify_all()
 
-    def wait_for_lock(self, lock: str, timeout_seconds: float = _LOCK_WAIT_SECONDS) -> None:
-        """Wait (briefly) until no request for ``lock`` handed over by this process is still
-        unsent: this process's next acquisition of it must not find its own past hold there."""
+    def wait_for_locks(self, locks: Collection[str], timeout_seconds: float = _LOCK_WAIT_SECONDS) -> None:
+        """Wait (briefly, for all of them together) until no request for ``locks`` handed over by
+        this process is still unsent: its next acquisition of one must not find its own past hold."""
         deadline = time.monotonic() + timeout_seconds
         with self._changed:
-            while lock in self._unsent_locks and time.monotonic() < deadline:
+            while not self._unsent_locks.isdisjoint(locks) and time.monotonic() < deadline:
                 self._changed.wait(timeout=deadline - time.monotonic())
 
     @property

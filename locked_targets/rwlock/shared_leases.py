@@ -63,6 +63,9 @@ class SharedLeases:
         self._kept: dict[str, _KeptLease] = {}
         self._mutex = threading.Lock()
         self._listening = threading.Event()
+        self._tried_listening = (
+            threading.Event()
+        )  # set once the listener's first subscription succeeded or failed
         self._listener: threading.Thread | None = None
         self._failures_in_a_row = 0
         self._subscription = 0  # counts the listener's subscriptions, so a kept lease can name its own
@@ -96,10 +99,11 @@ class SharedLeases:
             return kept is not None and not kept.revoked and not kept.held.lost
 
     def noted_for_keeping_ahead(self) -> tuple[int, int] | None:
-        """``_noted_before_acquiring`` for leases acquired ahead of their reads (``keep_idle``), once
-        the revocation listener listens (it is started, and waited for briefly, on first use)."""
+        """``_noted_before_acquiring`` for leases acquired ahead of their reads (``keep_idle``). A
+        listener started now is waited for (briefly) until its first subscription succeeds or
+        fails; one that stopped, or is reconnecting, is not: then nothing is kept."""
         self._start_listener()
-        self._listening.wait(timeout=_LISTENING_WAIT_SECONDS)
+        self._tried_listening.wait(timeout=_LISTENING_WAIT_SECONDS)
         return self._noted_before_acquiring()
 
     def keep_idle(self, base: str, held: HeldLock, noted: tuple[int, int]) -> bool:
@@ -213,6 +217,7 @@ class SharedLeases:
             try:
                 self._listen()
             except Exception as error:
+                self._tried_listening.set()
                 refusal = self._connection.refusal_of(error)
                 if refusal is not None:
                     self._keep_no_leases(refusal)
@@ -254,6 +259,7 @@ class SharedLeases:
         revocations = subscription_to(self._connection.background, REVOKE_CHANNEL_PATTERN, pattern=True)
         try:
             self._listening.set()
+            self._tried_listening.set()
             self._failures_in_a_row = 0
             swept_at = time.monotonic()
             while True:
