@@ -63,9 +63,8 @@ class SharedLeases:
         self._kept: dict[str, _KeptLease] = {}
         self._mutex = threading.Lock()
         self._listening = threading.Event()
-        self._tried_listening = (
-            threading.Event()
-        )  # set once the listener's first subscription succeeded or failed
+        # Set once the listener's first subscription has succeeded or failed.
+        self._tried_listening = threading.Event()
         self._listener: threading.Thread | None = None
         self._failures_in_a_row = 0
         self._subscription = 0  # counts the listener's subscriptions, so a kept lease can name its own
