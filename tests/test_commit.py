@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import gc
 import http.client
 import http.server
 import json
@@ -27,6 +28,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import boto3
 import luigi.format
+import pandas
 import pytest
 from gokart.file_processor import make_file_processor
 
@@ -192,6 +194,13 @@ def local_storage(tmp_path: Path, staging: Path) -> Storage:
 
 
 @pytest.fixture
+def named_local_storage(local_storage: Storage, monkeypatch: pytest.MonkeyPatch) -> Storage:
+    """Local files where the kernel makes no unnamed files (NFS, most FUSE): dumps stage a named file."""
+    monkeypatch.setattr(locked_targets.storage.local, "_MAKES_UNNAMED_FILES", False)
+    return local_storage
+
+
+@pytest.fixture
 def s3_storage(s3_endpoint: str, s3_root: str, s3_settings: Settings, staging: Path) -> Storage:
     return Storage(
         s3_root,
@@ -211,8 +220,21 @@ def gcs_storage(gcs_endpoint: str, gcs_root: str, gcs_front: PreconditionFront, 
     )
 
 
-@pytest.fixture(params=["local", "s3", "gcs"])
+@pytest.fixture(params=["local", "named_local", "s3", "gcs"])
 def storage(request: pytest.FixtureRequest) -> Storage:
+    chosen: Storage = request.getfixturevalue(f"{request.param}_storage")
+    return chosen
+
+
+@pytest.fixture(params=["named_local", "s3", "gcs"])
+def staging_storage(request: pytest.FixtureRequest) -> Storage:
+    """A storage whose dumps write a named temporary file before the commit."""
+    chosen: Storage = request.getfixturevalue(f"{request.param}_storage")
+    return chosen
+
+
+@pytest.fixture(params=["local", "named_local"])
+def any_local_storage(request: pytest.FixtureRequest) -> Storage:
     chosen: Storage = request.getfixturevalue(f"{request.param}_storage")
     return chosen
 
@@ -263,6 +285,23 @@ def stale_writer(path: str, settings: Settings) -> Any:
     stale = writer(path, settings)
     stale.write(b"stale")
     return stale
+
+
+def half_written(path: str, settings: Settings) -> Any:
+    """A writer that has written b"half", flushed, and not closed."""
+    half = writer(path, settings)
+    half.write(b"half")
+    half.flush()
+    return half
+
+
+def stale_and_live_writers(path: str, settings: Settings) -> tuple[Any, Any]:
+    """A stale writer yet to commit, and the next holder's writer, which has written b"li" so far."""
+    stale = stale_writer(path, settings)
+    live = writer(path, settings)
+    live.write(b"li")
+    live.flush()
+    return stale, live
 
 
 def fail_while_writing(path: str, settings: Settings) -> None:
@@ -323,19 +362,19 @@ def test_two_writers_of_one_seeded_task_stage_in_different_files(storage: Storag
     assert storage.read(path) == b"first"
 
 
-def test_a_locked_dump_stages_in_a_directory_named_after_its_lock(storage: Storage) -> None:
-    path = storage.path("object.bin")
-    with guarded_by(FENCED), writer(path, storage.settings) as file:
+def test_a_locked_dump_stages_in_a_directory_named_after_its_lock(staging_storage: Storage) -> None:
+    path = staging_storage.path("object.bin")
+    with guarded_by(FENCED), writer(path, staging_storage.settings) as file:
         staged_in = os.path.dirname(file.tmp_path)
     assert os.path.basename(staged_in) == staging_directory_of(path)
 
 
-def test_a_dump_without_a_lock_stages_under_a_random_name(storage: Storage) -> None:
+def test_a_dump_without_a_lock_stages_under_a_random_name(staging_storage: Storage) -> None:
     """Two unlocked writers of one target may run at once: a name of the target's would be shared."""
-    path = storage.path("object.bin")
+    path = staging_storage.path("object.bin")
     with guarded_by(WITHOUT_REDIS):
-        first = writer(path, storage.settings)
-        second = writer(path, storage.settings)
+        first = writer(path, staging_storage.settings)
+        second = writer(path, staging_storage.settings)
         first.close()
         with pytest.raises(CommitRefused):
             second.close()
@@ -357,33 +396,28 @@ def test_a_locked_writer_that_raises_leaves_nothing_staged(storage: Storage, tmp
     assert temporary_files(tmp_path) == []
 
 
-def test_a_locked_dump_clears_what_a_dead_writer_staged(storage: Storage, tmp_path: Path) -> None:
-    path = storage.path("object.bin")
+def test_a_locked_dump_clears_what_a_dead_writer_staged(staging_storage: Storage, tmp_path: Path) -> None:
+    path = staging_storage.path("object.bin")
     with guarded_by(FENCED):
-        dead = writer(path, storage.settings)
-        dead.write(b"half")
-        dead.flush()
+        dead = half_written(path, staging_storage.settings)
         dead.raw.close()  # its process was killed: the file is closed, and never published
-        publish(path, b"whole", storage.settings)
+        publish(path, b"whole", staging_storage.settings)
     assert not os.path.exists(dead.tmp_path)
     assert temporary_files(tmp_path) == []
-    assert storage.read(path) == b"whole"
+    assert staging_storage.read(path) == b"whole"
 
 
-def test_a_stale_writer_never_publishes_the_live_holders_file(storage: Storage) -> None:
+def test_a_stale_writer_never_publishes_the_live_holders_file(staging_storage: Storage) -> None:
     """A writer paused past its lease whose commit comes while the next holder writes publishes nothing."""
-    path = storage.path("object.bin")
+    path = staging_storage.path("object.bin")
     with guarded_by(FENCED):
-        stale = stale_writer(path, storage.settings)
-        live = writer(path, storage.settings)
-        live.write(b"li")
-        live.flush()
+        stale, live = stale_and_live_writers(path, staging_storage.settings)
         with pytest.raises(FileNotFoundError):
             stale.close()
-        assert not storage.exists(path)
+        assert not staging_storage.exists(path)
         live.write(b"ve")
         live.close()
-    assert storage.read(path) == b"live"
+    assert staging_storage.read(path) == b"live"
 
 
 def test_a_stale_writer_whose_successor_has_published_is_refused(storage: Storage) -> None:
@@ -394,6 +428,57 @@ def test_a_stale_writer_whose_successor_has_published_is_refused(storage: Storag
         with pytest.raises(CommitRefused):
             stale.close()
     assert storage.read(path) == b"successor"
+
+
+@pytest.fixture
+def unnamed_local_storage(local_storage: Storage) -> Storage:
+    if not locked_targets.storage.local._MAKES_UNNAMED_FILES:
+        pytest.skip("this kernel or file system makes no unnamed files (O_TMPFILE)")
+    return local_storage
+
+
+def test_a_local_dump_names_nothing_before_its_commit(unnamed_local_storage: Storage, tmp_path: Path) -> None:
+    path = unnamed_local_storage.path("object.bin")
+    with guarded_by(FENCED), writer(path, unnamed_local_storage.settings) as file:
+        file.write(b"payload")
+        file.flush()
+        assert [*tmp_path.rglob("*.*")] == []
+    assert unnamed_local_storage.read(path) == b"payload"
+
+
+def test_a_local_writer_never_closed_leaves_nothing(unnamed_local_storage: Storage, tmp_path: Path) -> None:
+    """What a killed writer leaves: the kernel frees its unnamed file (``tests/faults`` kills one)."""
+    path = unnamed_local_storage.path("object.bin")
+    with guarded_by(FENCED):
+        abandoned = half_written(path, unnamed_local_storage.settings)
+        del abandoned
+        gc.collect()
+        publish(path, b"whole", unnamed_local_storage.settings)
+    assert [file.name for file in tmp_path.rglob("*.*")] == ["object.bin"]
+    assert unnamed_local_storage.read(path) == b"whole"
+
+
+def test_a_stale_local_writer_publishes_only_its_own_whole_file(unnamed_local_storage: Storage) -> None:
+    """No other writer can reach an unnamed file: the live holder's commit is refused, the stale one stays."""
+    path = unnamed_local_storage.path("object.bin")
+    with guarded_by(FENCED):
+        stale, live = stale_and_live_writers(path, unnamed_local_storage.settings)
+        stale.close()
+        live.write(b"ve")
+        with pytest.raises(CommitRefused):
+            live.close()
+    assert unnamed_local_storage.read(path) == b"stale"
+
+
+def test_a_local_parquet_dump_writes_by_name(any_local_storage: Storage) -> None:
+    """gokart's parquet and feather processors write to ``file.name``, not through the file."""
+    path = any_local_storage.path("frame.parquet")
+    target = storage_kind_for(path).single_file_target(
+        path, make_file_processor(path), any_local_storage.settings
+    )
+    with guarded_by(FENCED):
+        target.dump(pandas.DataFrame({"column": [1, 2]}))
+    assert target.load()["column"].tolist() == [1, 2]
 
 
 def test_guard_that_raises_stops_the_publish(storage: Storage, tmp_path: Path) -> None:
@@ -504,7 +589,7 @@ def test_gcs_archive_upload_asks_for_create_if_absent(
 def without_hard_links(monkeypatch: pytest.MonkeyPatch) -> None:
     """A file system whose ``link(2)`` fails as FUSE and SMB mounts fail it (no such mount here)."""
 
-    def refuse(source: str, destination: str) -> None:
+    def refuse(source: str, destination: str, **directories: int) -> None:
         raise OSError(errno.EPERM, "Operation not permitted", source)
 
     monkeypatch.setattr(os, "link", refuse)
@@ -513,13 +598,13 @@ def without_hard_links(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("without_hard_links")
 def test_local_publish_without_hard_links_renames_and_warns_once(
-    local_storage: Storage, caplog: pytest.LogCaptureFixture
+    any_local_storage: Storage, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="locked_targets.storage.local"):
-        publish(local_storage.path("first.bin"), b"first", local_storage.settings)
-        publish(local_storage.path("second.bin"), b"second", local_storage.settings)
-    assert local_storage.read(local_storage.path("first.bin")) == b"first"
-    assert local_storage.read(local_storage.path("second.bin")) == b"second"
+        publish(any_local_storage.path("first.bin"), b"first", any_local_storage.settings)
+        publish(any_local_storage.path("second.bin"), b"second", any_local_storage.settings)
+    assert any_local_storage.read(any_local_storage.path("first.bin")) == b"first"
+    assert any_local_storage.read(any_local_storage.path("second.bin")) == b"second"
     assert [
         record.message for record in caplog.records if "write-once is not enforced" in record.message
     ] != []
@@ -527,12 +612,12 @@ def test_local_publish_without_hard_links_renames_and_warns_once(
 
 
 @pytest.mark.usefixtures("without_hard_links")
-def test_local_publish_without_hard_links_still_refuses_an_existing_file(local_storage: Storage) -> None:
-    path = local_storage.path("object.bin")
-    publish(path, b"first", local_storage.settings)
+def test_local_publish_without_hard_links_still_refuses_an_existing_file(any_local_storage: Storage) -> None:
+    path = any_local_storage.path("object.bin")
+    publish(path, b"first", any_local_storage.settings)
     with pytest.raises(CommitRefused):
-        publish(path, b"second", local_storage.settings)
-    assert local_storage.read(path) == b"first"
+        publish(path, b"second", any_local_storage.settings)
+    assert any_local_storage.read(path) == b"first"
 
 
 def test_s3_refused_multipart_upload_leaves_no_parts(s3_storage: Storage, s3_endpoint: str) -> None:

@@ -1,16 +1,20 @@
 """Local disk or NFS: files named by their real path, published by hard link.
 
 A hard link never replaces: ``link(2)`` fails with ``EEXIST`` if the name is taken, atomically,
-on local file systems and on NFS alike. Where a file system has no hard links (some FUSE,
-SMB or object-store mounts), the publish falls back to an existence check and a rename, and a
-warning says that write-once is not enforced there: a writer whose rename comes between
-another's check and rename can replace that other's file.
+on local file systems and on NFS alike. Where the file system can (Linux's ``O_TMPFILE``:
+ext4, XFS, Btrfs, tmpfs), a dump's file has no name until that link, so nothing is staged and
+a writer that dies leaves nothing; elsewhere (NFS) it is staged under a random name first.
+Where a file system has no hard links (some FUSE, SMB or object-store mounts), the publish
+falls back to an existence check and a rename, and a warning says that write-once is not
+enforced there: a writer whose rename comes between another's check and rename can replace
+that other's file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import logging
 import os
 import shutil
@@ -28,7 +32,7 @@ from locked_targets.settings import Settings
 from locked_targets.storage.base import StorageKind
 from locked_targets.storage.commit import before_commit
 from locked_targets.storage.staging import refused_if_cleared, staging_area
-from locked_targets.storage.write_once import WriteOnceFile
+from locked_targets.storage.write_once import PublishedUnlessRaised, WriteOnceFile
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +43,10 @@ _warned_devices = Once()
 # Linux names the path of an open file in /proc/self/fd: there, the kernel resolves a directory
 # in three system calls, where os.path.realpath makes one lstat per component of the path.
 _KERNEL_NAMES_OPEN_FILES = hasattr(os, "O_PATH") and os.path.isdir("/proc/self/fd")
+# O_TMPFILE makes a file without a name; /proc names it, for link(2) to give it one.
+_MAKES_UNNAMED_FILES = _KERNEL_NAMES_OPEN_FILES and hasattr(os, "O_TMPFILE")
+# errno values of open(O_TMPFILE) where the file system (NFS, most FUSE) or the kernel cannot.
+_NO_UNNAMED_FILES = frozenset({errno.EOPNOTSUPP, errno.EISDIR})
 
 
 class LocalStorage(StorageKind):
@@ -148,9 +156,98 @@ class WriteOnceLocalTarget(luigi.LocalTarget):
         if mode.replace("b", "").replace("t", "") != "w":
             return super().open(mode)  # type: ignore[no-untyped-call]
         self.makedirs()  # type: ignore[no-untyped-call]
-        # The temporary file sits beside the final one: a hard link cannot cross file systems.
+        return self.format.pipe_writer(write_once_local_file(self.path))
+
+
+def write_once_local_file(path: str) -> io.BufferedWriter:
+    """A file being written for ``path``, linked into place when closed: unnamed until then where it can."""
+    # The file sits in the final one's directory: a hard link cannot cross file systems.
+    directory = os.path.dirname(os.path.abspath(path))
+    if _MAKES_UNNAMED_FILES:
+        try:
+            return UnnamedWriteOnceFile(path, directory)
+        except OSError as error:
+            if error.errno not in _NO_UNNAMED_FILES:
+                raise
+    return WriteOnceFile(path, link_into_place, LocalStorage(), directory)
+
+
+class UnnamedWriteOnceFile(PublishedUnlessRaised):
+    """A file written without a name in ``directory`` (``O_TMPFILE``), linked as ``path`` when closed.
+
+    Nothing is staged, so nothing is cleared: the kernel frees an unnamed file with its last
+    descriptor, when its writer closes it after raising, or dies, or is collected unclosed.
+    No other writer can reach it, so a stale writer can only publish its own whole file.
+    """
+
+    _directory: int | None = None
+    """The final file's directory, open while the file is: None once let go of."""
+
+    def __init__(self, path: str, directory: str) -> None:
+        self.path = path
+        self._directory = os.open(directory, os.O_PATH | os.O_DIRECTORY)
+        try:
+            descriptor = os.open(".", os.O_TMPFILE | os.O_RDWR, 0o666, dir_fd=self._directory)
+        except BaseException:
+            os.close(self._directory)
+            self._directory = None
+            raise
+        raw = io.FileIO(descriptor, "w")
+        # gokart's parquet and feather processors write by name: this one opens the same file.
+        raw.name = _name_of_open_file(descriptor)
+        super().__init__(raw)
+
+    def close(self) -> None:
+        """Publish the file create-if-absent (``CommitRefused`` if the name is taken), then let go of it."""
+        if self.closed:
+            return
+        try:
+            self.flush()
+            self._publish()
+        finally:
+            self.abandon()
+
+    def __del__(self) -> None:
+        """A file collected unclosed is never published: only ``close`` publishes."""
+        self.abandon()
+
+    def _publish(self) -> None:
+        assert self._directory is not None  # not closed: the directory is open
+        before_commit()
+        try:
+            os.link(self.name, os.path.basename(self.path), dst_dir_fd=self._directory)
+        except FileExistsError as error:
+            raise CommitRefused(self.path) from error
+        except OSError as error:
+            if error.errno not in _NO_HARD_LINKS:
+                raise
+            self._publish_a_named_copy()
+
+    def _publish_a_named_copy(self) -> None:
+        """Publish where the file system makes unnamed files but links none: by a staged, named copy."""
         directory = os.path.dirname(os.path.abspath(self.path))
-        return self.format.pipe_writer(WriteOnceFile(self.path, link_into_place, LocalStorage(), directory))
+        with staging_area(directory, self.path, LocalStorage(), "publish") as staging:
+            copy = staging.new_path(".tmp")
+            try:
+                with open(self.name, "rb") as unnamed, open(copy, "wb") as named:
+                    shutil.copyfileobj(unnamed, named)
+                link_into_place(copy, self.path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(copy)
+
+    def abandon(self) -> None:
+        if self._directory is None:  # let go of already, or never opened
+            return
+        try:
+            self.raw.close()
+        finally:
+            os.close(self._directory)
+            self._directory = None
+
+
+def _name_of_open_file(descriptor: int) -> str:
+    return f"/proc/self/fd/{descriptor}"
 
 
 class LocalZipArchive(ZipClient):

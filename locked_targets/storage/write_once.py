@@ -10,6 +10,7 @@ happens, and also when the writer raises, the temporary file is gone afterwards.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Callable
@@ -27,7 +28,26 @@ Calls ``before_commit()`` first and raises ``CommitRefused`` if the path is take
 """
 
 
-class WriteOnceFile(AtomicLocalFile):
+class PublishedUnlessRaised(io.BufferedWriter):
+    """A file being written whose ``with`` block publishes it (``close``) only if the block ended normally."""
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Let go of the file now, under the dump's lock: it is never published after this."""
+        raise NotImplementedError
+
+
+class WriteOnceFile(PublishedUnlessRaised, AtomicLocalFile):
     """A file being written for ``path``: published by ``publish`` when closed, never if the writer raised."""
 
     def __init__(self, path: str, publish: Publish, kind: StorageKind, directory: str | None = None) -> None:
@@ -51,16 +71,7 @@ class WriteOnceFile(AtomicLocalFile):
         finally:
             self._discard()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Publish if the block ended normally; if it raised, discard the file now, under the dump's lock."""
-        if exc_type is None:
-            super().__exit__(exc_type, exc, traceback)  # type: ignore[no-untyped-call]
-            return
+    def abandon(self) -> None:
         self.raw.close()  # before removing: NFS keeps a removed file that is still open
         self._discard()
 
