@@ -44,6 +44,7 @@ from locked_targets.storage.commit import FENCING_TOKEN_METADATA_KEY, CommitGuar
 
 MEBIBYTE = 2**20
 LARGE_OBJECT_BYTES = 12 * MEBIBYTE  # an S3 multipart upload, a GCS resumable upload
+O_TMPFILE = getattr(os, "O_TMPFILE", 0)
 SIZES = pytest.mark.parametrize("size", [1024, LARGE_OBJECT_BYTES], ids=["small", "large"])
 FENCED = CommitGuard(check=lambda: None, fencing_token=7)
 """The guard of a dump that holds its target's exclusive lock."""
@@ -195,8 +196,18 @@ def local_storage(tmp_path: Path, staging: Path) -> Storage:
 
 @pytest.fixture
 def named_local_storage(local_storage: Storage, monkeypatch: pytest.MonkeyPatch) -> Storage:
-    """Local files where the kernel makes no unnamed files (NFS, most FUSE): dumps stage a named file."""
-    monkeypatch.setattr(locked_targets.storage.local, "_MAKES_UNNAMED_FILES", False)
+    """Local files where the kernel makes no unnamed files (NFS, most FUSE): dumps stage a named file.
+
+    ``open(O_TMPFILE)`` fails as it fails there (no such mount here); every other open is real.
+    """
+    really_open = os.open
+
+    def open_refusing_unnamed_files(path: str, flags: int, *arguments: Any, **directory: Any) -> int:
+        if flags & O_TMPFILE == O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported", path)
+        return really_open(path, flags, *arguments, **directory)
+
+    monkeypatch.setattr(os, "open", open_refusing_unnamed_files)
     return local_storage
 
 
@@ -443,6 +454,8 @@ def test_a_local_dump_names_nothing_before_its_commit(unnamed_local_storage: Sto
         file.write(b"payload")
         file.flush()
         assert [*tmp_path.rglob("*.*")] == []
+        written = os.fstat(file.fileno())
+    assert os.path.samestat(os.stat(path), written), "the file written is the file published, not a copy"
     assert unnamed_local_storage.read(path) == b"payload"
 
 
@@ -468,6 +481,19 @@ def test_a_stale_local_writer_publishes_only_its_own_whole_file(unnamed_local_st
         with pytest.raises(CommitRefused):
             live.close()
     assert unnamed_local_storage.read(path) == b"stale"
+
+
+def test_a_local_file_is_published_where_its_path_names_at_the_commit(
+    unnamed_local_storage: Storage, tmp_path: Path
+) -> None:
+    """As a named file's link: the directory replaced while the file was written is not where it lands."""
+    path = unnamed_local_storage.path("object.bin")
+    file = half_written(path, unnamed_local_storage.settings)
+    os.rename(tmp_path / "cache", tmp_path / "replaced")
+    os.mkdir(tmp_path / "cache")
+    file.close()
+    assert unnamed_local_storage.read(path) == b"half"
+    assert [*(tmp_path / "replaced").iterdir()] == []
 
 
 def test_a_local_parquet_dump_writes_by_name(any_local_storage: Storage) -> None:
@@ -609,6 +635,14 @@ def test_local_publish_without_hard_links_renames_and_warns_once(
         record.message for record in caplog.records if "write-once is not enforced" in record.message
     ] != []
     assert len(caplog.records) == 1
+
+
+@pytest.mark.usefixtures("without_hard_links")
+def test_local_publish_without_hard_links_asks_the_guard_once(any_local_storage: Storage) -> None:
+    asked: list[str] = []
+    with guarded_by(CommitGuard(check=lambda: asked.append("asked"), fencing_token=7)):
+        publish(any_local_storage.path("object.bin"), b"payload", any_local_storage.settings)
+    assert asked == ["asked"]
 
 
 @pytest.mark.usefixtures("without_hard_links")

@@ -115,6 +115,11 @@ def link_into_place(source: str, destination: str) -> None:
     can retransmit a ``link`` whose reply was lost, and hear ``EEXIST`` from its own success).
     """
     before_commit()
+    _link_unless_taken(source, destination)
+
+
+def _link_unless_taken(source: str, destination: str) -> None:
+    """``link_into_place`` once the dump's guard has agreed."""
     try:
         with refused_if_cleared(destination, os.path.lexists):
             os.link(source, destination)
@@ -181,21 +186,26 @@ class UnnamedWriteOnceFile(PublishedUnlessRaised):
     """
 
     _directory: int | None = None
-    """The final file's directory, open while the file is: None once let go of."""
+    """The final file's directory, open while the file is: None once let go of (or never opened)."""
+    _close_descriptor = staticmethod(os.close)  # still there when a file is collected at exit
 
     def __init__(self, path: str, directory: str) -> None:
         self.path = path
-        self._directory = os.open(directory, os.O_PATH | os.O_DIRECTORY)
+        directory_descriptor = os.open(directory, os.O_PATH | os.O_DIRECTORY)
         try:
-            descriptor = os.open(".", os.O_TMPFILE | os.O_RDWR, 0o666, dir_fd=self._directory)
+            descriptor = os.open(".", os.O_TMPFILE | os.O_RDWR, 0o666, dir_fd=directory_descriptor)
+            try:
+                raw = io.FileIO(descriptor, "w")
+            except BaseException:
+                os.close(descriptor)
+                raise
         except BaseException:
-            os.close(self._directory)
-            self._directory = None
+            os.close(directory_descriptor)
             raise
-        raw = io.FileIO(descriptor, "w")
         # gokart's parquet and feather processors write by name: this one opens the same file.
         raw.name = _name_of_open_file(descriptor)
         super().__init__(raw)
+        self._directory = directory_descriptor
 
     def close(self) -> None:
         """Publish the file create-if-absent (``CommitRefused`` if the name is taken), then let go of it."""
@@ -215,7 +225,11 @@ class UnnamedWriteOnceFile(PublishedUnlessRaised):
         assert self._directory is not None  # not closed: the directory is open
         before_commit()
         try:
-            os.link(self.name, os.path.basename(self.path), dst_dir_fd=self._directory)
+            # The name is absolute, so linkat(2) ignores the directory descriptor and links
+            # where the path names now, as a named file's link does. The descriptor is there
+            # because only with one does CPython call linkat(2) with AT_SYMLINK_FOLLOW, which
+            # links the open file; plain link(2) would try to link the /proc entry itself.
+            os.link(self.name, os.path.abspath(self.path), dst_dir_fd=self._directory)
         except FileExistsError as error:
             raise CommitRefused(self.path) from error
         except OSError as error:
@@ -231,19 +245,19 @@ class UnnamedWriteOnceFile(PublishedUnlessRaised):
             try:
                 with open(self.name, "rb") as unnamed, open(copy, "wb") as named:
                     shutil.copyfileobj(unnamed, named)
-                link_into_place(copy, self.path)
+                _link_unless_taken(copy, self.path)  # the guard has agreed, in _publish
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(copy)
 
     def abandon(self) -> None:
-        if self._directory is None:  # let go of already, or never opened
+        directory, self._directory = self._directory, None
+        if directory is None:  # let go of already, or never fully opened
             return
         try:
             self.raw.close()
         finally:
-            os.close(self._directory)
-            self._directory = None
+            self._close_descriptor(directory)
 
 
 def _name_of_open_file(descriptor: int) -> str:

@@ -1,10 +1,12 @@
 """Write-once publication, shared by every storage kind: a dump's file appears whole, and never over another.
 
-A dump writes to a local temporary file, in its staging area (see ``staging``). When it is
-closed, the storage's ``Publish`` function checks the dump's guard (``before_commit``) and
-then makes the file visible under its final name create-if-absent, raising
-``CommitRefused`` (and publishing nothing) if an object of that name exists. Whatever
-happens, and also when the writer raises, the temporary file is gone afterwards.
+A dump writes to a local temporary file in its staging area (see ``staging``); a local
+dump, where the kernel can, writes an unnamed file instead (``local.UnnamedWriteOnceFile``,
+which shares only ``PublishedUnlessRaised``). When the file is closed, the storage's
+``Publish`` function checks the dump's guard (``before_commit``) and then makes the file
+visible under its final name create-if-absent, raising ``CommitRefused`` (and publishing
+nothing) if an object of that name exists. Whatever happens, and also when the writer
+raises, the temporary file is gone afterwards.
 """
 
 from __future__ import annotations
