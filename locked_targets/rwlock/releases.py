@@ -3,9 +3,12 @@
 Giving a lock back cannot change what the holder did under it: a commit was checked
 against the lease before it published, and a read against the lease when it ended.
 So the thread that held the lock only hands the release over and goes on. Each Redis
-server has a daemon thread of its own that sends whatever is queued for it, woken at once
-(a waiter gets the lock a round trip after the holder's end), everything queued in a
-single round trip; a server that hangs delays only its own releases. A request that
+server has a daemon thread of its own that sends whatever is queued for it in a single
+round trip, 2 ms after the oldest was handed over (a waiter gets the lock 2 ms and a round
+trip after the holder's end): a task's dumps end about a millisecond apart, so its releases
+share round trips, and the thread wakes once for them; at once when this process waits for
+them (it acquires one of those locks again, or exits). A server that hangs delays only its
+own releases. A request that
 fails, or that the server answers "not now" (``BUSY``, ``LOADING``, ``READONLY``...), is
 tried again until the lease it would end has ended anyway. One the server's ACL refuses
 (Redis 7 gives a new user no pub/sub channel, so a release's wake-up is refused) is not:
@@ -18,12 +21,13 @@ with their leases, as any crashed holder does.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import multiprocessing.util
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 
 import redis
 
@@ -35,6 +39,8 @@ from locked_targets.rwlock.script_batch import ScriptBatch
 
 logger = logging.getLogger(__name__)
 
+# How long a handed-over request waits for others to share its round trip.
+_GATHER_SECONDS = 0.002
 # After a failed send, try the requests again this soon.
 _RETRY_AFTER_SECONDS = 0.2
 # How long a process's exit waits for its queued releases (Redis may be gone).
@@ -66,8 +72,9 @@ class Handover:
 @dataclasses.dataclass
 class _Queued:
     request: Handover
-    not_before: float = 0.0
-    """When (monotonic) to send it: at once, or after a failed send, a little later."""
+    not_before: float
+    """When (monotonic) to send it at the latest: soon after it was handed over, or after a
+    failed send, a little later. Everything untried goes with the first that is due."""
     tried: bool = False
 
 
@@ -80,25 +87,44 @@ class Releaser:
         self._changed = threading.Condition()
         self._untried_in_flight = 0
         self._in_flight_locks: set[str] = set()
+        self._waited_for = 0
+        """How many callers wait for the queue to be sent: then nothing waits to be gathered."""
         self._thread: threading.Thread | None = None
 
     def hand_over(self, request: Handover) -> None:
         with self._changed:
-            self._queue.append(_Queued(request))
+            # The thread is woken only for the first untried request: it sleeps until that one
+            # is due, and takes those handed over meanwhile with it.
+            wake = not any(not queued.tried for queued in self._queue)
+            self._queue.append(_Queued(request, not_before=time.monotonic() + _GATHER_SECONDS))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._send_forever, name="locked_targets-releases", daemon=True
                 )
                 self._thread.start()
-            self._changed.notify_all()
+            if wake:
+                self._changed.notify_all()
 
     def wait_for_locks(self, locks: Collection[str], timeout_seconds: float = _LOCK_WAIT_SECONDS) -> None:
         """Wait (briefly, for all of them together) until no request for ``locks`` handed over by
         this process is still unsent: its next acquisition of one must not find its own past hold."""
         deadline = time.monotonic() + timeout_seconds
         with self._changed:
-            while not self._unsent_locks.isdisjoint(locks) and time.monotonic() < deadline:
-                self._changed.wait(timeout=deadline - time.monotonic())
+            if self._unsent_locks.isdisjoint(locks):
+                return
+            with self._waiting():
+                while not self._unsent_locks.isdisjoint(locks) and time.monotonic() < deadline:
+                    self._changed.wait(timeout=deadline - time.monotonic())
+
+    @contextlib.contextmanager
+    def _waiting(self) -> Iterator[None]:
+        """A caller waits for the queue (called holding the condition): send it without gathering more."""
+        self._waited_for += 1
+        self._changed.notify_all()
+        try:
+            yield
+        finally:
+            self._waited_for -= 1
 
     @property
     def _unsent_locks(self) -> set[str]:
@@ -108,7 +134,7 @@ class Releaser:
     def wait_until_sent(self, deadline: float) -> bool:
         """Wait until every request handed over so far was sent once (answered, or failed and
         retried in the background while its lease lasts); False if ``deadline`` passed first."""
-        with self._changed:
+        with self._changed, self._waiting():
             while self._untried_in_flight or any(not queued.tried for queued in self._queue):
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -136,13 +162,18 @@ class Releaser:
                 self._changed.notify_all()
 
     def _wait_for_due(self) -> list[_Queued]:
-        """Take the requests due now out of the queue, waiting for one (called holding the condition)."""
+        """Take the requests to send now out of the queue, waiting for one to be due (called holding
+        the condition): every untried one goes with the first due, or at once if a caller waits."""
         while True:
             now = time.monotonic()
             due = [queued for queued in self._queue if queued.not_before <= now]
-            if due:
-                self._queue = [queued for queued in self._queue if queued.not_before > now]
-                return due
+            if due or (self._waited_for and any(not queued.tried for queued in self._queue)):
+                sent: list[_Queued] = []
+                kept: list[_Queued] = []
+                for queued in self._queue:
+                    (sent if queued.not_before <= now or not queued.tried else kept).append(queued)
+                self._queue = kept
+                return sent
             later = min((queued.not_before for queued in self._queue), default=None)
             self._changed.wait(timeout=None if later is None else later - now)
 
