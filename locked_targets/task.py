@@ -88,6 +88,7 @@ class TaskOnKart(gokart.TaskOnKart[T]):
         """
         if event == luigi.Event.START:
             release_write_locks_taken_ahead()
+            self._targets_of_this_run = {}
             if not runs_under_lock(self):
                 take_write_locks_ahead(self._files_a_run_writes())
         try:
@@ -95,6 +96,12 @@ class TaskOnKart(gokart.TaskOnKart[T]):
         finally:
             if event in (luigi.Event.SUCCESS, luigi.Event.FAILURE):
                 release_write_locks_taken_ahead()
+                self._targets_of_this_run = None
+
+    _targets_of_this_run: dict[tuple[str | None, bool, int], tuple[Settings, LockedTarget]] | None = None
+    """While a run lasts (``START`` to ``SUCCESS`` or ``FAILURE``), the targets ``make_target``
+    built, by its arguments and the settings' identity: gokart builds each file's target again
+    for its dump, right after the start built it to take its write lock ahead."""
 
     def deps(self) -> list[luigi.Task]:
         """luigi's dependencies. luigi checks each of them next, one by one (when it schedules this
@@ -125,20 +132,29 @@ class TaskOnKart(gokart.TaskOnKart[T]):
         use_unique_id: bool = True,
         processor: FileProcessor | None = None,
     ) -> LockedTarget:
+        settings = self.lock_settings()
+        # Settings are the same object while the configuration is unchanged (Settings.for_task).
+        this_run = self._targets_of_this_run if processor is None else None
+        key = (relative_file_path, use_unique_id, id(settings))
+        if this_run is not None and (built := this_run.get(key)) is not None:
+            return built[1]
         relative = relative_file_path or os.path.join(
             self.__module__.replace(".", "/"), f"{type(self).__name__}.pkl"
         )
         file_path = os.path.join(self.workspace_directory, relative)
         if processor is None and relative_file_path is not None:
             processor = self._create_processor_for_dataframe_type(file_path)
-        return factories.make_target(
+        target = factories.make_target(
             file_path,
             unique_id=self.make_unique_id() if use_unique_id else None,
             processor=processor,
             store_index_in_feather=self.store_index_in_feather,
-            settings=self.lock_settings(),
+            settings=settings,
             task=self.task_id,
         )
+        if this_run is not None:
+            this_run[key] = (settings, target)  # holding the settings keeps their identity unique
+        return target
 
     def make_large_data_frame_target(
         self,

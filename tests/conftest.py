@@ -11,6 +11,8 @@ import os
 import uuid
 from collections.abc import Iterator
 
+import luigi
+import luigi.configuration
 import pytest
 import redis
 
@@ -62,3 +64,24 @@ def key_prefix() -> str:
 @pytest.fixture
 def settings(redis_url: str, key_prefix: str) -> Settings:
     return Settings(redis_url=redis_url, key_prefix=key_prefix, lease_seconds=30)
+
+
+@pytest.fixture
+def luigi_config() -> Iterator[luigi.configuration.LuigiConfigParser]:
+    """luigi's configuration, emptied of our sections for the test and restored after."""
+    config = luigi.configuration.get_config()  # type: ignore[no-untyped-call]
+    saved = {
+        section: dict(config.items(section))
+        for section in ("locked_targets", "TaskOnKart")
+        if config.has_section(section)
+    }
+    for section in ("locked_targets", "TaskOnKart"):
+        config.remove_section(section)
+        config.add_section(section)
+    yield config
+    for section in ("locked_targets", "TaskOnKart"):
+        config.remove_section(section)
+        if section in saved:
+            config.add_section(section)
+            for name, value in saved[section].items():
+                config.set(section, name, value)

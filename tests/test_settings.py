@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from configparser import ConfigParser
 
 import luigi.configuration
@@ -16,27 +16,6 @@ from hypothesis import strategies as st
 from locked_targets.errors import ConfigurationError
 from locked_targets.locks import LockService, lock_service_for
 from locked_targets.settings import LOCK_SERVICE_SETTINGS, Settings
-
-
-@pytest.fixture
-def luigi_config() -> Iterator[luigi.configuration.LuigiConfigParser]:
-    """luigi's configuration, emptied of our sections for the test and restored after."""
-    config = luigi.configuration.get_config()  # type: ignore[no-untyped-call]
-    saved = {
-        section: dict(config.items(section))
-        for section in ("locked_targets", "TaskOnKart")
-        if config.has_section(section)
-    }
-    for section in ("locked_targets", "TaskOnKart"):
-        config.remove_section(section)
-        config.add_section(section)
-    yield config
-    for section in ("locked_targets", "TaskOnKart"):
-        config.remove_section(section)
-        if section in saved:
-            config.add_section(section)
-            for name, value in saved[section].items():
-                config.set(section, name, value)
 
 
 def set_option(config: luigi.configuration.LuigiConfigParser, section: str, name: str, value: str) -> None:

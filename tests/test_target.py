@@ -186,6 +186,32 @@ def test_task_on_kart_builds_with_locked_targets(tmp_path: Path, settings: Setti
     assert gokart.build(consumer, reset_register=False) == 10
 
 
+def test_a_run_builds_each_of_its_files_targets_once(
+    tmp_path: Path, settings: Settings, luigi_config: luigi.configuration.LuigiConfigParser
+) -> None:
+    """gokart builds a file's target again for each use; within a run, the first one serves."""
+    assert settings.redis_url is not None
+    host, port = settings.redis_url.removeprefix("redis://").split("/")[0].split(":")
+    producer = Producer(workspace_directory=str(tmp_path), redis_host=host, redis_port=int(port))
+    before = producer.output()
+    producer.trigger_event(luigi.Event.START)
+    first = producer.output()
+    assert producer.output() is first
+    assert producer._get_task_log_target() is producer._get_task_log_target()  # type: ignore[no-untyped-call]
+    luigi_config.set("locked_targets", "lease_seconds", "20")  # type: ignore[no-untyped-call]
+    changed = producer.output()
+    assert changed is not first, "a change of configuration during the run is seen"
+    assert isinstance(changed, LockedTarget)
+    assert changed._settings.lease_seconds == 20
+    producer.run()
+    producer.trigger_event(luigi.Event.SUCCESS)
+    assert producer.output() is not first
+    assert before is not first
+    after = producer.output()
+    assert isinstance(after, LockedTarget)
+    assert after.load()["value"].tolist() == list(range(5))
+
+
 class ForgottenWhileLoading(FileProcessor):
     """Loads through another processor, after making Redis forget the reader (as a restart would)."""
 
