@@ -106,7 +106,7 @@ class LockedTarget(WrappedTarget):
                 fencing_token=held.fencing_token if held is not None else None,
                 staging_name=held.keys.hash_tag if held is not None else None,
             )
-            guard.check()
+            _ensure_leases_held(held)  # before writing; the whole check comes at the commit
             try:
                 with telemetry.commit(self._telemetry_labels()), guarded_by(guard):
                     self._target._dump(
@@ -199,17 +199,22 @@ def _ensure_locks_held(held: HeldLock | None, path: str) -> None:
     locks by path (``locks.lock_for``), and a symbolic link on the path may have been
     re-pointed since; then the lock is forgotten, so the next try locks the file named now.
     """
+    _ensure_leases_held(held)
+    if held is not None and storage_kind_for(path).identify(path).digest != held.keys.hash_tag:
+        forget_lock(path)
+        raise LockLost(
+            lock_key=held.keys.base,
+            path=path,
+            reason="the path now names another file than when its lock was taken (a symbolic link on it "
+            "changed): nothing was written; try again, and the file it names now is locked",
+            lost_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+
+
+def _ensure_leases_held(held: HeldLock | None) -> None:
+    """The file lock's lease (if any) and the run locks of the current run still hold, or LockLost."""
     if held is not None:
         held.ensure_held()
-        if storage_kind_for(path).identify(path).digest != held.keys.hash_tag:
-            forget_lock(path)
-            raise LockLost(
-                lock_key=held.keys.base,
-                path=path,
-                reason="the path now names another file than when its lock was taken (a symbolic link on it "
-                "changed): nothing was written; try again, and the file it names now is locked",
-                lost_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            )
     ensure_run_locks_held()
 
 
