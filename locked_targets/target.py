@@ -102,11 +102,11 @@ class LockedTarget(WrappedTarget):
                 )
                 return
             guard = CommitGuard(
-                check=functools.partial(_ensure_locks_held, held, self.path()),
+                check=functools.partial(self._ensure_locks_held, held),
                 fencing_token=held.fencing_token if held is not None else None,
                 staging_name=held.keys.hash_tag if held is not None else None,
             )
-            _ensure_leases_held(held)  # before writing; the whole check comes at the commit
+            guard.check()
             try:
                 with telemetry.commit(self._telemetry_labels()), guarded_by(guard):
                     self._target._dump(
@@ -126,7 +126,7 @@ class LockedTarget(WrappedTarget):
     def remove(self) -> None:
         with self._hold_exclusive() as held:
             if self._target._exists():
-                _ensure_locks_held(held, self.path())
+                self._ensure_locks_held(held)
                 self._target._remove()
 
     def path(self) -> str:
@@ -145,6 +145,29 @@ class LockedTarget(WrappedTarget):
 
     def _telemetry_labels(self) -> Mapping[str, str]:
         return self._lock.telemetry_labels if self._lock is not None else telemetry.NO_LABELS
+
+    def _ensure_locks_held(self, held: HeldLock | None) -> None:
+        """The file lock (if any) and the run locks of the current run still hold, or LockLost.
+
+        Also that the path still names the file the lock was built for: the process remembers
+        locks by path (``locks.lock_for``), and a symbolic link on the path may have been
+        re-pointed since; then the lock is forgotten, by the process and by this target, so
+        the next try locks the file named now.
+        """
+        if held is not None:
+            held.ensure_held()
+            path = self.path()
+            if storage_kind_for(path).identify(path).digest != held.keys.hash_tag:
+                forget_lock(path)
+                self._lock = None
+                raise LockLost(
+                    lock_key=held.keys.base,
+                    path=path,
+                    reason="the path now names another file than when its lock was taken (a symbolic link "
+                    "on it changed): nothing was written; try again, and the file it names now is locked",
+                    lost_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                )
+        ensure_run_locks_held()
 
     def _file_lock(self) -> ReadWriteLock | None:
         """The lock of this target's file, built on first use and kept; None when nothing is locked."""
@@ -190,32 +213,6 @@ def _locks_of(targets: Iterable[TargetOnKart]) -> list[ReadWriteLock]:
 def release_write_locks_taken_ahead() -> None:
     """Give back the locks this thread took ahead and did not use (its task has ended)."""
     taken_ahead().release_mine()
-
-
-def _ensure_locks_held(held: HeldLock | None, path: str) -> None:
-    """The file lock (if any) and the run locks of the current run still hold, or LockLost.
-
-    Also that ``path`` still names the file the lock was built for: the process remembers
-    locks by path (``locks.lock_for``), and a symbolic link on the path may have been
-    re-pointed since; then the lock is forgotten, so the next try locks the file named now.
-    """
-    _ensure_leases_held(held)
-    if held is not None and storage_kind_for(path).identify(path).digest != held.keys.hash_tag:
-        forget_lock(path)
-        raise LockLost(
-            lock_key=held.keys.base,
-            path=path,
-            reason="the path now names another file than when its lock was taken (a symbolic link on it "
-            "changed): nothing was written; try again, and the file it names now is locked",
-            lost_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        )
-
-
-def _ensure_leases_held(held: HeldLock | None) -> None:
-    """The file lock's lease (if any) and the run locks of the current run still hold, or LockLost."""
-    if held is not None:
-        held.ensure_held()
-    ensure_run_locks_held()
 
 
 def _publishing_create_if_absent(target: TargetOnKart, settings: Settings) -> TargetOnKart:

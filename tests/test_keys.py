@@ -190,13 +190,19 @@ def test_local_paths_share_a_lock_exactly_when_they_normalize_alike(first: str, 
     assert (base(first) == base(second)) == (os.path.normpath(first) == os.path.normpath(second))
 
 
-def test_a_write_through_a_re_pointed_link_locks_the_file_the_link_names_now(
-    tmp_path: Path, settings: Settings
-) -> None:
+def versions_and_a_link_to_the_first(tmp_path: Path) -> Path:
+    """Directories ``v1`` and ``v2``, and ``current``, a symbolic link to ``v1``."""
     for version in ("v1", "v2"):
         (tmp_path / version).mkdir()
     current = tmp_path / "current"
     current.symlink_to(tmp_path / "v1")
+    return current
+
+
+def test_a_write_through_a_re_pointed_link_locks_the_file_the_link_names_now(
+    tmp_path: Path, settings: Settings
+) -> None:
+    current = versions_and_a_link_to_the_first(tmp_path)
     path = str(current / "x.pkl")
     locked_target(path, settings).dump("into v1")  # this process now remembers the lock of v1's file
     current.unlink()
@@ -210,3 +216,21 @@ def test_a_write_through_a_re_pointed_link_locks_the_file_the_link_names_now(
     assert lock is not None
     assert lock.keys == lock_key_for(str(tmp_path / "v2" / "x.pkl"), settings)
     assert retried.load() == "into v2"
+
+
+def test_a_target_that_met_a_re_pointed_link_locks_the_file_named_now_when_tried_again(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """A task's run keeps its targets (``TaskOnKart.make_target``): the same target is tried again."""
+    current = versions_and_a_link_to_the_first(tmp_path)
+    target = locked_target(str(current / "x.pkl"), settings)
+    target.exists()  # the target builds its lock of v1's file, and keeps it
+    current.unlink()
+    current.symlink_to(tmp_path / "v2")
+    with pytest.raises(LockLost, match="symbolic link"):
+        target.dump("into v2")
+    target.dump("into v2")
+    lock = target._file_lock()
+    assert lock is not None
+    assert lock.keys == lock_key_for(str(tmp_path / "v2" / "x.pkl"), settings)
+    assert target.load() == "into v2"
