@@ -6,7 +6,7 @@ So the thread that held the lock only hands the release over and goes on. Each R
 server has a daemon thread of its own that sends whatever is queued for it in a single
 round trip, 2 ms after the oldest was handed over (a waiter gets the lock 2 ms and a round
 trip after the holder's end): a task's dumps end about a millisecond apart, so its releases
-share round trips, and the thread wakes once for them; at once when this process waits for
+share round trips; at once when this process waits for
 them (it acquires one of those locks again, or exits). A server that hangs delays only its
 own releases. A request that
 fails, or that the server answers "not now" (``BUSY``, ``LOADING``, ``READONLY``...), is
@@ -87,6 +87,8 @@ class Releaser:
         self._changed = threading.Condition()
         self._untried_in_flight = 0
         self._in_flight_locks: set[str] = set()
+        self._untried_queued = 0
+        """How many requests in the queue were never tried: all go with the next round trip."""
         self._waited_for = 0
         """How many callers wait for the queue to be sent: then nothing waits to be gathered."""
         self._thread: threading.Thread | None = None
@@ -95,7 +97,8 @@ class Releaser:
         with self._changed:
             # The thread is woken only for the first untried request: it sleeps until that one
             # is due, and takes those handed over meanwhile with it.
-            wake = not any(not queued.tried for queued in self._queue)
+            wake = self._untried_queued == 0
+            self._untried_queued += 1
             self._queue.append(_Queued(request, not_before=time.monotonic() + _GATHER_SECONDS))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
@@ -167,7 +170,8 @@ class Releaser:
         while True:
             now = time.monotonic()
             due = [queued for queued in self._queue if queued.not_before <= now]
-            if due or (self._waited_for and any(not queued.tried for queued in self._queue)):
+            if due or (self._waited_for and self._untried_queued):
+                self._untried_queued = 0  # every untried request goes now
                 sent: list[_Queued] = []
                 kept: list[_Queued] = []
                 for queued in self._queue:
