@@ -25,6 +25,8 @@ from locked_targets.target import (
 )
 
 T = TypeVar("T")
+_TargetArguments = tuple[str | None, str | None, int]
+"""What names a target a run built: its relative path, its unique id and its settings' identity."""
 
 # How gokart's task builds the target of each log file it dumps around a run (random seed,
 # parameters and module versions at START, processing time and the task log at the end).
@@ -98,10 +100,12 @@ class TaskOnKart(gokart.TaskOnKart[T]):
                 release_write_locks_taken_ahead()
                 self._targets_of_this_run = None
 
-    _targets_of_this_run: dict[tuple[str | None, bool, int], tuple[Settings, LockedTarget]] | None = None
+    _targets_of_this_run: dict[tuple[str | None, str | None, int], tuple[Settings, LockedTarget]] | None = (
+        None
+    )
     """While a run lasts (``START`` to ``SUCCESS`` or ``FAILURE``), the targets ``make_target``
-    built, by its arguments and the settings' identity: gokart builds each file's target again
-    for its dump, right after the start built it to take its write lock ahead."""
+    built, by their relative path, unique id and settings' identity: gokart builds each file's
+    target again for its dump, right after the start built it to take its write lock ahead."""
 
     def deps(self) -> list[luigi.Task]:
         """luigi's dependencies. luigi checks each of them next, one by one (when it schedules this
@@ -133,9 +137,11 @@ class TaskOnKart(gokart.TaskOnKart[T]):
         processor: FileProcessor | None = None,
     ) -> LockedTarget:
         settings = self.lock_settings()
-        # Settings are the same object while the configuration is unchanged (Settings.for_task).
+        # Settings are the same object while the configuration is unchanged (Settings.for_task);
+        # the unique id changes only where gokart computes it again each time (cache_unique_id).
+        unique_id = self.make_unique_id() if use_unique_id else None
         this_run = self._targets_of_this_run if processor is None else None
-        key = (relative_file_path, use_unique_id, id(settings))
+        key = (relative_file_path, unique_id, id(settings))
         if this_run is not None and (built := this_run.get(key)) is not None:
             return built[1]
         relative = relative_file_path or os.path.join(
@@ -146,7 +152,7 @@ class TaskOnKart(gokart.TaskOnKart[T]):
             processor = self._create_processor_for_dataframe_type(file_path)
         target = factories.make_target(
             file_path,
-            unique_id=self.make_unique_id() if use_unique_id else None,
+            unique_id=unique_id,
             processor=processor,
             store_index_in_feather=self.store_index_in_feather,
             settings=settings,

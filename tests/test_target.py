@@ -203,6 +203,9 @@ def test_a_run_builds_each_of_its_files_targets_once(
     assert changed is not first, "a change of configuration during the run is seen"
     assert isinstance(changed, LockedTarget)
     assert changed._settings.lease_seconds == 20
+    assert producer.make_target("other.pkl", processor=make_file_processor("other.pkl")) is not (
+        producer.make_target("other.pkl", processor=make_file_processor("other.pkl"))
+    ), "a target built with a processor of the caller's is built afresh"
     producer.run()
     producer.trigger_event(luigi.Event.SUCCESS)
     assert producer.output() is not first
@@ -210,6 +213,34 @@ def test_a_run_builds_each_of_its_files_targets_once(
     after = producer.output()
     assert isinstance(after, LockedTarget)
     assert after.load()["value"].tolist() == list(range(5))
+
+
+def test_a_failed_run_keeps_none_of_its_targets(tmp_path: Path, settings: Settings) -> None:
+    assert settings.redis_url is not None
+    host, port = settings.redis_url.removeprefix("redis://").split("/")[0].split(":")
+    producer = Producer(workspace_directory=str(tmp_path), redis_host=host, redis_port=int(port))
+    producer.trigger_event(luigi.Event.START)
+    during = producer.output()
+    producer.trigger_event(luigi.Event.FAILURE, RuntimeError("the run failed"))
+    assert producer.output() is not during
+
+
+def test_a_run_builds_a_target_again_when_its_unique_id_changes(tmp_path: Path, settings: Settings) -> None:
+    """Without ``cache_unique_id``, gokart computes a task's unique id again each time."""
+    assert settings.redis_url is not None
+    host, port = settings.redis_url.removeprefix("redis://").split("/")[0].split(":")
+    producer = Producer(
+        workspace_directory=str(tmp_path), redis_host=host, redis_port=int(port), cache_unique_id=False
+    )
+    producer.trigger_event(luigi.Event.START)
+    first = producer.output()
+    assert producer.output() is first
+    producer.task_unique_id = "given-later"
+    again = producer.output()
+    producer.trigger_event(luigi.Event.FAILURE, RuntimeError("not run"))
+    assert isinstance(again, LockedTarget)
+    assert again is not first
+    assert again.path().endswith("_given-later.pkl")
 
 
 class ForgottenWhileLoading(FileProcessor):
