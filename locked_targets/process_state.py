@@ -35,10 +35,13 @@ class ProcessLocal(Generic[_Value]):
         after_fork(self._forget)
 
     def get(self) -> _Value:
-        with self._mutex:
-            if self._value is None:
-                self._value = self._build()
-            return self._value
+        value = self._value  # once built, read without the mutex: reads of it are on hot paths
+        if value is None:
+            with self._mutex:
+                if self._value is None:
+                    self._value = self._build()
+                value = self._value
+        return value
 
     def _forget(self) -> None:
         self._value = None
@@ -55,11 +58,13 @@ class ProcessLocalMap(Generic[_Key, _Value]):
 
     def get(self, key: _Key, build: Callable[[], _Value]) -> _Value:
         """The value for ``key``, built by ``build()`` the first time this process asks."""
-        with self._mutex:
-            value = self._values.get(key)
-            if value is None:
-                value = self._values[key] = build()
-            return value
+        value = self._values.get(key)  # once built, read without the mutex, as ProcessLocal
+        if value is None:
+            with self._mutex:
+                value = self._values.get(key)
+                if value is None:
+                    value = self._values[key] = build()
+        return value
 
     def values(self) -> list[_Value]:
         with self._mutex:

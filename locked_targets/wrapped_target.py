@@ -14,7 +14,7 @@ from gokart.required_task_output import RequiredTaskOutput
 from gokart.target import TargetOnKart
 from gokart.utils import FlattenableItems
 
-from locked_targets.storage.base import unlocked_params
+from locked_targets.storage.base import UNLOCKED_PARAMS
 
 
 class WrappedTarget(TargetOnKart):
@@ -33,7 +33,7 @@ class WrappedTarget(TargetOnKart):
 
     def _get_task_lock_params(self) -> TaskLockParams:
         # The wrapped target's own gokart lock never runs: its underscore methods are called directly.
-        return unlocked_params(self.path())
+        return UNLOCKED_PARAMS
 
     def _load(self) -> Any:
         return self._target._load()

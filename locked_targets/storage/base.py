@@ -17,6 +17,12 @@ from gokart.zip_client import ZipClient
 
 from locked_targets.settings import Settings
 
+UNLOCKED_PARAMS: TaskLockParams = make_task_lock_params(file_path="", unique_id=None)
+"""gokart lock parameters that switch gokart's own lock off: locked_targets locks instead. One
+value for every file (building them per target costs a few µs): gokart reads the key only
+when its lock is on.
+"""
+
 
 @dataclasses.dataclass(frozen=True)
 class Identity:
@@ -87,14 +93,9 @@ class StorageFileTarget(SingleFileTarget):
         kind: StorageKind,
         settings: Settings,
     ) -> None:
-        super().__init__(target=target, processor=processor, task_lock_params=unlocked_params(target.path))
+        super().__init__(target=target, processor=processor, task_lock_params=UNLOCKED_PARAMS)
         self._kind = kind
         self._settings = settings
 
     def _last_modification_time(self) -> datetime:
         return self._kind.last_modification_time(self._path(), self._settings)
-
-
-def unlocked_params(path: str) -> TaskLockParams:
-    """gokart lock parameters that switch gokart's own lock off: locked_targets locks instead."""
-    return make_task_lock_params(file_path=path, unique_id=None)

@@ -25,7 +25,7 @@ from gokart.utils import FlattenableItems
 from gokart.zip_client import ZipClient
 
 from locked_targets.settings import Settings
-from locked_targets.storage.base import StorageKind, unlocked_params
+from locked_targets.storage.base import UNLOCKED_PARAMS, StorageKind
 from locked_targets.storage.staging import STAGING_PREFIX, staging_area
 
 _MODEL_FILE = "model.pkl"
@@ -65,7 +65,7 @@ class ModelTarget(gokart.target.TargetOnKart):
         return self._zip_client(self.temporary_directory).exists()
 
     def _get_task_lock_params(self) -> TaskLockParams:
-        return unlocked_params(self.file_path)
+        return UNLOCKED_PARAMS
 
     def _load(self) -> Any:
         with self._private_directory() as working_directory:
