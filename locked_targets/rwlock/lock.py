@@ -346,8 +346,10 @@ def take_ahead(locks: Sequence[ReadWriteLock]) -> bool:
     attempts = [_AheadAttempt.prepare(lock) for lock in locks]
     granted: list[HeldLock] = []
     try:
-        for connection in {attempt.lock.connection for attempt in attempts}:
-            mine = [attempt for attempt in attempts if attempt.lock.connection is connection]
+        by_connection: dict[RedisConnection, list[_AheadAttempt]] = {}
+        for attempt in attempts:
+            by_connection.setdefault(attempt.lock.connection, []).append(attempt)
+        for connection, mine in by_connection.items():
             acknowledging = _acknowledging_batch(connection, [attempt.lock for attempt in mine])
             batch = acknowledging or ScriptBatch(connection)
             for attempt in mine:
