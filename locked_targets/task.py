@@ -100,9 +100,7 @@ class TaskOnKart(gokart.TaskOnKart[T]):
                 release_write_locks_taken_ahead()
                 self._targets_of_this_run = None
 
-    _targets_of_this_run: dict[tuple[str | None, str | None, int], tuple[Settings, LockedTarget]] | None = (
-        None
-    )
+    _targets_of_this_run: dict[_TargetArguments, tuple[Settings, LockedTarget]] | None = None
     """While a run lasts (``START`` to ``SUCCESS`` or ``FAILURE``), the targets ``make_target``
     built, by their relative path, unique id and settings' identity: gokart builds each file's
     target again for its dump, right after the start built it to take its write lock ahead."""

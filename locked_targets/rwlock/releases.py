@@ -6,10 +6,9 @@ So the thread that held the lock only hands the release over and goes on. Each R
 server has a daemon thread of its own that sends whatever is queued for it in a single
 round trip, 2 ms after the oldest was handed over (a waiter gets the lock 2 ms and a round
 trip after the holder's end): a task's dumps end about a millisecond apart, so its releases
-share round trips; at once when this process waits for
-them (it acquires one of those locks again, or exits). A server that hangs delays only its
-own releases. A request that
-fails, or that the server answers "not now" (``BUSY``, ``LOADING``, ``READONLY``...), is
+share round trips. It sends at once when this process waits for them (it acquires one of
+those locks again, or exits). A server that hangs delays only its own releases. A request
+that fails, or that the server answers "not now" (``BUSY``, ``LOADING``, ``READONLY``...), is
 tried again until the lease it would end has ended anyway. One the server's ACL refuses
 (Redis 7 gives a new user no pub/sub channel, so a release's wake-up is refused) is not:
 that does not heal by itself, so it is reported once per process, as an ERROR naming the
