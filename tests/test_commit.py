@@ -35,6 +35,7 @@ from gokart.file_processor import make_file_processor
 import locked_targets.storage.local
 from helpers.object_stores import GCS_PROJECT, GCS_TOKEN, HOST, independent_gcs
 from helpers.s3_uploads import leave_unfinished_upload, unfinished_uploads
+from helpers.unnamed_files import skip_unless_unnamed_files_in
 from locked_targets.errors import CommitRefused, LockLost
 from locked_targets.locks import lock_key_for
 from locked_targets.process_state import Once
@@ -200,6 +201,8 @@ def named_local_storage(local_storage: Storage, monkeypatch: pytest.MonkeyPatch)
 
     ``open(O_TMPFILE)`` fails as it fails there (no such mount here); every other open is real.
     """
+    if not O_TMPFILE:
+        return local_storage  # no O_TMPFILE on this platform: every local dump stages a named file
     really_open = os.open
 
     def open_refusing_unnamed_files(path: str, flags: int, *arguments: Any, **directory: Any) -> int:
@@ -442,9 +445,8 @@ def test_a_stale_writer_whose_successor_has_published_is_refused(storage: Storag
 
 
 @pytest.fixture
-def unnamed_local_storage(local_storage: Storage) -> Storage:
-    if not locked_targets.storage.local._MAKES_UNNAMED_FILES:
-        pytest.skip("this kernel or file system makes no unnamed files (O_TMPFILE)")
+def unnamed_local_storage(local_storage: Storage, tmp_path: Path) -> Storage:
+    skip_unless_unnamed_files_in(tmp_path)
     return local_storage
 
 
@@ -638,11 +640,18 @@ def test_local_publish_without_hard_links_renames_and_warns_once(
 
 
 @pytest.mark.usefixtures("without_hard_links")
-def test_local_publish_without_hard_links_asks_the_guard_once(any_local_storage: Storage) -> None:
-    asked: list[str] = []
-    with guarded_by(CommitGuard(check=lambda: asked.append("asked"), fencing_token=7)):
+def test_local_publish_without_hard_links_asks_the_guard_last_once_the_file_is_whole(
+    any_local_storage: Storage, tmp_path: Path
+) -> None:
+    """The rename that publishes follows the last check: copying a large file can outlast a lease."""
+    staged_when_asked: list[list[bytes]] = []
+
+    def check() -> None:
+        staged_when_asked.append([path.read_bytes() for path in temporary_files(tmp_path) if path.is_file()])
+
+    with guarded_by(CommitGuard(check=check, fencing_token=7)):
         publish(any_local_storage.path("object.bin"), b"payload", any_local_storage.settings)
-    assert asked == ["asked"]
+    assert staged_when_asked[-1] == [b"payload"], "the last check came before the file to rename was whole"
 
 
 @pytest.mark.usefixtures("without_hard_links")

@@ -115,11 +115,6 @@ def link_into_place(source: str, destination: str) -> None:
     can retransmit a ``link`` whose reply was lost, and hear ``EEXIST`` from its own success).
     """
     before_commit()
-    _link_unless_taken(source, destination)
-
-
-def _link_unless_taken(source: str, destination: str) -> None:
-    """``link_into_place`` once the dump's guard has agreed."""
     try:
         with refused_if_cleared(destination, os.path.lexists):
             os.link(source, destination)
@@ -238,14 +233,15 @@ class UnnamedWriteOnceFile(PublishedUnlessRaised):
             self._publish_a_named_copy()
 
     def _publish_a_named_copy(self) -> None:
-        """Publish where the file system makes unnamed files but links none: by a staged, named copy."""
+        """Publish where the file system makes unnamed files but links none: by a staged, named copy,
+        the guard asked again once the copy is whole (copying a large file can outlast a lease)."""
         directory = os.path.dirname(os.path.abspath(self.path))
         with staging_area(directory, self.path, LocalStorage(), "publish") as staging:
             copy = staging.new_path(".tmp")
             try:
                 with open(self.name, "rb") as unnamed, open(copy, "wb") as named:
                     shutil.copyfileobj(unnamed, named)
-                _link_unless_taken(copy, self.path)  # the guard has agreed, in _publish
+                link_into_place(copy, self.path)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(copy)

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import redis
 
-import locked_targets.storage.local
 from helpers.fault_processes import (
     STALLED_BEFORE_COMMIT,
     STALLED_BEFORE_COMPLETION,
@@ -33,6 +32,7 @@ from helpers.fault_processes import (
 from helpers.lock_processes import SPAWN
 from helpers.s3_uploads import unfinished_uploads
 from helpers.targets import locked_target
+from helpers.unnamed_files import skip_unless_unnamed_files_in
 from locked_targets.locks import lock_key_for
 from locked_targets.settings import Settings
 
@@ -227,8 +227,7 @@ def test_the_next_dump_clears_what_a_killed_writer_staged(
 
 @pytest.mark.usefixtures("private_temporary_directory")
 def test_a_killed_local_writer_leaves_nothing(tmp_path: Path, settings: Settings) -> None:
-    if not locked_targets.storage.local._MAKES_UNNAMED_FILES:
-        pytest.skip("this kernel or file system makes no unnamed files (O_TMPFILE): dumps stage a named file")
+    skip_unless_unnamed_files_in(tmp_path)
     path = str(tmp_path / "cache" / "staged.pkl")
     short = dataclasses.replace(settings, lease_seconds=2.0)
     doomed, _ = start_stalling_writer(path, short, "doomed", stall_seconds=30.0)
