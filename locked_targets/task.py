@@ -25,8 +25,8 @@ from locked_targets.target import (
 )
 
 T = TypeVar("T")
-_TargetArguments = tuple[str | None, str | None, int]
-"""What names a target a run built: its relative path, its unique id and its settings' identity."""
+_RunTargetKey = tuple[str | None, str | None, int]
+"""How a run finds a target it built: its relative path, its unique id, its settings' identity."""
 
 # How gokart's task builds the target of each log file it dumps around a run (random seed,
 # parameters and module versions at START, processing time and the task log at the end).
@@ -45,6 +45,12 @@ class TaskOnKart(gokart.TaskOnKart[T]):
     The Redis server comes from ``[locked_targets] redis_url`` or, as in gokart, from the
     ``redis_host``/``redis_port`` parameters; ``redis_timeout`` is the default lease.
     """
+
+    _targets_of_this_run: dict[_RunTargetKey, tuple[Settings, LockedTarget]] | None = None
+    """While a run lasts (``START`` to ``SUCCESS`` or ``FAILURE``, or the next ``START``), the
+    targets ``make_target`` built, by their relative path, unique id and settings' identity:
+    gokart builds each file's target again for its dump, right after the start built it to
+    take its write lock ahead."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # gokart's own run lock (should_lock_run) insists on redis_host/redis_port and keys
@@ -99,11 +105,6 @@ class TaskOnKart(gokart.TaskOnKart[T]):
             if event in (luigi.Event.SUCCESS, luigi.Event.FAILURE):
                 release_write_locks_taken_ahead()
                 self._targets_of_this_run = None
-
-    _targets_of_this_run: dict[_TargetArguments, tuple[Settings, LockedTarget]] | None = None
-    """While a run lasts (``START`` to ``SUCCESS`` or ``FAILURE``), the targets ``make_target``
-    built, by their relative path, unique id and settings' identity: gokart builds each file's
-    target again for its dump, right after the start built it to take its write lock ahead."""
 
     def deps(self) -> list[luigi.Task]:
         """luigi's dependencies. luigi checks each of them next, one by one (when it schedules this

@@ -173,39 +173,35 @@ class Consumer(locked_targets.TaskOnKart[int]):
         self.dump(int(frame["value"].sum()))
 
 
-def test_task_on_kart_builds_with_locked_targets(tmp_path: Path, settings: Settings) -> None:
+def redis_parameters(settings: Settings) -> dict[str, Any]:
+    """The task parameters ``redis_host`` and ``redis_port`` of the test's server."""
     assert settings.redis_url is not None
     host, port = settings.redis_url.removeprefix("redis://").split("/")[0].split(":")
+    return {"redis_host": host, "redis_port": int(port)}
+
+
+def producer_on(tmp_path: Path, settings: Settings, **parameters: Any) -> Producer:
+    return Producer(workspace_directory=str(tmp_path), **redis_parameters(settings), **parameters)
+
+
+def test_task_on_kart_builds_with_locked_targets(tmp_path: Path, settings: Settings) -> None:
     consumer = Consumer(
-        producer=Producer(workspace_directory=str(tmp_path), redis_host=host, redis_port=int(port)),
+        producer=producer_on(tmp_path, settings),
         workspace_directory=str(tmp_path),
-        redis_host=host,
-        redis_port=int(port),
+        **redis_parameters(settings),
     )
     assert isinstance(consumer.output(), LockedTarget)
     assert gokart.build(consumer, reset_register=False) == 10
 
 
-def test_a_run_builds_each_of_its_files_targets_once(
-    tmp_path: Path, settings: Settings, luigi_config: luigi.configuration.LuigiConfigParser
-) -> None:
+def test_a_run_builds_each_of_its_files_targets_once(tmp_path: Path, settings: Settings) -> None:
     """gokart builds a file's target again for each use; within a run, the first one serves."""
-    assert settings.redis_url is not None
-    host, port = settings.redis_url.removeprefix("redis://").split("/")[0].split(":")
-    producer = Producer(workspace_directory=str(tmp_path), redis_host=host, redis_port=int(port))
+    producer = producer_on(tmp_path, settings)
     before = producer.output()
     producer.trigger_event(luigi.Event.START)
     first = producer.output()
     assert producer.output() is first
     assert producer._get_task_log_target() is producer._get_task_log_target()  # type: ignore[no-untyped-call]
-    luigi_config.set("locked_targets", "lease_seconds", "20")  # type: ignore[no-untyped-call]
-    changed = producer.output()
-    assert changed is not first, "a change of configuration during the run is seen"
-    assert isinstance(changed, LockedTarget)
-    assert changed._settings.lease_seconds == 20
-    assert producer.make_target("other.pkl", processor=make_file_processor("other.pkl")) is not (
-        producer.make_target("other.pkl", processor=make_file_processor("other.pkl"))
-    ), "a target built with a processor of the caller's is built afresh"
     producer.run()
     producer.trigger_event(luigi.Event.SUCCESS)
     assert producer.output() is not first
@@ -215,10 +211,31 @@ def test_a_run_builds_each_of_its_files_targets_once(
     assert after.load()["value"].tolist() == list(range(5))
 
 
+def test_a_run_sees_a_change_of_configuration(
+    tmp_path: Path, settings: Settings, luigi_config: luigi.configuration.LuigiConfigParser
+) -> None:
+    producer = producer_on(tmp_path, settings)
+    producer.trigger_event(luigi.Event.START)
+    first = producer.output()
+    luigi_config.set("locked_targets", "lease_seconds", "20")  # type: ignore[no-untyped-call]
+    changed = producer.output()
+    producer.trigger_event(luigi.Event.FAILURE, RuntimeError("not run"))
+    assert changed is not first
+    assert isinstance(changed, LockedTarget)
+    assert changed._settings.lease_seconds == 20
+
+
+def test_a_run_builds_a_target_with_the_callers_processor_afresh(tmp_path: Path, settings: Settings) -> None:
+    producer = producer_on(tmp_path, settings)
+    producer.trigger_event(luigi.Event.START)
+    first = producer.make_target("other.pkl", processor=make_file_processor("other.pkl"))
+    again = producer.make_target("other.pkl", processor=make_file_processor("other.pkl"))
+    producer.trigger_event(luigi.Event.FAILURE, RuntimeError("not run"))
+    assert again is not first
+
+
 def test_a_failed_run_keeps_none_of_its_targets(tmp_path: Path, settings: Settings) -> None:
-    assert settings.redis_url is not None
-    host, port = settings.redis_url.removeprefix("redis://").split("/")[0].split(":")
-    producer = Producer(workspace_directory=str(tmp_path), redis_host=host, redis_port=int(port))
+    producer = producer_on(tmp_path, settings)
     producer.trigger_event(luigi.Event.START)
     during = producer.output()
     producer.trigger_event(luigi.Event.FAILURE, RuntimeError("the run failed"))
@@ -227,11 +244,7 @@ def test_a_failed_run_keeps_none_of_its_targets(tmp_path: Path, settings: Settin
 
 def test_a_run_builds_a_target_again_when_its_unique_id_changes(tmp_path: Path, settings: Settings) -> None:
     """Without ``cache_unique_id``, gokart computes a task's unique id again each time."""
-    assert settings.redis_url is not None
-    host, port = settings.redis_url.removeprefix("redis://").split("/")[0].split(":")
-    producer = Producer(
-        workspace_directory=str(tmp_path), redis_host=host, redis_port=int(port), cache_unique_id=False
-    )
+    producer = producer_on(tmp_path, settings, cache_unique_id=False)
     producer.trigger_event(luigi.Event.START)
     first = producer.output()
     assert producer.output() is first

@@ -4,8 +4,8 @@ Giving a lock back cannot change what the holder did under it: a commit was chec
 against the lease before it published, and a read against the lease when it ended.
 So the thread that held the lock only hands the release over and goes on. Each Redis
 server has a daemon thread of its own that sends whatever is queued for it in a single
-round trip, 2 ms after the oldest was handed over (a waiter gets the lock 2 ms and a round
-trip after the holder's end): a task's dumps end about a millisecond apart, so its releases
+round trip, 2 ms after the oldest was handed over (a waiter gets the lock at most 2 ms and a
+round trip after the holder's end): a task's dumps end about a millisecond apart, so its releases
 share round trips. It sends at once when this process waits for them (it acquires one of
 those locks again, or exits). A server that hangs delays only its own releases. A request
 that fails, or that the server answers "not now" (``BUSY``, ``LOADING``, ``READONLY``...), is

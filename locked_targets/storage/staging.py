@@ -1,5 +1,8 @@
 """Where a dump stages its files before the commit, and how the next dump clears what a dead writer staged.
 
+Uploads and model archives stage here; a local single-file dump only where the kernel makes
+no unnamed files (see ``local.UnnamedWriteOnceFile``, which stages nothing).
+
 A dump that holds its target's exclusive lock stages in a directory of that target's own,
 ``.locked_targets-<digest>.<purpose>`` (the digest of its lock key), beside the final file or
 in a temporary directory. Under that lock no live holder can be using the directory, so if
