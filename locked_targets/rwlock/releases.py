@@ -168,7 +168,7 @@ class Releaser:
         the condition): every untried one goes with the first due, or at once if a caller waits."""
         while True:
             now = time.monotonic()
-            due = [queued for queued in self._queue if queued.not_before <= now]
+            due = any(queued.not_before <= now for queued in self._queue)
             if due or (self._waited_for and self._untried_queued):
                 self._untried_queued = 0  # every untried request goes now
                 sent: list[_Queued] = []

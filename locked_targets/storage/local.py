@@ -99,7 +99,7 @@ def _kernel_name_of_directory(directory: str) -> str | None:
     except OSError:
         return None
     try:
-        name = os.readlink(f"/proc/self/fd/{handle}")
+        name = os.readlink(_name_of_open_file(handle))
     except OSError:
         return None
     finally:
