@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
 
-from gokart.file_processor import FileProcessor, make_file_processor
+from gokart.file_processor import DataFrameType, FileProcessor, make_file_processor
 from gokart.target import LargeDataFrameProcessor
 
 from locked_targets.settings import Settings
@@ -32,7 +33,7 @@ def make_target(
     holders' descriptions name.
     """
     path = file_path_with_unique_id(file_path, unique_id)
-    processor = processor or make_file_processor(path, store_index_in_feather=store_index_in_feather)
+    processor = processor or file_processor_for(path, store_index_in_feather)
     settings = settings if settings is not None else Settings.from_luigi_config()
     target = storage_kind_for(path).single_file_target(path, processor, settings)
     return LockedTarget(target, settings=settings, task=task)
@@ -74,6 +75,26 @@ def make_large_data_frame_target(
     """A locked target for a DataFrame too large for one pickle: split into parts, zipped."""
     processor = LargeDataFrameProcessor(max_byte=max_byte)
     return make_model_target(file_path, temporary_directory, processor.save, processor.load, unique_id)
+
+
+def file_processor_for(
+    file_path: str, store_index_in_feather: bool = True, dataframe_type: DataFrameType = "pandas"
+) -> FileProcessor:
+    """gokart's processor for ``file_path``'s extension, as ``make_file_processor`` picks it.
+
+    gokart builds all fourteen of its processors to pick one, on every target. They keep only
+    what they were built with, so targets share one per extension and configuration.
+    """
+    return _file_processor(os.path.splitext(file_path)[1], store_index_in_feather, dataframe_type)
+
+
+@functools.cache
+def _file_processor(
+    extension: str, store_index_in_feather: bool, dataframe_type: DataFrameType
+) -> FileProcessor:
+    return make_file_processor(
+        f"file{extension}", store_index_in_feather=store_index_in_feather, dataframe_type=dataframe_type
+    )
 
 
 def file_path_with_unique_id(file_path: str, unique_id: str | None) -> str:

@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 import gokart
 import luigi
 from gokart.file_processor import FileProcessor
+from gokart.file_processor.base import DataFrameType
 from gokart.target import LargeDataFrameProcessor, TargetOnKart
-from gokart.utils import flatten
+from gokart.utils import flatten, get_dataframe_type_from_task
 
 from locked_targets import factories
 from locked_targets.factories import DEFAULT_MAX_BYTE
@@ -39,6 +40,12 @@ _GOKART_LOG_FILE_TARGETS = (
 )
 
 
+@functools.cache
+def _dataframe_type_of(task_class: type[gokart.TaskOnKart[Any]]) -> DataFrameType:
+    """The DataFrame library a task class's type parameter names (gokart walks the class's bases)."""
+    return get_dataframe_type_from_task(task_class)
+
+
 class TaskOnKart(gokart.TaskOnKart[T]):
     """A gokart task whose cache files are locked in Redis while read, written or removed.
 
@@ -64,6 +71,24 @@ class TaskOnKart(gokart.TaskOnKart[T]):
             self.run = functools.partial(run_under_lock, self, run)  # type: ignore[method-assign]
 
     @classmethod
+    def get_params(cls) -> list[tuple[str, luigi.Parameter[Any]]]:
+        """luigi's parameters of this class, in the order they were declared, found as luigi finds
+        them but without ``dir()``: luigi asks for them on every instantiation, cached or not, and
+        ``dir()`` merges and sorts every attribute of every base, so each base class added, as
+        this one is, makes every task instance cost more. Not remembered: luigi lets a class gain
+        parameters after it is defined."""
+        seen: set[str] = set()
+        parameters: list[tuple[str, luigi.Parameter[Any]]] = []
+        for klass in cls.__mro__:
+            for name, value in vars(klass).items():
+                if name not in seen:
+                    seen.add(name)
+                    if isinstance(value, luigi.Parameter):
+                        parameters.append((name, value))
+        parameters.sort(key=lambda named: named[1]._counter)
+        return parameters
+
+    @classmethod
     def _add_configuration(cls, kwargs: dict[str, Any], section: str) -> None:
         # gokart parses [TaskOnKart] with luigi, whose bare ValueError for a bad redis_port names
         # no setting: check the Redis parameters first, for a ConfigurationError that does.
@@ -79,9 +104,11 @@ class TaskOnKart(gokart.TaskOnKart[T]):
         if not args:
             if "should_lock_run" in resolved:
                 return bool(resolved["should_lock_run"])
-            parameter = dict(cls.get_params()).get("should_lock_run")  # type: ignore[no-untyped-call]
+            parameter = dict(cls.get_params()).get("should_lock_run")
             family = cls.get_task_family()  # type: ignore[no-untyped-call]
-            return bool(parameter is not None and parameter.task_value(family, "should_lock_run"))
+            return bool(
+                parameter is not None and parameter.task_value(family, "should_lock_run")  # type: ignore[no-untyped-call]
+            )
         values = dict(cls.get_param_values(cls.get_params(), args, resolved))  # type: ignore[no-untyped-call]
         return bool(values.get("should_lock_run", False))
 
@@ -124,6 +151,13 @@ class TaskOnKart(gokart.TaskOnKart[T]):
         if self.should_dump_supplementary_log_files:
             files += [getattr(self, getter)() for getter in _GOKART_LOG_FILE_TARGETS]
         return files
+
+    def _create_processor_for_dataframe_type(self, file_path: str) -> FileProcessor:
+        # As gokart's, but its processors are shared (factories.file_processor_for) and the
+        # DataFrame type, read from the class's type parameters, is read once per class.
+        return factories.file_processor_for(
+            file_path, self.store_index_in_feather, _dataframe_type_of(type(self))
+        )
 
     def lock_settings(self) -> Settings:
         """The settings this task's locks use (luigi configuration plus its redis parameters)."""

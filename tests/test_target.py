@@ -256,6 +256,60 @@ def test_a_run_builds_a_target_again_when_its_unique_id_changes(tmp_path: Path, 
     assert again.path().endswith("_given-later.pkl")
 
 
+def processor_of(target: LockedTarget) -> FileProcessor:
+    processor: FileProcessor = target._target._processor  # type: ignore[attr-defined]
+    return processor
+
+
+def test_a_tasks_targets_share_the_processor_gokart_picks_for_their_extension(
+    tmp_path: Path, settings: Settings
+) -> None:
+    producer = producer_on(tmp_path, settings)
+    assert processor_of(producer.make_target("a.pkl")) is processor_of(producer.make_target("b.pkl"))
+    frame = pd.DataFrame({"left": [1], "right": [2]})
+    producer.make_target("c.csv").dump(frame)
+    producer.make_target("d.tsv").dump(frame)
+    assert (tmp_path / f"c_{producer.make_unique_id()}.csv").read_text().splitlines()[0] == "left,right"
+    assert (tmp_path / f"d_{producer.make_unique_id()}.tsv").read_text().splitlines()[0] == "left\tright"
+    with pytest.raises(AssertionError, match=r"\.nope is not supported"):
+        producer.make_target("e.nope")
+
+
+def test_a_tasks_own_store_index_in_feather_picks_its_processor(tmp_path: Path, settings: Settings) -> None:
+    with_index = producer_on(tmp_path, settings).make_target("f.feather")
+    without_index = producer_on(tmp_path, settings, store_index_in_feather=False).make_target("f.feather")
+    assert processor_of(with_index)._store_index_in_feather is True  # type: ignore[attr-defined]
+    assert processor_of(without_index)._store_index_in_feather is False  # type: ignore[attr-defined]
+
+
+class Declared(locked_targets.TaskOnKart[int]):
+    first: int = luigi.IntParameter(default=1)
+    second: str = luigi.Parameter(default="second")
+
+
+class Redeclared(Declared):
+    second = "a plain attribute hides the base's parameter"
+    first: int = luigi.IntParameter(default=10)
+    third: int = luigi.IntParameter(default=3)
+
+
+def test_a_tasks_parameters_are_those_luigi_finds() -> None:
+    def found_by_luigi(task_class: type[luigi.Task]) -> list[tuple[str, luigi.Parameter[Any]]]:
+        found: list[tuple[str, luigi.Parameter[Any]]] = luigi.Task.get_params.__func__(task_class)  # type: ignore[attr-defined]
+        return found
+
+    for task_class in (Declared, Redeclared, Producer, Consumer):
+        assert task_class.get_params() == found_by_luigi(task_class)
+    assert "second" not in dict(Redeclared.get_params())
+    assert Redeclared(third=30).to_str_params()["first"] == "10"  # type: ignore[no-untyped-call]
+    Redeclared.added = luigi.IntParameter(default=4)  # type: ignore[attr-defined]
+    try:  # luigi lets a class gain parameters after it is defined
+        assert ("added", Redeclared.added) in Redeclared.get_params()  # type: ignore[attr-defined]
+        assert Redeclared.get_params() == found_by_luigi(Redeclared)
+    finally:
+        del Redeclared.added  # type: ignore[attr-defined]
+
+
 class ForgottenWhileLoading(FileProcessor):
     """Loads through another processor, after making Redis forget the reader (as a restart would)."""
 
