@@ -85,7 +85,7 @@ class TaskOnKart(gokart.TaskOnKart[T]):
                     seen.add(name)
                     if isinstance(value, luigi.Parameter):
                         parameters.append((name, value))
-        parameters.sort(key=lambda named: named[1]._counter)
+        parameters.sort(key=lambda named: (named[1]._counter, named[0]))  # luigi's: by counter, then name
         return parameters
 
     @classmethod
