@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 import os
+import types
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import gokart
 import luigi
-from gokart.file_processor import FileProcessor
-from gokart.file_processor.base import DataFrameType
+from gokart.file_processor import DataFrameType, FileProcessor
 from gokart.target import LargeDataFrameProcessor, TargetOnKart
 from gokart.utils import flatten, get_dataframe_type_from_task
 
@@ -46,6 +46,34 @@ def _dataframe_type_of(task_class: type[gokart.TaskOnKart[Any]]) -> DataFrameTyp
     return get_dataframe_type_from_task(task_class)
 
 
+# The types of class attributes that a class gives back as themselves, or as a function or method:
+# never a parameter (the exact types: most of a task class's attributes are of one of them).
+_NEVER_PARAMETERS_ON_A_CLASS = frozenset(
+    {
+        types.FunctionType,
+        types.BuiltinFunctionType,
+        types.WrapperDescriptorType,
+        types.MethodDescriptorType,
+        types.ClassMethodDescriptorType,
+        types.GetSetDescriptorType,
+        types.MemberDescriptorType,
+        classmethod,
+        staticmethod,
+        property,
+        str,
+        int,
+        bool,
+        float,
+        type(None),
+        tuple,
+        list,
+        dict,
+        set,
+        frozenset,
+    }
+)
+
+
 class TaskOnKart(gokart.TaskOnKart[T]):
     """A gokart task whose cache files are locked in Redis while read, written or removed.
 
@@ -72,19 +100,32 @@ class TaskOnKart(gokart.TaskOnKart[T]):
 
     @classmethod
     def get_params(cls) -> list[tuple[str, luigi.Parameter[Any]]]:
-        """luigi's parameters of this class, in the order they were declared, found as luigi finds
-        them but without ``dir()``: luigi asks for them on every instantiation, cached or not, and
-        ``dir()`` merges and sorts every attribute of every base, so each base class added, as
-        this one is, makes every task instance cost more. Not remembered: luigi lets a class gain
-        parameters after it is defined."""
+        """luigi's parameters of this class, the list luigi's own ``get_params`` makes, without its
+        ``dir()``: luigi asks for them on every instantiation, cached or not, and ``dir()`` merges
+        and sorts every attribute of every base, so each base class added, as this one is,
+        makes every task instance cost more.
+
+        Each name is taken from the first base that has it, as ``dir()`` and ``getattr`` do, and
+        read with ``getattr`` as luigi reads it (so a descriptor, or a property of the metaclass
+        such as luigi's ``task_family``, answers for it) unless it is a function, a method or a
+        plain value (``_NEVER_PARAMETERS_ON_A_CLASS``), which a class gives back as it is. Not
+        remembered: luigi lets a class gain parameters after it is defined.
+        """
         seen: set[str] = set()
         parameters: list[tuple[str, luigi.Parameter[Any]]] = []
         for klass in cls.__mro__:
-            for name, value in vars(klass).items():
-                if name not in seen:
-                    seen.add(name)
-                    if isinstance(value, luigi.Parameter):
-                        parameters.append((name, value))
+            # A copy, taken at once: another thread may add to a class meanwhile (luigi does).
+            for name, value in vars(klass).copy().items():
+                if name in seen:
+                    continue
+                seen.add(name)
+                kind = type(value)
+                if kind not in _NEVER_PARAMETERS_ON_A_CLASS and (
+                    isinstance(value, luigi.Parameter) or hasattr(kind, "__get__")
+                ):
+                    found = getattr(cls, name)
+                    if isinstance(found, luigi.Parameter):
+                        parameters.append((name, found))
         parameters.sort(key=lambda named: (named[1]._counter, named[0]))  # luigi's: by counter, then name
         return parameters
 
