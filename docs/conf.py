@@ -25,9 +25,10 @@ nitpick_ignore = [
     ("py:class", "FlattenableItems"),
     ("py:class", "RequiredTaskOutput"),
     # luigi's, named by the docstring LockedTarget.exists inherits from luigi.target.Target,
-    # and by the signature of TaskOnKart.deps.
+    # and by the signatures of TaskOnKart.deps and TaskOnKart.get_params.
     ("py:class", "Target"),
     ("py:class", "luigi.task.Task"),
+    ("py:class", "luigi.parameter.Parameter"),
     # RunWithLock's private TypeVar: it returns what it decorates, with the same type.
     ("py:class", "locked_targets.run_lock._Decorated"),
 ]
