@@ -47,6 +47,7 @@ class Effort:
     calls: int
     counted_calls: int
     hot_seconds: float
+    hot_rounds: int
     step_seconds: float
     construction_batches: int
     constructions_per_batch: int
@@ -66,7 +67,8 @@ def effort_for(quick: bool) -> Effort:
         pings=200 if quick else 3000,
         calls=30 if quick else 400,
         counted_calls=5 if quick else 20,
-        hot_seconds=0.5 if quick else 3.0,
+        hot_seconds=0.5 if quick else 1.0,
+        hot_rounds=1 if quick else 3,
         step_seconds=0.2 if quick else 0.5,
         construction_batches=3 if quick else 7,
         constructions_per_batch=200 if quick else 2000,
@@ -111,8 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory(prefix="locked-targets-bench-") as directory:
             per_call_result = per_call.measure(directory, redis, effort.calls, effort.counted_calls)
             _show(per_call.report(per_call_result))
-            throughputs = hot_target.measure(directory, redis, effort.hot_seconds)
-            _show(hot_target.report(throughputs, effort.hot_seconds))
+            throughputs = hot_target.measure(directory, redis, effort.hot_seconds, rounds=effort.hot_rounds)
+            _show(hot_target.report(throughputs, effort.hot_seconds, effort.hot_rounds))
             run_locks = run_lock.measure(directory, redis, effort.step_seconds)
             _show(run_lock.report(run_locks, effort.step_seconds))
             construction_result = construction.measure(

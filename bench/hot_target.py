@@ -3,8 +3,10 @@
 Each variant runs twice: loading over and over through one target, and building a fresh
 target for every load (``make_target(path).load()``), as a task's ``self.load()`` does.
 
-The processes are spawned once and run one phase per variant; a barrier starts every
-phase in all processes (and the parent, which reads redis-server's CPU time) together.
+The processes are spawned once and run one phase per variant, in rounds: each round runs
+every variant's phase, one after the other, so drift in the machine's load touches all of
+them alike, and each variant's row is its median round. A barrier starts every phase in
+all processes (and the parent, which reads redis-server's CPU time) together.
 Each load is compared byte for byte with the object that was dumped, so a torn or
 foreign load is counted, never silently timed. A reference phase adds two PINGs to an
 unlocked load: the floor of any lock that talks to Redis twice per load.
@@ -149,17 +151,21 @@ class Throughput:
 
 
 def measure(
-    directory: str, redis_address: RedisUrl, seconds: float, phases: tuple[Phase, ...] = PHASES
+    directory: str,
+    redis_address: RedisUrl,
+    seconds: float,
+    phases: tuple[Phase, ...] = PHASES,
+    rounds: int = 1,
 ) -> dict[Phase, Throughput]:
     """Loads per second of each of ``phases`` (all of them by default; only the variants that can
-    lock on ``redis_address`` can run)."""
+    lock on ``redis_address`` can run): its median over ``rounds`` phases of ``seconds``."""
     payload = hot_object()
     path = os.path.join(directory, "hot.pkl")
     make_target(Variant.UNLOCKED, path, redis_address).dump(payload)
     plan = WorkerPlan(
         path=path,
         redis=redis_address,
-        phases=phases,
+        phases=phases * rounds,
         seconds=seconds,
         digest=hashlib.sha256(payload).hexdigest(),
     )
@@ -173,20 +179,26 @@ def measure(
         worker.start()
     server = redis_client(redis_address)
     try:
-        throughputs: dict[Phase, Throughput] = {}
-        for phase in phases:
+        measured: dict[Phase, list[Throughput]] = {}
+        for phase in plan.phases:
             start_together.wait(timeout=_START_TIMEOUT_SECONDS)
             server_cpu_started = _server_cpu_seconds(server)
             phase_results = [results.get(timeout=_START_TIMEOUT_SECONDS) for _ in workers]
-            throughputs[phase] = _total(phase_results, _server_cpu_seconds(server) - server_cpu_started)
+            total = _total(phase_results, _server_cpu_seconds(server) - server_cpu_started)
+            measured.setdefault(phase, []).append(total)
         for worker in workers:
             worker.join(timeout=_START_TIMEOUT_SECONDS)
-        return throughputs
+        return {phase: _median_round(each_round) for phase, each_round in measured.items()}
     finally:
         server.close()
         for worker in workers:
             if worker.is_alive():
                 worker.kill()
+
+
+def _median_round(each_round: list[Throughput]) -> Throughput:
+    """The round with the median loads per second (of an even number, the slower of the middle two)."""
+    return sorted(each_round, key=lambda measured: measured.loads_per_second)[(len(each_round) - 1) // 2]
 
 
 def _server_cpu_seconds(client: redis.Redis | RedisCluster) -> float:
@@ -247,7 +259,7 @@ def _unlocked_of_its_kind(phase: Phase) -> Phase:
     return FreshTargets(Variant.UNLOCKED) if isinstance(phase, FreshTargets) else Variant.UNLOCKED
 
 
-def report(throughputs: dict[Phase, Throughput], seconds: float) -> str:
+def report(throughputs: dict[Phase, Throughput], seconds: float, rounds: int) -> str:
     rows = [
         [
             phase_title(phase),
@@ -269,7 +281,8 @@ def report(throughputs: dict[Phase, Throughput], seconds: float) -> str:
         [
             heading(f"3. Hot target: {PROCESSES} processes load one {OBJECT_BYTES // 1024} KiB target"),
             f"{PROCESSES} spawned OS processes, started together by a barrier, each loading the same "
-            f"pickled bytes object for {seconds:g} s per variant;",
+            f"pickled bytes object for {seconds:g} s per variant, in {rounds} rounds",
+            "(each round runs every variant, one after the other; each row is the variant's median round);",
             "every load is compared byte for byte with the dumped object (bad = different or raised).",
             "CPU per load: worker processes' CPU time (all their threads) and redis-server's, "
             "divided by the loads; the (ref) row",
