@@ -7,6 +7,11 @@ distinct files never share a lock (gokart keyed by basename, so ``s3://a/x_1.pkl
 newlines, very long names) gives a short, safe key. The digest in
 braces is the Redis Cluster hash tag that keeps every key of one lock in one slot.
 
+gokart's five log files of one task share one lock (``lock_identity``): gokart writes all
+five at every run, so one lock costs a task one acquisition and one release instead of five.
+A coarser lock never lets two writers in; it only makes a reader of one of them wait for the
+writing of the others.
+
 A file's lock lives on the lock service of its storage kind (``lock_service_for``:
 ``<kind>_redis_url``, else ``redis_url``). The process keeps one ``RedisConnection`` per Redis
 URL and one set of kept shared leases per connection (both in ``process_state``); kept leases
@@ -34,6 +39,12 @@ from locked_targets.rwlock import (
 )
 from locked_targets.settings import Settings
 from locked_targets.storage import storage_kind_for
+from locked_targets.storage.base import Identity
+
+# The kinds of log file gokart writes for a task, each in a directory of its own:
+# <workspace>/log/<kind>/<task class>_<unique id>.pkl (.txt for module_versions).
+GOKART_LOG_KINDS = ("module_versions", "processing_time", "random_seed", "task_log", "task_params")
+_ANY_GOKART_LOG_KIND = "{" + ",".join(GOKART_LOG_KINDS) + "}"
 
 
 class LockNamespace(str, enum.Enum):
@@ -67,10 +78,24 @@ def lock_key_for(
 ) -> LockKeys:
     """The lock keys of the cache file at ``path``, in ``namespace`` (targets, or task runs)."""
     kind = storage_kind_for(path)
-    identity = kind.identify(path)
+    identity = lock_identity(path)
     namespace = LockNamespace(namespace)
     base = f"{settings.key_prefix}{kind.key_prefix(settings)}{namespace.value}:{{{identity.digest}}}"
     return LockKeys(path=identity.path, base=base)
+
+
+def lock_identity(path: str) -> Identity:
+    """What the lock of the cache file at ``path`` protects: the file (its identity), or, for one
+    of gokart's log files, that file and the task's four other log files, named together as
+    ``<workspace>/log/{module_versions,...,task_params}/<task class>_<unique id>``."""
+    kind = storage_kind_for(path)
+    identity = kind.identify(path)
+    parts = identity.path.rsplit("/", 3)
+    if len(parts) < 4 or parts[1] != "log" or parts[2] not in GOKART_LOG_KINDS:
+        return identity
+    head, _log, _kind, name = parts
+    stem = name.rpartition(".")[0] or name
+    return kind.with_digest(f"{head}/log/{_ANY_GOKART_LOG_KIND}/{stem}")
 
 
 def lock_for(

@@ -28,7 +28,7 @@ from gokart.target import SingleFileTarget, TargetOnKart
 from gokart.utils import FlattenableItems
 
 from locked_targets.errors import CommitRefused, ConfigurationError, LockError, LockLost
-from locked_targets.locks import forget_lock, lock_for, lock_service_for
+from locked_targets.locks import forget_lock, lock_for, lock_identity, lock_service_for
 from locked_targets.process_state import Once
 from locked_targets.run_lock import ensure_run_locks_held
 from locked_targets.rwlock import (
@@ -157,7 +157,7 @@ class LockedTarget(WrappedTarget):
         if held is not None:
             held.ensure_held()
             path = self.path()
-            if storage_kind_for(path).identify(path).digest != held.keys.hash_tag:
+            if lock_identity(path).digest != held.keys.hash_tag:
                 forget_lock(path)
                 self._lock = None
                 raise LockLost(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,20 @@ def test_a_local_paths_identity_is_its_real_path(linked_tree: Path, parts: list[
     assert lock_key_for(path, SETTINGS).path == os.path.realpath(path)
 
 
+def seconds_waited_behind_a_load(loaded: str, settings: Settings, action: Callable[[], object]) -> float:
+    """How long ``action`` took while another process held a load of ``loaded`` stalled for 4 s."""
+    events = SPAWN.Queue()
+    loader = SPAWN.Process(target=load_stalling, args=(loaded, settings, events, 4.0))
+    loader.start()
+    assert events.get(timeout=60) == STALLED_WHILE_LOADING
+    started = time.monotonic()
+    action()
+    waited = time.monotonic() - started
+    assert events.get(timeout=60) == "loaded"
+    loader.join(timeout=30)
+    return waited
+
+
 def test_a_remove_through_one_name_waits_for_a_load_through_another(
     tmp_path: Path, settings: Settings
 ) -> None:
@@ -103,16 +118,50 @@ def test_a_remove_through_one_name_waits_for_a_load_through_another(
     (tmp_path / "link").symlink_to(tmp_path / "real")
     real, linked = str(tmp_path / "real" / "x.pkl"), str(tmp_path / "link" / "x.pkl")
     locked_target(real, settings).dump("x")
-    events = SPAWN.Queue()
-    loader = SPAWN.Process(target=load_stalling, args=(linked, settings, events, 4.0))
-    loader.start()
-    assert events.get(timeout=60) == STALLED_WHILE_LOADING
-    started = time.monotonic()
-    locked_target(real, settings).remove()
-    waited = time.monotonic() - started
-    assert events.get(timeout=60) == "loaded"
-    loader.join(timeout=30)
+    waited = seconds_waited_behind_a_load(linked, settings, locked_target(real, settings).remove)
     assert waited > 1.0, "the remove went ahead while the load held the file's lock"
+
+
+def gokart_log_files(workspace: str, task: str = "Leaf_0123abcd") -> list[str]:
+    """The paths of the five log files gokart writes for one task (as gokart's getters name them)."""
+    return [
+        f"{workspace}/log/{kind}/{task}.{'txt' if kind == 'module_versions' else 'pkl'}"
+        for kind in ("random_seed", "task_params", "module_versions", "processing_time", "task_log")
+    ]
+
+
+@pytest.mark.parametrize("workspace", ["/cache", "s3://bucket/cache", "gs://bucket/cache"])
+def test_a_tasks_five_log_files_share_one_lock_named_for_all_five(workspace: str) -> None:
+    keys = {lock_key_for(path, SETTINGS) for path in gokart_log_files(workspace)}
+    assert len(keys) == 1
+    assert keys.pop().path == (
+        f"{workspace}/log/{{module_versions,processing_time,random_seed,task_log,task_params}}/Leaf_0123abcd"
+    )
+
+
+def test_log_files_of_other_tasks_and_files_elsewhere_keep_locks_of_their_own() -> None:
+    one_task = base(gokart_log_files("/cache")[0])
+    other_tasks = [gokart_log_files("/cache", task="Leaf_4567ef01")[0], gokart_log_files("/other")[0]]
+    not_log_files = [
+        "/cache/log/Leaf_0123abcd.pkl",  # not in a log kind's directory
+        "/cache/log/my_log/Leaf_0123abcd.pkl",  # a kind gokart does not write
+        "/cache/logs/task_log/Leaf_0123abcd.pkl",
+    ]
+    for path in other_tasks + not_log_files:
+        assert base(path) != one_task, path
+    for path in not_log_files:
+        assert lock_key_for(path, SETTINGS).path == path, "a file that is not a gokart log file locks alone"
+
+
+def test_a_write_of_one_log_file_waits_for_a_load_of_another_of_its_task(
+    tmp_path: Path, settings: Settings
+) -> None:
+    task_log, task_params = (path for path in gokart_log_files(str(tmp_path)) if "task_" in path)
+    locked_target(task_log, settings).dump("log")
+    waited = seconds_waited_behind_a_load(
+        task_log, settings, lambda: locked_target(task_params, settings).dump({"leaves": "1"})
+    )
+    assert waited > 1.0, "the dump went ahead while a load of the task's other log file held their lock"
 
 
 def test_object_keys_stay_literal() -> None:

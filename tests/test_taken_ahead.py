@@ -67,6 +67,39 @@ def test_the_threads_writes_and_reads_use_the_locks_taken_ahead(
     assert taken_ahead().peek(first.keys.base) is None, "a lock taken ahead serves one write"
 
 
+def test_a_lock_several_files_share_is_taken_once_and_serves_each_of_their_writes(
+    free_locks: list[ReadWriteLock], redis_url: str, redis_client: redis.Redis
+) -> None:
+    shared = free_locks[0]
+    same = [make_lock(redis_url, shared.keys.base) for _ in range(2)]  # one lock, as three files build it
+    assert take_ahead([shared, *same, free_locks[1]])
+    token = redis_client.get(shared.keys.writer)
+    for lock in (shared, *same):
+        with lock.exclusive() as writing:
+            assert writing.token.encode() == token, "each write used the one lock taken ahead"
+        assert wait_until_sent()
+        written_last = lock is same[-1]
+        assert (redis_client.get(shared.keys.writer) is None) == written_last, (
+            "the lock ends with the last of the writes it serves, not before"
+        )
+    taken_ahead().release_mine()
+    assert wait_until_sent()
+    assert redis_client.get(free_locks[1].keys.writer) is None
+
+
+def test_a_lock_taken_ahead_for_several_writes_is_given_back_after_fewer(
+    free_locks: list[ReadWriteLock], redis_url: str, redis_client: redis.Redis
+) -> None:
+    shared = free_locks[0]
+    assert take_ahead([shared, make_lock(redis_url, shared.keys.base)])
+    with shared.exclusive():
+        pass
+    assert taken_ahead().peek(shared.keys.base) is not None, "kept for the write it still serves"
+    taken_ahead().release_mine()  # the task ended without it
+    assert wait_until_sent()
+    assert redis_client.get(shared.keys.writer) is None
+
+
 def test_locks_taken_ahead_and_unused_are_given_back(
     free_locks: list[ReadWriteLock], redis_client: redis.Redis
 ) -> None:

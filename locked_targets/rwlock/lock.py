@@ -23,6 +23,7 @@ Time is the Redis server's (``TIME``), so clients on different machines agree on
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import logging
@@ -130,7 +131,9 @@ class ReadWriteLock:
         try:
             yield held
         finally:
-            if leases is not None and upgraded:
+            if taken is not None and taken.writes:
+                pass  # still taken ahead, for the thread's next write of a file that shares it
+            elif leases is not None and upgraded:
                 leases.keep_downgraded(self.keys.base, held, self._description(LockMode.SHARED))
             else:
                 held.release()
@@ -341,9 +344,12 @@ def take_ahead(locks: Sequence[ReadWriteLock]) -> bool:
 
     Nothing waits: if any is held by another, or Redis fails, none is kept and the writes
     acquire their locks one at a time. A kept shared lease of one of them is given up
-    in the same step (an upgrade).
+    in the same step (an upgrade). Locks that are one lock (the same keys: files that share
+    a lock) are taken once, and serve as many writes.
     """
-    attempts = [_AheadAttempt.prepare(lock) for lock in locks]
+    writes = collections.Counter(lock.keys.base for lock in locks)
+    distinct = {lock.keys.base: lock for lock in locks}  # any of one lock's objects will do
+    attempts = [_AheadAttempt.prepare(lock) for lock in distinct.values()]
     granted: list[HeldLock] = []
     try:
         by_connection: dict[RedisConnection, list[_AheadAttempt]] = {}
@@ -371,7 +377,11 @@ def take_ahead(locks: Sequence[ReadWriteLock]) -> bool:
         raise
     if len(granted) == len(attempts):
         taken_ahead().keep(
-            [TakenLock(attempt.held, attempt.giving_up is not None) for attempt in attempts if attempt.held]
+            [
+                TakenLock(attempt.held, attempt.giving_up is not None, writes[attempt.lock.keys.base])
+                for attempt in attempts
+                if attempt.held
+            ]
         )
         return True
     for attempt in attempts:

@@ -4,8 +4,10 @@ A task writes several files (its outputs, and gokart's log files) one after the 
 taking their locks one by one costs a round trip each. ``ReadWriteLock.take_ahead``
 takes them together, only if it gets all of them at once, and leaves them here, in the
 taking thread's name: that thread's next ``exclusive()`` of one of them uses it instead
-of acquiring, and its reads of one it holds read under it. The thread gives back what it
-did not use when its task ends (``release_mine``), and the process at exit.
+of acquiring, and its reads of one it holds read under it. A lock that several of the files
+share (gokart's log files of a task) serves as many writes, and the last of them ends it.
+The thread gives back what it did not use when its task ends (``release_mine``), and the
+process at exit.
 
 Taking all or none keeps this free of deadlock: a thread that holds locks taken ahead
 waits only for locks it did not take ahead (its inputs), and one that could not take
@@ -32,6 +34,8 @@ class TakenLock:
 
     held: HeldLock
     upgraded: bool
+    writes: int = 1
+    """How many more of the thread's writes it serves."""
 
 
 class TakenAhead:
@@ -49,9 +53,17 @@ class TakenAhead:
             mine.update((lock.held.keys.base, lock) for lock in taken)
 
     def claim(self, base: str) -> TakenLock | None:
-        """The calling thread's lock of ``base`` taken ahead, now the caller's to end; None if none."""
+        """The calling thread's lock of ``base`` taken ahead, for one write; None if none. Its
+        ``writes`` are those it serves after this one: none, and it is now the caller's to end."""
         with self._mutex:
-            return self._by_thread.get(threading.get_ident(), {}).pop(base, None)
+            mine = self._by_thread.get(threading.get_ident(), {})
+            taken = mine.pop(base, None)
+            if taken is None:
+                return None
+            taken = dataclasses.replace(taken, writes=taken.writes - 1)
+            if taken.writes:
+                mine[base] = taken
+            return taken
 
     def peek(self, base: str) -> HeldLock | None:
         """The calling thread's lock of ``base`` taken ahead, still kept here; None if none."""

@@ -55,7 +55,10 @@ class StorageKind(abc.ABC):
 
     def identify(self, path: str) -> Identity:
         """The identity of ``path`` and its digest."""
-        identity = self.identity(path)
+        return self.with_digest(self.identity(path))
+
+    def with_digest(self, identity: str) -> Identity:
+        """``identity`` (a file's, or a name that stands for several files of this kind) and its digest."""
         named = f"{self.name}\0{identity}".encode("utf-8", "surrogatepass")
         return Identity(path=identity, digest=hashlib.sha256(named).hexdigest()[:32])
 
