@@ -47,10 +47,10 @@ def test_a_cold_task_waits_for_one_round_trip_and_a_warm_one_for_none(builds: Wo
     assert warm.main_thread <= 14 / LEAVES
 
 
-def test_a_cold_task_runs_at_most_six_scripts_in_all(builds: Workspace) -> None:
+def test_a_cold_task_runs_at_most_five_scripts_in_all(builds: Workspace) -> None:
     cold = RequestsPerLeaf.of(builds.build("cold"), LEAVES)
     print(f"per leaf: {cold}")
     # One shared acquisition, two exclusive ones (the output's, and the one lock of gokart's five
     # log files), and two downgrades or releases sent in the background: the releases moved off
-    # the critical path, they did not multiply. Once per build, the aggregate's own.
-    assert cold.scripts <= 5 + 10 / LEAVES
+    # the critical path, they did not multiply. Once per build, at most 14 more: the aggregate's own.
+    assert cold.scripts <= 5 + 14 / LEAVES
