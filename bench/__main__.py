@@ -72,7 +72,7 @@ def effort_for(quick: bool) -> Effort:
         step_seconds=0.2 if quick else 0.5,
         construction_batches=3 if quick else 7,
         constructions_per_batch=200 if quick else 2000,
-        dag_rounds={10: 1, 30: 1} if quick else {100: 3, 300: 3, 1000: 1},
+        dag_rounds={10: 1, 30: 1} if quick else {100: 5, 300: 3, 1000: 3},
         distance_leaves=10 if quick else 200,
         distance_rounds=dict.fromkeys(Variant, 1) if quick else _DISTANCE_ROUNDS,
         memory_leaves=20 if quick else 300,

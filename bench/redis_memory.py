@@ -126,7 +126,8 @@ def report(leftovers: dict[Variant, Leftovers], leaves: int) -> str:
             "less, and deletes its key when it lets go).",
             f"Then {LAPSED_LEASES * LEASE_SECONDS:g} s of waiting ({LAPSED_LEASES} of (c)'s leases) and a "
             "SCAN, which drops expired keys.",
-            "Targets = files the build wrote (outputs and gokart's log files, each under one lock).",
+            "Targets = files the build wrote (outputs, each under one lock, and gokart's log files, "
+            "a task's five under one).",
             "Memory = used_memory now minus before the build (the scripts Redis caches included).",
             "",
             table(
