@@ -102,11 +102,12 @@ class LockedTarget(WrappedTarget):
                 )
                 return
             guard = CommitGuard(
-                check=functools.partial(self._ensure_locks_held, held),
+                check=functools.partial(self._ensure_ready_to_publish, held),
                 fencing_token=held.fencing_token if held is not None else None,
                 staging_name=held.keys.hash_tag if held is not None else None,
             )
-            guard.check()
+            # Not worth writing without the locks; the path is checked where it counts, at the commit.
+            self._ensure_locks_held(held)
             try:
                 with telemetry.commit(self._telemetry_labels()), guarded_by(guard):
                     self._target._dump(
@@ -126,7 +127,7 @@ class LockedTarget(WrappedTarget):
     def remove(self) -> None:
         with self._hold_exclusive() as held:
             if self._target._exists():
-                self._ensure_locks_held(held)
+                self._ensure_ready_to_publish(held)
                 self._target._remove()
 
     def path(self) -> str:
@@ -147,15 +148,20 @@ class LockedTarget(WrappedTarget):
         return self._lock.telemetry_labels if self._lock is not None else telemetry.NO_LABELS
 
     def _ensure_locks_held(self, held: HeldLock | None) -> None:
-        """The file lock (if any) and the run locks of the current run still hold, or LockLost.
-
-        Also that the path still names the file the lock was built for: the process remembers
-        locks by path (``locks.lock_for``), and a symbolic link on the path may have been
-        re-pointed since; then the lock is forgotten, by the process and by this target, so
-        the next try locks the file named now.
-        """
+        """The file lock (if any) and the run locks of the current run still hold, or LockLost."""
         if held is not None:
             held.ensure_held()
+        ensure_run_locks_held()
+
+    def _ensure_ready_to_publish(self, held: HeldLock | None) -> None:
+        """``_ensure_locks_held``, and the path still names the file the lock was built for.
+
+        The process remembers locks by path (``locks.lock_for``), and a symbolic link on the
+        path may have been re-pointed since; then the lock is forgotten, by the process and by
+        this target, so the next try locks the file named now.
+        """
+        self._ensure_locks_held(held)
+        if held is not None:
             path = self.path()
             if lock_identity(path).digest != held.keys.hash_tag:
                 forget_lock(path)
@@ -167,7 +173,6 @@ class LockedTarget(WrappedTarget):
                     "on it changed): nothing was written; try again, and the file it names now is locked",
                     lost_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 )
-        ensure_run_locks_held()
 
     def _file_lock(self) -> ReadWriteLock | None:
         """The lock of this target's file, built on first use and kept; None when nothing is locked."""

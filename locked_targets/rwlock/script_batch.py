@@ -100,14 +100,14 @@ def _pipelined(
     """Each call's reply from one server, in one round trip; ``ASKING`` goes before a call flagged
     True (one that an ASK redirection sent to this node). With ``wait_for_replicas``, a ``WAIT``
     follows the calls on their connection, and its reply ends the list."""
-    pipeline = client.pipeline(transaction=False)
+    commands: list[tuple[Any, ...]] = []
     for (script, keys, args), asking in calls:
         if asking:
-            pipeline.execute_command("ASKING")  # type: ignore[no-untyped-call]
-        pipeline.evalsha(script.sha, len(keys), *keys, *args)
+            commands.append(("ASKING",))
+        commands.append(("EVALSHA", script.sha, len(keys), *keys, *args))
     if wait_for_replicas is not None:
-        pipeline.wait(*wait_for_replicas)
-    answers = iter(pipeline.execute(raise_on_error=False))
+        commands.append(("WAIT", *wait_for_replicas))
+    answers = iter(_round_trip(client, commands))
     replies = []
     for _call, asking in calls:
         if asking:
@@ -115,6 +115,30 @@ def _pipelined(
         replies.append(next(answers))
     replies.extend(answers)  # WAIT's reply, if sent
     return replies
+
+
+def _round_trip(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """The replies to ``commands``, sent at once on one of ``client``'s connections (an error reply
+    as its exception), as redis-py's pipeline sends them, without its bookkeeping around each
+    command, which costs more than the round trip itself and takes the interpreter from the
+    thread running the tasks. The client retries nothing (``connection``), so neither does this:
+    a connection that fails midway is closed, its replies out of step, and the error raised."""
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        connection.send_packed_command(connection.pack_commands(commands))  # type: ignore[no-untyped-call]
+        replies: list[Any] = []
+        for _command in commands:
+            try:
+                replies.append(connection.read_response())
+            except redis.ResponseError as error:
+                replies.append(error)
+        return replies
+    except BaseException:
+        connection.disconnect()  # type: ignore[no-untyped-call]
+        raise
+    finally:
+        pool.release(connection)
 
 
 # A cluster's replies that send a call again: redirected (MOVED, ASK), "not now" (TRYAGAIN,
