@@ -2,9 +2,9 @@
 
 A key is ``<key_prefix><storage key_prefix><namespace>:{<digest>}``: the digest is a
 SHA-256 of the storage kind and the file's identity (a local file's real path), so
-distinct files never share a lock (gokart keyed by basename, so ``s3://a/x_1.pkl`` and
-``gs://b/x_1.pkl`` collided), two names of one file share one, and any path (braces,
-newlines, very long names) gives a short, safe key. The digest in
+distinct files never share a lock by accident (gokart keyed by basename, so
+``s3://a/x_1.pkl`` and ``gs://b/x_1.pkl`` collided), two names of one file share one, and
+any path (braces, newlines, very long names) gives a short, safe key. The digest in
 braces is the Redis Cluster hash tag that keeps every key of one lock in one slot.
 
 gokart's five log files of one task share one lock (``lock_identity``): gokart writes all

@@ -136,8 +136,9 @@ def _run_lock_of(task: luigi.Task) -> Iterator[bool]:
 
     The locks are taken in the order of their keys, whichever lock service each lives on.
     Every application that shares a lock computes the same key for it (the prefixes and the
-    digest of the storage kind and file), and no two locks of one task share a key (the
-    digest names the storage kind, which names the service), so this one order is the same
+    digest of the storage kind and file), and outputs that share a key (gokart's log files
+    of one task, as outputs) share one run lock, taken once; the digest names the storage
+    kind, which names the service, so this one order is the same
     for every lock of every service in every application: a task waits only for a lock
     later in it than all it holds, and two tasks can never each hold what the other waits
     for. An order by service would not do: applications may name one service differently
@@ -151,8 +152,9 @@ def _run_lock_of(task: luigi.Task) -> Iterator[bool]:
         yield False
         return
     wait_timeout = 0.0 if settings.fail_on_collision else settings.run_wait_timeout_seconds
-    locks = sorted(
-        (
+    by_key = {
+        lock.keys.base: lock
+        for lock in (
             lock_for(
                 path,
                 settings,
@@ -161,9 +163,9 @@ def _run_lock_of(task: luigi.Task) -> Iterator[bool]:
                 wait_timeout_seconds=wait_timeout,
             )
             for path in paths
-        ),
-        key=lambda lock: lock.keys.base,
-    )
+        )
+    }
+    locks = [by_key[key] for key in sorted(by_key)]
     with ExitStack() as releases:
         held: list[HeldLock] = []
         for lock in locks:

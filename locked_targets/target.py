@@ -106,8 +106,12 @@ class LockedTarget(WrappedTarget):
                 fencing_token=held.fencing_token if held is not None else None,
                 staging_name=held.keys.hash_tag if held is not None else None,
             )
-            # Not worth writing without the locks; the path is checked where it counts, at the commit.
-            self._ensure_locks_held(held)
+            # Not worth writing without the locks. The path is checked at the commit, where it
+            # counts, by a target locked_targets built; one that publishes its own way never asks.
+            if _built_by_locked_targets(self._target):
+                self._ensure_locks_held(held)
+            else:
+                self._ensure_ready_to_publish(held)
             try:
                 with telemetry.commit(self._telemetry_labels()), guarded_by(guard):
                     self._target._dump(

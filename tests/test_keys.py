@@ -156,7 +156,7 @@ def test_log_files_of_other_tasks_and_files_elsewhere_keep_locks_of_their_own() 
 def test_a_write_of_one_log_file_waits_for_a_load_of_another_of_its_task(
     tmp_path: Path, settings: Settings
 ) -> None:
-    task_log, task_params = (path for path in gokart_log_files(str(tmp_path)) if "task_" in path)
+    task_params, task_log = gokart_log_files(str(tmp_path))[1::3]
     locked_target(task_log, settings).dump("log")
     waited = seconds_waited_behind_a_load(
         task_log, settings, lambda: locked_target(task_params, settings).dump({"leaves": "1"})

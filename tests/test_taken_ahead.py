@@ -75,6 +75,8 @@ def test_a_lock_several_files_share_is_taken_once_and_serves_each_of_their_write
     assert take_ahead([shared, *same, free_locks[1]])
     token = redis_client.get(shared.keys.writer)
     for lock in (shared, *same):
+        with lock.shared() as reading:
+            assert reading.token.encode() == token, "a read between the writes reads under it"
         with lock.exclusive() as writing:
             assert writing.token.encode() == token, "each write used the one lock taken ahead"
         assert wait_until_sent()
@@ -98,6 +100,20 @@ def test_a_lock_taken_ahead_for_several_writes_is_given_back_after_fewer(
     taken_ahead().release_mine()  # the task ended without it
     assert wait_until_sent()
     assert redis_client.get(shared.keys.writer) is None
+
+
+def test_a_lock_taken_ahead_for_several_writes_and_lost_is_acquired_afresh_by_the_next(
+    free_locks: list[ReadWriteLock], redis_url: str, redis_client: redis.Redis
+) -> None:
+    shared = free_locks[0]
+    assert take_ahead([shared, make_lock(redis_url, shared.keys.base)])
+    with shared.exclusive() as writing:
+        lost_token = writing.token
+        writing.mark_lost("its lease ended before it could be renewed")  # as the renewals find it
+    assert taken_ahead().peek(shared.keys.base) is None, "a lost lock serves no more writes"
+    with shared.exclusive() as writing:
+        assert writing.token != lost_token
+        assert redis_client.get(shared.keys.writer) == writing.token.encode()
 
 
 def test_locks_taken_ahead_and_unused_are_given_back(

@@ -8,6 +8,7 @@ value nobody described is null. Tokens never appear.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -36,9 +37,10 @@ def who(holder: LockHolder) -> str:
 
 def lock_problems(lock: FoundLock) -> list[str]:
     """What is wrong with a lock: holders and waiting writers past their lease, never cleaned up."""
+    command = f"locked-targets break {shlex.quote(lock.state.path)}"
     return [
         f"{who(holder)} is past its lease by {-holder.lease_left_seconds:.1f} s: its process is dead or "
-        f"paused; the next writer clears it, or `locked-targets break {lock.state.path}` does now"
+        f"paused; the next writer clears it, or `{command}` does now"
         for holder in lock.state.lapsed
     ]
 

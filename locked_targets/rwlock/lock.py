@@ -132,7 +132,11 @@ class ReadWriteLock:
             yield held
         finally:
             if taken is not None and taken.writes:
-                pass  # still taken ahead, for the thread's next write of a file that shares it
+                # Still taken ahead, for the thread's next write of a file that shares it; if
+                # lost, that write must acquire afresh.
+                if held.lost:
+                    taken_ahead().forget(self.keys.base)
+                    held.release_quietly()
             elif leases is not None and upgraded:
                 leases.keep_downgraded(self.keys.base, held, self._description(LockMode.SHARED))
             else:

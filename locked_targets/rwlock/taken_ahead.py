@@ -65,6 +65,11 @@ class TakenAhead:
                 mine[base] = taken
             return taken
 
+    def forget(self, base: str) -> None:
+        """Keep the calling thread's lock of ``base`` no longer (it was lost)."""
+        with self._mutex:
+            self._by_thread.get(threading.get_ident(), {}).pop(base, None)
+
     def peek(self, base: str) -> HeldLock | None:
         """The calling thread's lock of ``base`` taken ahead, still kept here; None if none."""
         with self._mutex:

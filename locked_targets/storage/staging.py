@@ -3,7 +3,8 @@
 Uploads and model archives stage here; a local single-file dump only where the kernel makes
 no unnamed files (see ``local.UnnamedWriteOnceFile``, which stages nothing).
 
-A dump that holds its target's exclusive lock stages in a directory of that target's own,
+A dump that holds its target's exclusive lock stages in a directory of that lock's own
+(the targets that share a lock, gokart's log files of a task, share it),
 ``.locked_targets-<digest>.<purpose>`` (the digest of its lock key), beside the final file or
 in a temporary directory. Under that lock no live holder can be using the directory, so if
 it exists, a writer that died there (or was paused past its lease, so that its commit must
@@ -84,15 +85,18 @@ def staging_area(parent: str, target_path: str, kind: StorageKind, purpose: Purp
 
 @contextlib.contextmanager
 def refused_if_cleared(destination: str, exists: Callable[[str], bool]) -> Iterator[None]:
-    """A publish whose staged file is gone: ``CommitRefused`` if ``destination`` exists now.
+    """A publish whose staged file is gone: its locks asked again, then ``CommitRefused`` if
+    ``destination`` exists now.
 
     Only a later holder of the lock clears a staging directory, so a writer that finds its
-    file gone is stale; once that holder has published, its commit is refused like any
-    stale commit (and ``LockedTarget`` reports ``LockLost``). Otherwise the error stands.
+    file gone is stale: its guard says so (``LockLost``), also when that holder writes another
+    of the files that share the lock, and so the staging directory. Once that holder has
+    published, its commit is refused like any stale commit. Otherwise the error stands.
     """
     try:
         yield
     except FileNotFoundError as error:
+        before_commit()
         if exists(destination):
             raise CommitRefused(destination) from error
         raise
