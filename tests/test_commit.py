@@ -636,7 +636,8 @@ def test_local_publish_without_hard_links_renames_and_warns_once(
     assert [
         record.message for record in caplog.records if "write-once is not enforced" in record.message
     ] != []
-    assert len(caplog.records) == 1
+    # Only this logger's: a background release of an earlier test's lock may log meanwhile.
+    assert len([record for record in caplog.records if record.name == "locked_targets.storage.local"]) == 1
 
 
 @pytest.mark.usefixtures("without_hard_links")
