@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import types
@@ -74,6 +75,66 @@ _NEVER_PARAMETERS_ON_A_CLASS = frozenset(
 )
 
 
+_ClassDicts = tuple[tuple[types.MappingProxyType[str, Any], dict[str, Any]], ...]
+"""The attributes of some classes: each class's own, live, beside a copy taken at one moment."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _ParametersFound:
+    """A task class's parameters, as luigi's ``get_params`` lists them, and the attributes of the
+    classes they were read from, as they were then."""
+
+    parameters: tuple[tuple[str, luigi.Parameter[Any]], ...]
+    read_from: _ClassDicts
+    through_descriptors: bool
+    """Whether a descriptor answered for an attribute: its ``__get__`` may answer differently next time."""
+
+    @classmethod
+    def read(cls, task_class: type[luigi.Task]) -> _ParametersFound:
+        """Each name is taken from the first base that has it, as ``dir()`` and ``getattr`` do, and
+        read with ``getattr`` as luigi reads it (so a descriptor, or a property of the metaclass
+        such as luigi's ``task_family``, answers for it) unless it is a function, a method or a
+        plain value (``_NEVER_PARAMETERS_ON_A_CLASS``), which a class gives back as it is."""
+        # Copies, taken at once: another thread may add to a class meanwhile (luigi does). The
+        # metaclass's count too: its data descriptors answer before the class's own attributes.
+        metaclass: type = type(task_class)
+        read_from = tuple(
+            (vars(klass), vars(klass).copy()) for klass in (*task_class.__mro__, *metaclass.__mro__)
+        )
+        seen: set[str] = set()
+        parameters: list[tuple[str, luigi.Parameter[Any]]] = []
+        through_descriptors = False
+        for _, attributes in read_from[: len(task_class.__mro__)]:
+            for name, value in attributes.items():
+                if name in seen:
+                    continue
+                seen.add(name)
+                kind = type(value)
+                if kind not in _NEVER_PARAMETERS_ON_A_CLASS and (
+                    isinstance(value, luigi.Parameter) or hasattr(kind, "__get__")
+                ):
+                    found = getattr(task_class, name)
+                    through_descriptors |= found is not value
+                    if isinstance(found, luigi.Parameter):
+                        parameters.append((name, found))
+        parameters.sort(key=lambda named: (named[1]._counter, named[0]))  # luigi's: by counter, then name
+        return cls(tuple(parameters), read_from, through_descriptors)
+
+    def still_valid(self) -> bool:
+        """Whether every class's attributes are those read (compared with ``==``: a parameter of
+        luigi's equals only itself)."""
+        if self.through_descriptors:
+            return False
+        try:
+            return all(live == copy for live, copy in self.read_from)
+        except Exception:  # an attribute replaced by one whose ``==`` fails (an array): changed
+            return False
+
+
+_parameters_of_class: dict[type[luigi.Task], _ParametersFound] = {}
+"""Each task class's parameters, as last read. luigi's registry keeps every task class alive too."""
+
+
 class TaskOnKart(gokart.TaskOnKart[T]):
     """A gokart task whose cache files are locked in Redis while read, written or removed.
 
@@ -100,34 +161,18 @@ class TaskOnKart(gokart.TaskOnKart[T]):
 
     @classmethod
     def get_params(cls) -> list[tuple[str, luigi.Parameter[Any]]]:
-        """luigi's parameters of this class, the list luigi's own ``get_params`` makes, without its
-        ``dir()``: luigi asks for them on every instantiation, cached or not, and ``dir()`` merges
-        and sorts every attribute of every base, so each base class added, as this one is,
-        makes every task instance cost more.
-
-        Each name is taken from the first base that has it, as ``dir()`` and ``getattr`` do, and
-        read with ``getattr`` as luigi reads it (so a descriptor, or a property of the metaclass
-        such as luigi's ``task_family``, answers for it) unless it is a function, a method or a
-        plain value (``_NEVER_PARAMETERS_ON_A_CLASS``), which a class gives back as it is. Not
-        remembered: luigi lets a class gain parameters after it is defined.
+        """luigi's parameters of this class, the list luigi's own ``get_params`` makes, remembered
+        while the class, its bases and its metaclass stay as they were: luigi asks for them many
+        times per task instance (some twenty in a build), and its own walks ``dir()``, which
+        merges and sorts every attribute of every base, so each base class added, as this one
+        is, makes every task instance cost more. luigi lets a class gain parameters after it is
+        defined: any change to those classes' attributes is seen at the next call.
         """
-        seen: set[str] = set()
-        parameters: list[tuple[str, luigi.Parameter[Any]]] = []
-        for klass in cls.__mro__:
-            # A copy, taken at once: another thread may add to a class meanwhile (luigi does).
-            for name, value in vars(klass).copy().items():
-                if name in seen:
-                    continue
-                seen.add(name)
-                kind = type(value)
-                if kind not in _NEVER_PARAMETERS_ON_A_CLASS and (
-                    isinstance(value, luigi.Parameter) or hasattr(kind, "__get__")
-                ):
-                    found = getattr(cls, name)
-                    if isinstance(found, luigi.Parameter):
-                        parameters.append((name, found))
-        parameters.sort(key=lambda named: (named[1]._counter, named[0]))  # luigi's: by counter, then name
-        return parameters
+        remembered = _parameters_of_class.get(cls)
+        if remembered is None or not remembered.still_valid():
+            remembered = _ParametersFound.read(cls)
+            _parameters_of_class[cls] = remembered
+        return list(remembered.parameters)
 
     @classmethod
     def _add_configuration(cls, kwargs: dict[str, Any], section: str) -> None:

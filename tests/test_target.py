@@ -340,11 +340,71 @@ def test_a_plain_attribute_hides_a_bases_parameter_as_in_luigi() -> None:
 
 
 def test_a_parameter_a_class_gains_later_is_found() -> None:
+    assert "added" not in dict(Redeclared.get_params())  # read, and remembered, before it changes
     Redeclared.added = luigi.IntParameter(default=4)  # type: ignore[attr-defined]
     try:
         assert ("added", Redeclared.added) in Redeclared.get_params()  # type: ignore[attr-defined]
     finally:
         del Redeclared.added  # type: ignore[attr-defined]
+    assert "added" not in dict(Redeclared.get_params())
+
+
+def test_a_base_classs_change_is_seen_by_its_subclasses() -> None:
+    assert Redeclared.get_params() == found_by_luigi(Redeclared)
+    replaced = Declared.__dict__["second"]
+    Declared.gained = luigi.Parameter(default="gained")  # type: ignore[attr-defined]
+    Declared.second = luigi.Parameter(default="replaced")
+    try:
+        assert ("gained", Declared.gained) in Redeclared.get_params()  # type: ignore[attr-defined]
+        assert Declared.get_params() == found_by_luigi(Declared)
+        assert dict(Declared.get_params())["second"] is not replaced
+    finally:
+        del Declared.gained  # type: ignore[attr-defined]
+        Declared.second = replaced
+    assert Redeclared.get_params() == found_by_luigi(Redeclared)
+    assert dict(Declared.get_params())["second"] is replaced
+
+
+class Answers:
+    """A descriptor whose answer its owner may change: luigi reads it anew every time."""
+
+    def __init__(self) -> None:
+        self.answer: object = "not a parameter yet"
+
+    def __get__(self, instance: object, owner: type) -> object:
+        return self.answer
+
+
+class AnswersLater(locked_targets.TaskOnKart[int]):
+    varying = Answers()
+
+
+def test_a_descriptor_is_asked_again_every_time() -> None:
+    assert "varying" not in dict(AnswersLater.get_params())
+    descriptor = AnswersLater.__dict__["varying"]
+    parameter: luigi.Parameter[str] = luigi.Parameter(default="now one")  # type: ignore[assignment]
+    descriptor.answer = parameter
+    assert ("varying", parameter) in AnswersLater.get_params()
+    assert AnswersLater.get_params() == found_by_luigi(AnswersLater)
+
+
+class ArrayLike:
+    """A value whose ``==`` answers with no truth value, as a NumPy array's does."""
+
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("the truth value of an array is ambiguous")
+
+    __hash__ = object.__hash__
+
+
+def test_an_attribute_replaced_by_one_whose_equality_fails_is_a_change() -> None:
+    Declared.table = ArrayLike()  # type: ignore[attr-defined]
+    try:
+        assert Declared.get_params() == found_by_luigi(Declared)
+        Declared.table = ArrayLike()  # type: ignore[attr-defined]
+        assert Declared.get_params() == found_by_luigi(Declared)
+    finally:
+        del Declared.table  # type: ignore[attr-defined]
 
 
 class PolarsLike:
