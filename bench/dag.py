@@ -308,8 +308,8 @@ def legend() -> list[str]:
 def rounds_legend(result: DagResult) -> str:
     """How many rounds each size N was built in, as a legend says it."""
     sizes = ", ".join(f"{result.rounds(leaves)} for N = {leaves}" for leaves in result.sizes)
-    gokart_lock = ", ".join(str(result.builds[leaves, Variant.GOKART_LOCK].count) for leaves in result.sizes)
-    return f"{sizes} ((b) in the first {gokart_lock} of them)"
+    gokart_lock = "/".join(str(result.builds[leaves, Variant.GOKART_LOCK].count) for leaves in result.sizes)
+    return f"{sizes}; (b), which no goal here judges, only in the first {gokart_lock} of them"
 
 
 def requests_legend() -> list[str]:
