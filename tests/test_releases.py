@@ -1,5 +1,6 @@
 """Releases sent in the background: per server, retried while the server says "not now",
-never stopped by a failing callback, and a downgrade that can be sent twice."""
+never stopped by a failing callback, and a downgrade that can be sent twice; held back while
+no waiter asks (then sent at once), and riding along with the process's next acquisitions."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from redis.client import PubSub
 
-from helpers.lock_processes import make_lock
-from locked_targets.locks import connection_for
-from locked_targets.rwlock import LockMode, scripts
+from helpers.lock_processes import Holders, make_lock
+from locked_targets.locks import connection_for, shared_leases_for
+from locked_targets.rwlock import LockMode, releases, scripts, shared_leases
+from locked_targets.rwlock.lock import take_ahead
 from locked_targets.rwlock.releases import Handover, releaser_for, wait_until_sent
+from locked_targets.rwlock.taken_ahead import taken_ahead
 from locked_targets.testing import RedisServer
 
 
@@ -137,3 +141,83 @@ def test_a_release_is_sent_on_a_connection_other_than_the_acquiring_threads(
     acquiring, releasing = senders_by_script.values()
     assert len(acquiring) == len(releasing) == 1
     assert acquiring != releasing
+
+
+@pytest.fixture
+def held_back_for_a_minute(monkeypatch: pytest.MonkeyPatch, private_redis: RedisServer) -> Iterator[None]:
+    """Releases to ``private_redis`` held back for a minute unless a waiter asks: its revocation
+    listener is up (it starts with the first lease kept ahead), and the hold-back is long
+    enough that only a waiter's request can explain a release sent sooner."""
+    monkeypatch.setattr(releases, "_HOLD_BACK_SECONDS", 60.0)
+    leases = shared_leases_for(connection_for(private_redis.url), shared_lease_idle_seconds=60)
+    assert leases.noted_for_keeping_ahead() is not None, "the revocation listener did not start"
+    yield
+    assert wait_until_sent()
+
+
+def asked_for(revoke_channel: PubSub, timeout: float) -> bool:
+    """Whether a waiter asked for the lock on its revoke channel (subscribed to) within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = revoke_channel.get_message(timeout=deadline - time.monotonic())
+        if message is not None and message["type"] == "message":
+            return True
+    return False
+
+
+@pytest.mark.parametrize("waiter_mode", [LockMode.SHARED.value, LockMode.EXCLUSIVE.value])
+@pytest.mark.parametrize("waiter_arrives", ["before the release", "after the release"])
+def test_a_release_held_back_goes_at_once_when_a_waiter_in_another_process_asks(
+    private_redis: RedisServer,
+    key_prefix: str,
+    held_back_for_a_minute: None,
+    waiter_mode: str,
+    waiter_arrives: str,
+) -> None:
+    lock = make_lock(private_redis.url, f"{key_prefix}{{asked-for}}")
+    held = lock.acquire(LockMode.EXCLUSIVE)
+    waiter = Holders(private_redis.url, lock.keys.base)
+    revoke_channel = private_redis.client().pubsub()  # type: ignore[no-untyped-call]
+    revoke_channel.subscribe(lock.keys.revoke_channel)
+    try:
+        if waiter_arrives == "before the release":
+            waiter.start("waiter", waiter_mode)
+            assert asked_for(revoke_channel, timeout=20), "the waiter, blocked, did not ask for the lock"
+            held.release()
+        else:
+            held.release()
+            assert private_redis.client().get(lock.keys.writer) is not None, "the release was not held back"
+            waiter.start("waiter", waiter_mode)
+        # Far sooner than the minute the release is held back for: the waiter's request was heard.
+        waiter.expect("waiter", "acquired", timeout=20)
+    finally:
+        revoke_channel.close()
+        waiter.stop()
+
+
+def test_nothing_is_held_back_while_the_revocation_listener_has_lost_redis(
+    private_redis: RedisServer, key_prefix: str, held_back_for_a_minute: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shared_leases, "_RECONNECT_AFTER_SECONDS", 60.0)  # it stays away
+    lock = make_lock(private_redis.url, f"{key_prefix}{{unheard}}")
+    lock.acquire(LockMode.EXCLUSIVE).release()
+    client = private_redis.client()
+    assert client.get(lock.keys.writer) is not None, "the release was not held back"
+    # No waiter could be heard now: what was held back goes, and nothing more is held back.
+    client.client_kill_filter(_type="pubsub")
+    assert writer_gone_within(client, lock.keys.writer, 20.0)
+    lock.acquire(LockMode.EXCLUSIVE).release()
+    assert writer_gone_within(client, lock.keys.writer, 20.0)
+
+
+def test_a_release_rides_along_with_the_next_acquisitions_on_its_server(
+    private_redis: RedisServer, key_prefix: str, held_back_for_a_minute: None
+) -> None:
+    first = make_lock(private_redis.url, f"{key_prefix}{{first}}")
+    second = make_lock(private_redis.url, f"{key_prefix}{{second}}")
+    first.acquire(LockMode.EXCLUSIVE).release()
+    client = private_redis.client()
+    assert client.get(first.keys.writer) is not None, "the release was not held back"
+    assert take_ahead([second])  # one round trip: the release first, then the acquisition
+    assert client.get(first.keys.writer) is None
+    taken_ahead().release_mine()

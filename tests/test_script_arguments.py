@@ -52,7 +52,7 @@ def keys(key_prefix: str) -> LockKeys:
 def raw_acquire_shared(connection: RedisConnection, keys: LockKeys, lease: str) -> Any:
     return connection.script(scripts.ACQUIRE_SHARED)(
         keys=[keys.writer, keys.readers, keys.waiting_writers, keys.holders],
-        args=[secrets.token_hex(8), lease, "hostile test"],
+        args=[secrets.token_hex(8), lease, "hostile test", keys.revoke_channel],
     )
 
 

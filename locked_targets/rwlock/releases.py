@@ -1,13 +1,25 @@
-"""Releases (and downgrades) sent by background threads, so the caller never waits for them.
+"""Releases (and downgrades) sent in the background, so the caller never waits for them.
 
 Giving a lock back cannot change what the holder did under it: a commit was checked
 against the lease before it published, and a read against the lease when it ended.
 So the thread that held the lock only hands the release over and goes on. Each Redis
-server has a daemon thread of its own that sends whatever is queued for it in a single
-round trip, 2 ms after the oldest was handed over (a waiter gets the lock at most 2 ms and a
-round trip after the holder's end): a task's dumps end about a millisecond apart, so its releases
-share round trips. It sends at once when this process waits for them (it acquires one of
-those locks again, or exits). A server that hangs delays only its own releases. A request
+server has a queue of such requests, and a daemon thread that sends whatever is queued in
+a single round trip once the oldest is due: 2 ms after it was handed over (a task's dumps
+end about a millisecond apart, so its releases share round trips). Sooner, they ride along:
+the next batch of acquisitions this process sends to that server anyway (``board``) carries
+them ahead of its own calls, which also puts a release before a new attempt on its lock.
+
+Waking the thread costs the caller more than the request, so while a revocation listener
+(``shared_leases``) hears that server's waiters, a request is held back for 50 ms instead,
+and mostly rides along: a waiter that a holder blocks says so on the lock's revoke channel,
+and then the holder's process sends its queued requests for that lock within 2 ms, as it
+does with those handed over later, for as long as the lease they end (``wanted``). So a
+waiter gets the lock at most 2 ms and a round trip after the holder's end, or after its own
+arrival if that came later; only if its message went unheard, 50 ms. With no listener (kept
+shared leases off, or refused by the ACL), nothing is held back.
+
+The queue is sent at once when this process waits for it (it acquires one of those locks
+again, or exits). A server that hangs delays only its own releases. A request
 that fails, or that the server answers "not now" (``BUSY``, ``LOADING``, ``READONLY``...), is
 tried again until the lease it would end has ended anyway. One the server's ACL refuses
 (Redis 7 gives a new user no pub/sub channel, so a release's wake-up is refused) is not:
@@ -20,13 +32,16 @@ with their leases, as any crashed holder does.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
+import math
 import multiprocessing.util
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
+from typing import Any
 
 import redis
 
@@ -40,6 +55,11 @@ logger = logging.getLogger(__name__)
 
 # How long a handed-over request waits for others to share its round trip.
 _GATHER_SECONDS = 0.002
+# How long it waits while a revocation listener hears waiters' requests for locks (``wanted``):
+# long enough to ride along with the caller's next request to the server (``board``), mostly.
+_HOLD_BACK_SECONDS = 0.05
+# How many locks recently asked for by a waiter the releaser remembers (the oldest are forgotten).
+_WANTED_REMEMBERED = 4096
 # After a failed send, try the requests again this soon.
 _RETRY_AFTER_SECONDS = 0.2
 # How long a process's exit waits for its queued releases (Redis may be gone).
@@ -91,21 +111,73 @@ class Releaser:
         self._waited_for = 0
         """How many callers wait for the queue to be sent: then nothing waits to be gathered."""
         self._thread: threading.Thread | None = None
+        self._wakes_at = 0.0
+        """When the thread plans to wake (infinity: when woken); 0 while it is awake."""
+        self._listeners = 0
+        """How many revocation listeners hear this server's waiters ask for locks (``wanted``)."""
+        self._wanted: collections.OrderedDict[str, float] = collections.OrderedDict()
+        """When (monotonic) a waiter last asked for a lock, by the lock's base, the latest last."""
 
     def hand_over(self, request: Handover) -> None:
         with self._changed:
-            # The thread is woken only for the first untried request: it sleeps until that one
-            # is due, and takes those handed over meanwhile with it.
-            wake = self._untried_queued == 0
+            now = time.monotonic()
             self._untried_queued += 1
-            self._queue.append(_Queued(request, not_before=time.monotonic() + _GATHER_SECONDS))
+            not_before = now + self._gather_seconds(request, now)
+            self._queue.append(_Queued(request, not_before))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._send_forever, name="locked_targets-releases", daemon=True
                 )
                 self._thread.start()
-            if wake:
+            # Waking the thread costs the caller more than the request: only when it must send
+            # sooner than it planned to wake (it takes everything untried with it then).
+            if not_before < self._wakes_at:
                 self._changed.notify_all()
+
+    def _gather_seconds(self, request: Handover, now: float) -> float:
+        """How long ``request`` may wait to be sent (called holding the condition): held back while
+        waiters can ask for its lock and none has, within the lease it ends."""
+        asked_at = self._wanted.get(request.lock)
+        lease = request.give_up_at - now
+        if self._listeners and (asked_at is None or now - asked_at > lease):
+            return _HOLD_BACK_SECONDS
+        return _GATHER_SECONDS
+
+    def wanted(self, lock: str) -> None:
+        """A waiter in some process asks for ``lock`` (heard by a revocation listener): send this
+        process's queued requests for it soon, and those handed over later too."""
+        with self._changed:
+            now = time.monotonic()
+            self._wanted[lock] = now
+            self._wanted.move_to_end(lock)
+            while len(self._wanted) > _WANTED_REMEMBERED:
+                self._wanted.popitem(last=False)
+            self._send_soon(lambda queued: queued.request.lock == lock, now)
+
+    def listener_started(self) -> None:
+        """A revocation listener of this server now hears its waiters: requests may be held back."""
+        with self._changed:
+            self._listeners += 1
+
+    def listener_stopped(self) -> None:
+        """A revocation listener stopped: with none left, a waiter's request may go unheard, so
+        nothing is held back any more."""
+        with self._changed:
+            self._listeners -= 1
+            if not self._listeners:
+                self._send_soon(lambda queued: True, time.monotonic())
+
+    def _send_soon(self, which: Callable[[_Queued], bool], now: float) -> None:
+        """Send the untried queued requests ``which`` selects after a gathering pause at most
+        (called holding the condition)."""
+        soon = now + _GATHER_SECONDS
+        sooner = False
+        for queued in self._queue:
+            if not queued.tried and which(queued) and queued.not_before > soon:
+                queued.not_before = soon
+                sooner = True
+        if sooner and soon < self._wakes_at:
+            self._changed.notify_all()
 
     def wait_for_locks(self, locks: Collection[str], timeout_seconds: float = _LOCK_WAIT_SECONDS) -> None:
         """Wait (briefly, for all of them together) until no request for ``locks`` handed over by
@@ -178,7 +250,22 @@ class Releaser:
                 self._queue = kept
                 return sent
             later = min((queued.not_before for queued in self._queue), default=None)
+            self._wakes_at = math.inf if later is None else later
             self._changed.wait(timeout=None if later is None else later - now)
+            self._wakes_at = 0.0
+
+    def board(self, batch: ScriptBatch) -> Boarded:
+        """Add every request handed over and not yet sent to ``batch``, which the caller sends to this
+        server anyway, ahead of its own calls: they share its round trip instead of taking one of
+        their own, and go before the caller's acquisitions of the same locks."""
+        with self._changed:
+            boarded = [queued for queued in self._queue if not queued.tried]
+            if boarded:
+                self._queue = [queued for queued in self._queue if queued.tried]
+                self._untried_queued = 0
+        for queued in boarded:
+            queued.request.add(batch)
+        return Boarded(self, boarded)
 
     def _send(self, due: list[_Queued]) -> list[_Queued]:
         """Send ``due`` in one batch; return the requests to try again later."""
@@ -196,9 +283,13 @@ class Releaser:
         except Exception as error:  # anything else: this server's releases must not stop for good
             logger.exception("sending %d lock releases to %s failed", len(due), self._connection.address)
             replies = [ConnectionError(str(error))] * len(due)
+        return self._answer(due, replies)
+
+    def _answer(self, sent: list[_Queued], replies: list[object]) -> list[_Queued]:
+        """Hand each reply to its request's callback; return the requests to try again later."""
         retry: list[_Queued] = []
         now = time.monotonic()
-        for queued, reply in zip(due, replies, strict=True):
+        for queued, reply in zip(sent, replies, strict=True):
             if isinstance(reply, Exception) and is_unavailable(reply) and now < queued.request.give_up_at:
                 retry.append(dataclasses.replace(queued, not_before=now + _RETRY_AFTER_SECONDS, tried=True))
                 continue
@@ -212,6 +303,17 @@ class Releaser:
                 logger.exception("answering a lock release sent to %s failed", self._connection.address)
         return retry
 
+    def _answer_boarded(self, boarded: list[_Queued], replies: list[object]) -> None:
+        """``_answer`` for requests that rode along in a caller's batch: those to try again go back
+        to the queue."""
+        if not boarded:
+            return
+        retry = self._answer(boarded, replies)
+        if retry:
+            with self._changed:
+                self._queue.extend(retry)
+                self._changed.notify_all()
+
     def _report_refusal(self, refusal: ConfigurationError) -> None:
         log = logger.error if _refusals_reported.first_time(self._connection.shown_url) else logger.debug
         log(
@@ -221,6 +323,28 @@ class Releaser:
             self._connection.address,
             refusal,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class Boarded:
+    """Requests riding along in a caller's batch (``Releaser.board``), its first calls."""
+
+    releaser: Releaser
+    requests: list[_Queued]
+
+    def send(self, batch: ScriptBatch) -> list[Any]:
+        """Send ``batch``; the replies to the caller's own calls, after the riding requests were
+        answered (or, if the batch failed, queued to be tried again while their leases last)."""
+        riding = len(self.requests)
+        try:
+            replies = batch.send()
+        except BaseException as error:
+            # The caller hears of the failure; the riding requests are tried again while their leases last.
+            failure = error if isinstance(error, redis.RedisError | OSError) else ConnectionError(repr(error))
+            self.releaser._answer_boarded(self.requests, [failure] * riding)
+            raise
+        self.releaser._answer_boarded(self.requests, replies[:riding])
+        return replies[riding:]
 
 
 # One sending thread per server; a forked child starts its own and never sends the parent's.
@@ -236,7 +360,11 @@ def releaser_for(connection: RedisConnection) -> Releaser:
     return _releasers.get(connection, lambda: Releaser(connection))
 
 
-def wait_until_sent(timeout_seconds: float = _EXIT_WAIT_SECONDS) -> bool:
-    """Wait until every release this process handed over so far was sent once; False on timeout."""
+def wait_until_sent(
+    timeout_seconds: float = _EXIT_WAIT_SECONDS, server: RedisConnection | None = None
+) -> bool:
+    """Wait until every release this process handed over so far (to ``server`` only, if given)
+    was sent once; False on timeout."""
     deadline = time.monotonic() + timeout_seconds
-    return all([releaser.wait_until_sent(deadline) for releaser in _releasers.values()])
+    releasers = _releasers.values() if server is None else [releaser_for(server)]
+    return all([releaser.wait_until_sent(deadline) for releaser in releasers])

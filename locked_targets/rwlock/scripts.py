@@ -134,12 +134,21 @@ def _blocked(reply: list[Any]) -> Blocked:
     )
 
 
+# What a waiter blocked by a holder publishes on the lock's revoke channel: a writer (kept shared
+# leases are given back, a queued release is sent now), or a reader held out by a writer (only
+# the latter).
+WRITER_WAITING = "writer waiting"
+READER_WAITING = "reader waiting"
+
+
 # KEYS[1] writer, KEYS[2] readers, KEYS[3] waiting_writers, KEYS[4] holders
-# ARGV[1] token, ARGV[2] lease (ms), ARGV[3] description of the holder
+# ARGV[1] token, ARGV[2] lease (ms), ARGV[3] description of the holder, ARGV[4] the revoke channel
 # Returns {1} when acquired, else {0, ms until the blocking lease ends, the blocker's
 # description, 'holds' or 'waits'} (a reader is also blocked by a waiting writer); an
 # error reply, having written nothing, if a duration (ms) is out of range.
-# A reader is admitted when there is no writer and no live waiting writer.
+# A reader is admitted when there is no writer and no live waiting writer. One a writer holds
+# out says so on the revoke channel (READER_WAITING), so that the writer's process, which may
+# hold back a release it has queued (``releases``), sends it now.
 ACQUIRE_SHARED = (
     _LUA_HELPERS
     + """
@@ -153,6 +162,9 @@ if redis.call('ZSCORE', KEYS[2], ARGV[1]) then  -- a retry of an attempt whose r
 end
 local writer = redis.call('GET', KEYS[1])
 if writer then
+  redis.call('PUBLISH', ARGV[4], '"""
+    + READER_WAITING
+    + """')
   return {0, redis.call('PTTL', KEYS[1]), redis.call('HGET', KEYS[4], writer) or '', 'holds'}
 end
 prune(KEYS[3], KEYS[4], now)
@@ -195,6 +207,7 @@ def _shared_attempt(
         token,
         milliseconds(lease_seconds),
         description,
+        keys.revoke_channel,
     ]
 
 
@@ -211,10 +224,11 @@ def shared_attempt(reply: list[Any]) -> Attempt:
 # ARGV[7] '1' to wait in line when blocked, '0' to only try
 # Returns {1, fencing token} when acquired, else as ACQUIRE_SHARED (error reply included).
 # A writer is admitted when there is no writer and no live reader; otherwise, waiting in
-# line, it (re)registers as waiting, with a lease, which shuts out new readers, and when
-# readers block it, it asks them (through ARGV[4], by classic PUBLISH on any server: the
-# processes that keep leases listen by pattern, see ``shared_leases``) to give back leases
-# they keep between reads. A writer that only tries leaves no trace when blocked.
+# line, it (re)registers as waiting, with a lease, which shuts out new readers, and says so on
+# ARGV[4] (WRITER_WAITING, by classic PUBLISH on any server: the processes that keep leases
+# listen by pattern, see ``shared_leases``), so that readers give back leases they keep between
+# reads, and a holder's process sends a release it has queued now (``releases``). A writer that
+# only tries leaves no trace when blocked.
 # Fencing tokens across a failover: a script replicates its effects, so the replica receives the
 # counter's value itself (not TIME) with the grant. If the promoted replica has it, the next token
 # is at least counter + 1, whatever its clock says: so always, once the grant is acknowledged by
@@ -253,9 +267,11 @@ else
   if #reader > 0 then
     blocker = reader[1]
     wait_ms = tonumber(reader[2]) - now
-    if in_line then redis.call('PUBLISH', ARGV[4], 'writer waiting') end
   end
 end
+if blocker and in_line then redis.call('PUBLISH', ARGV[4], '"""
+    + WRITER_WAITING
+    + """') end
 if blocker and not in_line then
   return {0, wait_ms, redis.call('HGET', KEYS[4], blocker) or '', 'holds'}
 end

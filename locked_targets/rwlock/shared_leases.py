@@ -33,7 +33,8 @@ from locked_targets.rwlock.connection import RedisConnection
 from locked_targets.rwlock.error_replies import count_failure
 from locked_targets.rwlock.keys import REVOKE_CHANNEL_PATTERN, base_of_revoke_channel
 from locked_targets.rwlock.lease import HeldLock
-from locked_targets.rwlock.releases import wait_until_sent
+from locked_targets.rwlock.releases import Releaser, releaser_for, wait_until_sent
+from locked_targets.rwlock.scripts import READER_WAITING
 from locked_targets.rwlock.subscription import subscription_to
 
 logger = logging.getLogger(__name__)
@@ -165,7 +166,9 @@ class SharedLeases:
             bases = list(self._kept)
         for base in bases:
             self.revoke(base)
-        wait_until_sent()  # at exit, nothing else would wait for them
+        # At exit, nothing else would wait for them. Only this server's: a listener that lost its
+        # server must not hurry the releases this process holds back for others.
+        wait_until_sent(server=self._connection)
 
     def _lend(self, base: str) -> _KeptLease | None:
         self._start_listener()
@@ -255,7 +258,11 @@ class SharedLeases:
         # PSUBSCRIBE on any node of a cluster hears the revoke channels of every slot, since a cluster
         # forwards each classic PUBLISH to all its nodes. Revocations are few (a writer asks only
         # when readers are in its way), so they cost the cluster bus little.
+        # A waiter blocked by a holder also says so on the revoke channel: this process's queued
+        # releases of that lock are sent at once (``releases``), which they may not be otherwise.
         revocations = subscription_to(self._connection.background, REVOKE_CHANNEL_PATTERN, pattern=True)
+        releaser = releaser_for(self._connection)
+        releaser.listener_started()
         try:
             self._listening.set()
             self._tried_listening.set()
@@ -264,19 +271,27 @@ class SharedLeases:
             while True:
                 message = revocations.next_message(timeout=_SWEEP_EVERY_SECONDS)
                 if message is not None and message["type"] == "pmessage":
-                    channel: bytes = message["channel"]
-                    base = base_of_revoke_channel(channel.decode(errors="replace"))
-                    with self._mutex:
-                        self._revocations_heard += 1
-                        kept = self._kept.get(base)
-                    if kept is not None and not kept.revoked:
-                        telemetry.record_revoked(kept.held.telemetry_labels)
-                    self.revoke(base)
+                    self._heard(releaser, message["channel"], message["data"])
                 if time.monotonic() - swept_at >= _SWEEP_EVERY_SECONDS:
                     self._release_idle()
                     swept_at = time.monotonic()
         finally:
+            releaser.listener_stopped()
             revocations.close()
+
+    def _heard(self, releaser: Releaser, channel: bytes, data: bytes) -> None:
+        """A message on a lock's revoke channel: a waiter asks for the lock. Only a reader held out
+        by a writer leaves kept leases alone (there are none, the writer is in)."""
+        base = base_of_revoke_channel(channel.decode(errors="replace"))
+        releaser.wanted(base)
+        if data.decode(errors="replace") == READER_WAITING:
+            return
+        with self._mutex:
+            self._revocations_heard += 1
+            kept = self._kept.get(base)
+        if kept is not None and not kept.revoked:
+            telemetry.record_revoked(kept.held.telemetry_labels)
+        self.revoke(base)
 
     def _release_idle(self) -> None:
         idle_before = time.monotonic() - self._shared_lease_idle_seconds
