@@ -165,7 +165,8 @@ def report(result: PerCallResult) -> str:
             ),
             "",
             f"Redis requests per call, counted with MONITOR over {result.counted_calls} calls "
-            "(client requests = round trips, none are pipelined here); the goal is judged on these:",
+            "(client requests = round trips, none are pipelined here; each call's releases sent in the",
+            "background included, and nothing left by earlier calls); the goal is judged on these:",
             table(
                 [
                     "op",

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 
 import redis
 
+from locked_targets.rwlock.releases import wait_until_sent
+
 
 @dataclasses.dataclass(frozen=True)
 class RequestCount:
@@ -32,9 +34,13 @@ def count_requests(redis_url: str, calls: Sequence[Callable[[], object]]) -> Req
         end_marker = f"bench-end-{uuid.uuid4().hex}"
         client_requests: list[str] = []
         script_commands = 0
+        # The releases a call hands to the background count as its own: earlier code's are sent
+        # before counting starts, the calls' own before it ends.
+        wait_until_sent()
         with control.monitor() as monitor:  # type: ignore[no-untyped-call]
             for call in calls:
                 call()
+            wait_until_sent()
             # MONITOR reports commands in execution order, so once the marker arrives
             # every command of the calls above has been read.
             control.echo(end_marker)
