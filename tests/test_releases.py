@@ -221,3 +221,29 @@ def test_a_release_rides_along_with_the_next_acquisitions_on_its_server(
     assert take_ahead([second])  # one round trip: the release first, then the acquisition
     assert client.get(first.keys.writer) is None
     taken_ahead().release_mine()
+
+
+def test_a_request_for_the_writers_release_revokes_no_kept_lease(
+    private_redis: RedisServer, key_prefix: str
+) -> None:
+    """Only a writer that readers block asks for kept leases back: a waiter that the writer blocks
+    asks for the writer's release, which no kept lease can stand for."""
+    leases = shared_leases_for(connection_for(private_redis.url), shared_lease_idle_seconds=60)
+    kept = {}
+    for name in ("asked-for-the-writer", "asked-for-readers"):
+        lock = make_lock(private_redis.url, f"{key_prefix}{{{name}}}")
+        noted = leases.noted_for_keeping_ahead()
+        assert noted is not None, "the revocation listener did not start"
+        assert leases.keep_idle(lock.keys.base, lock.acquire(LockMode.SHARED), noted)
+        kept[name] = lock.keys
+    client = private_redis.client()
+    client.publish(kept["asked-for-the-writer"].revoke_channel, scripts.WAITING_FOR_THE_WRITER)
+    client.publish(kept["asked-for-readers"].revoke_channel, scripts.WRITER_WAITING)
+    # The listener hears the two in the order they were published: once the second is acted on,
+    # so was the first.
+    deadline = time.monotonic() + 20
+    while leases.keeps(kept["asked-for-readers"].base) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not leases.keeps(kept["asked-for-readers"].base)
+    assert leases.keeps(kept["asked-for-the-writer"].base)
+    leases.release_all()

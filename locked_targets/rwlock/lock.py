@@ -362,12 +362,11 @@ def take_ahead(locks: Sequence[ReadWriteLock]) -> bool:
         for connection, mine in by_connection.items():
             acknowledging = _acknowledging_batch(connection, [attempt.lock for attempt in mine])
             batch = acknowledging or ScriptBatch(connection)
-            boarded = releaser_for(connection).board(batch)
             for attempt in mine:
                 attempt.add(batch)
             sent_at = SYSTEM_CLOCK.monotonic()
             with connection.errors_translated():
-                replies = boarded.send(batch)
+                replies = releaser_for(connection).send_along(batch)
             if acknowledging is not None:  # before any is registered: unanswered attempts are abandoned
                 acknowledging.ensure_acknowledged(f"{len(mine)} write locks taken ahead")
             for attempt, reply in zip(mine, replies, strict=True):
@@ -419,12 +418,10 @@ def _keep_shared_ahead_in(leases: SharedLeases, locks: list[ReadWriteLock]) -> i
     if noted is None:
         return 0
     connection = locks[0].connection
-    # This process's own releases, handed over a moment ago, go first: those not sent yet in the
-    # same round trip, ahead of the attempts; those on their way are waited for.
+    # This process's own releases of them, handed over a moment ago, go first.
     releaser = releaser_for(connection)
-    batch = ScriptBatch(connection)
-    boarded = releaser.board(batch)
     releaser.wait_for_locks([lock.keys.base for lock in locks])
+    batch = ScriptBatch(connection)
     tokens = [secrets.token_hex(16) for _ in locks]
     scripts.add_shared_attempts(
         batch,
@@ -437,7 +434,7 @@ def _keep_shared_ahead_in(leases: SharedLeases, locks: list[ReadWriteLock]) -> i
     sent_at = SYSTEM_CLOCK.monotonic()
     try:
         with connection.errors_translated():
-            replies = boarded.send(batch)
+            replies = releaser.send_along(batch)
     except (LockError, redis.RedisError, OSError) as error:
         logger.debug("could not keep %d shared leases ahead: %s", len(locks), error)
         for lock, token in zip(locks, tokens, strict=True):

@@ -6,7 +6,7 @@ So the thread that held the lock only hands the release over and goes on. Each R
 server has a queue of such requests, and a daemon thread that sends whatever is queued in
 a single round trip once the oldest is due: 2 ms after it was handed over (a task's dumps
 end about a millisecond apart, so its releases share round trips). Sooner, they ride along:
-the next batch of acquisitions this process sends to that server anyway (``board``) carries
+the next batch of acquisitions this process sends to that server anyway (``send_along``) carries
 them ahead of its own calls, which also puts a release before a new attempt on its lock.
 
 Waking the thread costs the caller more than the request, so while a revocation listener
@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 # How long a handed-over request waits for others to share its round trip.
 _GATHER_SECONDS = 0.002
 # How long it waits while a revocation listener hears waiters' requests for locks (``wanted``):
-# long enough to ride along with the caller's next request to the server (``board``), mostly.
+# long enough to ride along with the caller's next request to the server (``send_along``), mostly.
 _HOLD_BACK_SECONDS = 0.05
 # How many locks recently asked for by a waiter the releaser remembers (the oldest are forgotten).
 _WANTED_REMEMBERED = 4096
@@ -104,10 +104,10 @@ class Releaser:
         self._connection = connection
         self._queue: list[_Queued] = []
         self._changed = threading.Condition()
-        self._untried_in_flight = 0
-        self._in_flight_locks: set[str] = set()
-        self._untried_queued = 0
-        """How many requests in the queue were never tried: all go with the next round trip."""
+        self._in_flight: collections.Counter[str] = collections.Counter()
+        """The locks of the untried requests on their way (sent by the thread, or riding along in a
+        caller's batch), counted: another request for one of them waits until they are answered,
+        so that the requests for a lock reach Redis in the order they were handed over."""
         self._waited_for = 0
         """How many callers wait for the queue to be sent: then nothing waits to be gathered."""
         self._thread: threading.Thread | None = None
@@ -121,7 +121,6 @@ class Releaser:
     def hand_over(self, request: Handover) -> None:
         with self._changed:
             now = time.monotonic()
-            self._untried_queued += 1
             not_before = now + self._gather_seconds(request, now)
             self._queue.append(_Queued(request, not_before))
             if self._thread is None or not self._thread.is_alive():
@@ -203,16 +202,16 @@ class Releaser:
     @property
     def _unsent_locks(self) -> set[str]:
         """The locks with a request never tried yet (called holding the condition)."""
-        return self._in_flight_locks | {queued.request.lock for queued in self._queue if not queued.tried}
+        return set(self._in_flight) | {queued.request.lock for queued in self._queue if not queued.tried}
 
     def wait_until_sent(self, deadline: float) -> bool:
         """Wait until every request handed over so far was sent once (answered, or failed and
         retried in the background while its lease lasts); False if ``deadline`` passed first."""
         with self._changed, self._waiting():
-            while self._untried_in_flight or any(not queued.tried for queued in self._queue):
+            while self._in_flight or any(not queued.tried for queued in self._queue):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    untried = sum(not queued.tried for queued in self._queue) + self._untried_in_flight
+                    untried = sum(not queued.tried for queued in self._queue) + self._in_flight.total()
                     logger.warning(
                         "%d lock releases to %s are still unsent: their leases will end them",
                         untried,
@@ -226,46 +225,74 @@ class Releaser:
         while True:
             with self._changed:
                 due = self._wait_for_due()
-                self._untried_in_flight = sum(not queued.tried for queued in due)
-                self._in_flight_locks = {queued.request.lock for queued in due if not queued.tried}
             retry = self._send(due)
             with self._changed:
-                self._queue.extend(retry)
-                self._untried_in_flight = 0
-                self._in_flight_locks = set()
-                self._changed.notify_all()
+                self._answered(due, retry)
 
     def _wait_for_due(self) -> list[_Queued]:
         """Take the requests to send now out of the queue, waiting for one to be due (called holding
-        the condition): every untried one goes with the first due, or at once if a caller waits."""
+        the condition): every untried one goes with the first due, or at once if a caller waits;
+        not those for a lock with a request on its way."""
         while True:
             now = time.monotonic()
-            due = any(queued.not_before <= now for queued in self._queue)
-            if due or (self._waited_for and self._untried_queued):
-                self._untried_queued = 0  # every untried request goes now
-                sent: list[_Queued] = []
-                kept: list[_Queued] = []
-                for queued in self._queue:
-                    (sent if queued.not_before <= now or not queued.tried else kept).append(queued)
-                self._queue = kept
-                return sent
-            later = min((queued.not_before for queued in self._queue), default=None)
+            sendable = [queued for queued in self._queue if queued.request.lock not in self._in_flight]
+            due = any(queued.not_before <= now for queued in sendable)
+            if due or (self._waited_for and any(not queued.tried for queued in sendable)):
+                return self._take(
+                    [queued for queued in sendable if queued.not_before <= now or not queued.tried]
+                )
+            later = min((queued.not_before for queued in sendable), default=None)
             self._wakes_at = math.inf if later is None else later
             self._changed.wait(timeout=None if later is None else later - now)
             self._wakes_at = 0.0
 
-    def board(self, batch: ScriptBatch) -> Boarded:
-        """Add every request handed over and not yet sent to ``batch``, which the caller sends to this
-        server anyway, ahead of its own calls: they share its round trip instead of taking one of
-        their own, and go before the caller's acquisitions of the same locks."""
-        with self._changed:
-            boarded = [queued for queued in self._queue if not queued.tried]
-            if boarded:
-                self._queue = [queued for queued in self._queue if queued.tried]
-                self._untried_queued = 0
-        for queued in boarded:
-            queued.request.add(batch)
-        return Boarded(self, boarded)
+    def _take(self, sent: list[_Queued]) -> list[_Queued]:
+        """Take ``sent`` out of the queue, on its way (called holding the condition)."""
+        taken = {id(queued) for queued in sent}
+        self._queue = [queued for queued in self._queue if id(queued) not in taken]
+        self._in_flight.update(queued.request.lock for queued in sent if not queued.tried)
+        return sent
+
+    def _answered(self, sent: list[_Queued], retry: list[_Queued]) -> None:
+        """``sent`` is answered, ``retry`` to be tried again (called holding the condition)."""
+        self._in_flight.subtract(queued.request.lock for queued in sent if not queued.tried)
+        self._in_flight = +self._in_flight  # drop the locks with nothing left on its way
+        self._queue.extend(retry)
+        self._changed.notify_all()
+
+    def send_along(self, batch: ScriptBatch) -> list[Any]:
+        """Send ``batch``, which the caller sends to this server anyway, with every untried request
+        queued for it ahead of the batch's own calls: they share its round trip instead of taking
+        one of their own, and go before the caller's acquisitions of the same locks. Returns the
+        replies to the batch's own calls. Those requests are answered, or, if the batch failed,
+        queued to be tried again while their leases last. On a cluster nothing rides along: a
+        batch goes node by node, and requests for other nodes would add round trips to it."""
+        if self._connection.is_cluster:
+            return batch.send()
+        riding: list[_Queued] = []
+        try:
+            with self._changed:
+                riding = self._take(
+                    [
+                        queued
+                        for queued in self._queue
+                        if not queued.tried and queued.request.lock not in self._in_flight
+                    ]
+                )
+            if not riding:
+                return batch.send()
+            ahead = ScriptBatch(self._connection)
+            for queued in riding:
+                queued.request.add(ahead)
+            batch.put_first(ahead)
+            replies = batch.send()
+        except BaseException as error:
+            # The caller hears of the failure; the riding requests are tried again while their leases last.
+            failure = error if isinstance(error, redis.RedisError | OSError) else ConnectionError(repr(error))
+            self._answer_riding(riding, [failure] * len(riding))
+            raise
+        self._answer_riding(riding, replies[: len(riding)])
+        return replies[len(riding) :]
 
     def _send(self, due: list[_Queued]) -> list[_Queued]:
         """Send ``due`` in one batch; return the requests to try again later."""
@@ -303,16 +330,11 @@ class Releaser:
                 logger.exception("answering a lock release sent to %s failed", self._connection.address)
         return retry
 
-    def _answer_boarded(self, boarded: list[_Queued], replies: list[object]) -> None:
-        """``_answer`` for requests that rode along in a caller's batch: those to try again go back
-        to the queue."""
-        if not boarded:
-            return
-        retry = self._answer(boarded, replies)
-        if retry:
+    def _answer_riding(self, riding: list[_Queued], replies: list[object]) -> None:
+        if riding:
+            retry = self._answer(riding, replies)
             with self._changed:
-                self._queue.extend(retry)
-                self._changed.notify_all()
+                self._answered(riding, retry)
 
     def _report_refusal(self, refusal: ConfigurationError) -> None:
         log = logger.error if _refusals_reported.first_time(self._connection.shown_url) else logger.debug
@@ -323,28 +345,6 @@ class Releaser:
             self._connection.address,
             refusal,
         )
-
-
-@dataclasses.dataclass(frozen=True)
-class Boarded:
-    """Requests riding along in a caller's batch (``Releaser.board``), its first calls."""
-
-    releaser: Releaser
-    requests: list[_Queued]
-
-    def send(self, batch: ScriptBatch) -> list[Any]:
-        """Send ``batch``; the replies to the caller's own calls, after the riding requests were
-        answered (or, if the batch failed, queued to be tried again while their leases last)."""
-        riding = len(self.requests)
-        try:
-            replies = batch.send()
-        except BaseException as error:
-            # The caller hears of the failure; the riding requests are tried again while their leases last.
-            failure = error if isinstance(error, redis.RedisError | OSError) else ConnectionError(repr(error))
-            self.releaser._answer_boarded(self.requests, [failure] * riding)
-            raise
-        self.releaser._answer_boarded(self.requests, replies[:riding])
-        return replies[riding:]
 
 
 # One sending thread per server; a forked child starts its own and never sends the parent's.

@@ -53,6 +53,10 @@ class ScriptBatch:
     def add(self, script: Script, keys: list[Any], args: list[Any]) -> None:
         self._calls.append((script, keys, args))
 
+    def put_first(self, ahead: ScriptBatch) -> None:
+        """Put the calls of ``ahead`` before this batch's own: their replies come first."""
+        self._calls[:0] = ahead._calls
+
     def __len__(self) -> int:
         return len(self._calls)
 

@@ -134,11 +134,11 @@ def _blocked(reply: list[Any]) -> Blocked:
     )
 
 
-# What a waiter blocked by a holder publishes on the lock's revoke channel: a writer (kept shared
-# leases are given back, a queued release is sent now), or a reader held out by a writer (only
-# the latter).
+# What a waiter blocked by a holder publishes on the lock's revoke channel: a writer that readers
+# block (kept shared leases are given back, queued releases are sent now), or a reader or a writer
+# that the writer blocks (the writer's process sends its queued release now; no lease is revoked).
 WRITER_WAITING = "writer waiting"
-READER_WAITING = "reader waiting"
+WAITING_FOR_THE_WRITER = "waiting for the writer"
 
 
 # KEYS[1] writer, KEYS[2] readers, KEYS[3] waiting_writers, KEYS[4] holders
@@ -147,8 +147,8 @@ READER_WAITING = "reader waiting"
 # description, 'holds' or 'waits'} (a reader is also blocked by a waiting writer); an
 # error reply, having written nothing, if a duration (ms) is out of range.
 # A reader is admitted when there is no writer and no live waiting writer. One a writer holds
-# out says so on the revoke channel (READER_WAITING), so that the writer's process, which may
-# hold back a release it has queued (``releases``), sends it now.
+# out says so on the revoke channel (WAITING_FOR_THE_WRITER), so that the writer's process, which
+# may hold back a release it has queued (``releases``), sends it now.
 ACQUIRE_SHARED = (
     _LUA_HELPERS
     + """
@@ -163,7 +163,7 @@ end
 local writer = redis.call('GET', KEYS[1])
 if writer then
   redis.call('PUBLISH', ARGV[4], '"""
-    + READER_WAITING
+    + WAITING_FOR_THE_WRITER
     + """')
   return {0, redis.call('PTTL', KEYS[1]), redis.call('HGET', KEYS[4], writer) or '', 'holds'}
 end
@@ -225,10 +225,10 @@ def shared_attempt(reply: list[Any]) -> Attempt:
 # Returns {1, fencing token} when acquired, else as ACQUIRE_SHARED (error reply included).
 # A writer is admitted when there is no writer and no live reader; otherwise, waiting in
 # line, it (re)registers as waiting, with a lease, which shuts out new readers, and says so on
-# ARGV[4] (WRITER_WAITING, by classic PUBLISH on any server: the processes that keep leases
-# listen by pattern, see ``shared_leases``), so that readers give back leases they keep between
-# reads, and a holder's process sends a release it has queued now (``releases``). A writer that
-# only tries leaves no trace when blocked.
+# ARGV[4] (by classic PUBLISH on any server: the processes that keep leases listen by pattern,
+# see ``shared_leases``): blocked by readers, WRITER_WAITING, so that they give back leases they
+# keep between reads; blocked by a writer, WAITING_FOR_THE_WRITER. Either way the holder's process
+# sends a release it has queued now (``releases``). A writer that only tries leaves no trace.
 # Fencing tokens across a failover: a script replicates its effects, so the replica receives the
 # counter's value itself (not TIME) with the grant. If the promoted replica has it, the next token
 # is at least counter + 1, whatever its clock says: so always, once the grant is acknowledged by
@@ -261,17 +261,20 @@ if blocker == ARGV[1] then  -- a retry of an attempt whose reply was lost
 end
 if blocker then
   wait_ms = redis.call('PTTL', KEYS[1])
+  if in_line then redis.call('PUBLISH', ARGV[4], '"""
+    + WAITING_FOR_THE_WRITER
+    + """') end
 else
   prune(KEYS[2], KEYS[4], now)
   local reader = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
   if #reader > 0 then
     blocker = reader[1]
     wait_ms = tonumber(reader[2]) - now
-  end
-end
-if blocker and in_line then redis.call('PUBLISH', ARGV[4], '"""
+    if in_line then redis.call('PUBLISH', ARGV[4], '"""
     + WRITER_WAITING
     + """') end
+  end
+end
 if blocker and not in_line then
   return {0, wait_ms, redis.call('HGET', KEYS[4], blocker) or '', 'holds'}
 end

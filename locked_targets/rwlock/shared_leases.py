@@ -34,7 +34,7 @@ from locked_targets.rwlock.error_replies import count_failure
 from locked_targets.rwlock.keys import REVOKE_CHANNEL_PATTERN, base_of_revoke_channel
 from locked_targets.rwlock.lease import HeldLock
 from locked_targets.rwlock.releases import Releaser, releaser_for, wait_until_sent
-from locked_targets.rwlock.scripts import READER_WAITING
+from locked_targets.rwlock.scripts import WAITING_FOR_THE_WRITER
 from locked_targets.rwlock.subscription import subscription_to
 
 logger = logging.getLogger(__name__)
@@ -280,11 +280,11 @@ class SharedLeases:
             revocations.close()
 
     def _heard(self, releaser: Releaser, channel: bytes, data: bytes) -> None:
-        """A message on a lock's revoke channel: a waiter asks for the lock. Only a reader held out
-        by a writer leaves kept leases alone (there are none, the writer is in)."""
+        """A message on a lock's revoke channel: a waiter asks for the lock. One the writer blocks
+        leaves kept leases alone (there are none, the writer is in)."""
         base = base_of_revoke_channel(channel.decode(errors="replace"))
         releaser.wanted(base)
-        if data.decode(errors="replace") == READER_WAITING:
+        if data.decode(errors="replace") == WAITING_FOR_THE_WRITER:
             return
         with self._mutex:
             self._revocations_heard += 1
