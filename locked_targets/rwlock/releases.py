@@ -255,10 +255,14 @@ class Releaser:
 
     def _answered(self, sent: list[_Queued], retry: list[_Queued]) -> None:
         """``sent`` is answered, ``retry`` to be tried again (called holding the condition)."""
+        answered = {queued.request.lock for queued in sent if not queued.tried}
         self._in_flight.subtract(queued.request.lock for queued in sent if not queued.tried)
         self._in_flight = +self._in_flight  # drop the locks with nothing left on its way
         self._queue.extend(retry)
-        self._changed.notify_all()
+        # Wake whoever this concerns: a caller waiting for the queue, or the thread, for a retry or
+        # a request that waited for these; not the thread otherwise (waking it costs the caller).
+        if retry or self._waited_for or any(queued.request.lock in answered for queued in self._queue):
+            self._changed.notify_all()
 
     def send_along(self, batch: ScriptBatch) -> list[Any]:
         """Send ``batch``, which the caller sends to this server anyway, with every untried request
