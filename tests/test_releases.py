@@ -223,6 +223,50 @@ def test_a_release_rides_along_with_the_next_acquisitions_on_its_server(
     taken_ahead().release_mine()
 
 
+@pytest.mark.parametrize("next_mode", [LockMode.SHARED, LockMode.EXCLUSIVE])
+def test_a_release_held_back_rides_in_front_of_the_next_acquisition_of_its_lock(
+    private_redis: RedisServer, key_prefix: str, held_back_for_a_minute: None, next_mode: LockMode
+) -> None:
+    """The acquisition finds its own past hold gone without waiting for it: the release goes first,
+    on the acquiring connection, in the acquisition's round trip (not sent by the thread first)."""
+    impatient = make_lock(private_redis.url, f"{key_prefix}{{in-front}}", wait_timeout_seconds=0)
+    # The server loads the scripts first (a call it lacks a script for is sent again).
+    warm_up = make_lock(private_redis.url, f"{key_prefix}{{warm-up}}")
+    for mode in (next_mode, LockMode.EXCLUSIVE):
+        warm_up.acquire(mode).release()
+    assert wait_until_sent()
+    impatient.acquire(LockMode.EXCLUSIVE).release()
+    client = private_redis.client()
+    assert client.get(impatient.keys.writer) is not None, "the release was not held back"
+    end_of_trial = f"end-of-trial-{uuid.uuid4().hex}"
+    with client.monitor() as monitor:  # type: ignore[no-untyped-call]
+        impatient.acquire(next_mode).release()
+        client.echo(end_of_trial)
+        sent = []
+        while end_of_trial not in (command := monitor.next_command())["command"]:
+            if command["client_type"] != "lua" and impatient.keys.base in command["command"]:
+                sent.append((command["command"].split()[1], command["client_port"]))
+    (release_script, release_port), (acquire_script, acquire_port) = sent
+    assert release_script != acquire_script
+    assert release_port == acquire_port, "the release was sent apart from the acquisition"
+
+
+def test_a_release_whose_script_the_server_lacks_still_goes_before_the_acquisition_it_rides_with(
+    private_redis: RedisServer, key_prefix: str, held_back_for_a_minute: None
+) -> None:
+    """After a restart a server lacks the scripts: the riding release is refused for that and sent
+    again once it is loaded, and the acquisition, which ran first, is sent again after it."""
+    lock = make_lock(private_redis.url, f"{key_prefix}{{reloaded}}")
+    lock.acquire(LockMode.EXCLUSIVE).release()
+    client = private_redis.client()
+    assert client.get(lock.keys.writer) is not None, "the release was not held back"
+    client.script_flush()
+    client.script_load(scripts.ACQUIRE_EXCLUSIVE)  # known: the acquisition runs at once, the release not
+    # Taking ahead only tries: had it run only before the release, it would have failed on it.
+    assert take_ahead([lock])
+    taken_ahead().release_mine()
+
+
 def test_a_request_for_the_writers_release_revokes_no_kept_lease(
     private_redis: RedisServer, key_prefix: str
 ) -> None:

@@ -167,9 +167,6 @@ class ReadWriteLock:
         )
 
     def _acquire_once(self, mode: LockMode, giving_up: str | None) -> HeldLock:
-        # A release of this lock this process handed over a moment ago must reach Redis first,
-        # or the attempt would wait for (or, with no wait timeout left, fail on) its own past hold.
-        releaser_for(self.connection).wait_for_locks([self.keys.base])
         token = secrets.token_hex(16)
         description = self._description(mode)
         started = self.clock.monotonic()
@@ -211,31 +208,39 @@ class ReadWriteLock:
         self, mode: LockMode, token: str, description: str, giving_up: str | None
     ) -> scripts.Attempt:
         """One attempt; with ``min_replicas_acked``, a grant its replicas did not acknowledge in
-        time raises ``BackendUnavailable`` (and ``_acquire_once`` gives it back)."""
+        time raises ``BackendUnavailable`` (and ``_acquire_once`` gives it back).
+
+        A release of this lock this process handed over a moment ago must reach Redis first, or
+        the attempt would wait for (or, with no wait timeout left, fail on) its own past hold:
+        it rides along in front of the attempt (``Releaser.send_along``)."""
+        acknowledging = _acknowledging_batch(self.connection, [self]) if mode is LockMode.EXCLUSIVE else None
+        batch = acknowledging or ScriptBatch(self.connection)
         if mode is LockMode.SHARED:
-            shared = scripts.acquire_shared(
-                self.connection, self.keys, token, self.terms.lease_seconds, description
+            scripts.add_shared_attempts(
+                batch, self.connection, [(self.keys, token, self.terms.lease_seconds, description)]
             )
+        else:
+            scripts.acquire_exclusive(
+                self.connection,
+                self.keys,
+                token,
+                self.terms.lease_seconds,
+                description,
+                fencing_memory_seconds=self.terms.fencing_memory_seconds,
+                giving_up=giving_up,
+                batch=batch,
+            )
+        (reply,) = releaser_for(self.connection).send_along(batch, after=[self.keys.base])
+        if isinstance(reply, Exception):
+            raise reply
+        if mode is LockMode.SHARED:
+            shared = scripts.shared_attempt(reply)
             if self.min_replicas_acked and isinstance(shared, scripts.Granted):
                 self._confirm_shared_grant(token)
             return shared
-        batch = _acknowledging_batch(self.connection, [self])
-        reply = scripts.acquire_exclusive(
-            self.connection,
-            self.keys,
-            token,
-            self.terms.lease_seconds,
-            description,
-            fencing_memory_seconds=self.terms.fencing_memory_seconds,
-            giving_up=giving_up,
-            batch=batch,
-        )
-        if batch is None:
-            attempt: scripts.Attempt = reply
-            return attempt
-        attempt = scripts.exclusive_attempt(batch.send_one())
-        if isinstance(attempt, scripts.Granted):
-            batch.ensure_acknowledged(f"the {self.name(LockMode.EXCLUSIVE)} of {self.keys.path}")
+        attempt = scripts.exclusive_attempt(reply)
+        if acknowledging is not None and isinstance(attempt, scripts.Granted):
+            acknowledging.ensure_acknowledged(f"the {self.name(LockMode.EXCLUSIVE)} of {self.keys.path}")
         return attempt
 
     def _confirm_shared_grant(self, token: str) -> None:
@@ -366,7 +371,9 @@ def take_ahead(locks: Sequence[ReadWriteLock]) -> bool:
                 attempt.add(batch)
             sent_at = SYSTEM_CLOCK.monotonic()
             with connection.errors_translated():
-                replies = releaser_for(connection).send_along(batch)
+                replies = releaser_for(connection).send_along(
+                    batch, after=[attempt.lock.keys.base for attempt in mine]
+                )
             if acknowledging is not None:  # before any is registered: unanswered attempts are abandoned
                 acknowledging.ensure_acknowledged(f"{len(mine)} write locks taken ahead")
             for attempt, reply in zip(mine, replies, strict=True):
@@ -418,9 +425,6 @@ def _keep_shared_ahead_in(leases: SharedLeases, locks: list[ReadWriteLock]) -> i
     if noted is None:
         return 0
     connection = locks[0].connection
-    # This process's own releases of them, handed over a moment ago, go first.
-    releaser = releaser_for(connection)
-    releaser.wait_for_locks([lock.keys.base for lock in locks])
     batch = ScriptBatch(connection)
     tokens = [secrets.token_hex(16) for _ in locks]
     scripts.add_shared_attempts(
@@ -434,7 +438,8 @@ def _keep_shared_ahead_in(leases: SharedLeases, locks: list[ReadWriteLock]) -> i
     sent_at = SYSTEM_CLOCK.monotonic()
     try:
         with connection.errors_translated():
-            replies = releaser.send_along(batch)
+            # This process's own releases of them, handed over a moment ago, go first.
+            replies = releaser_for(connection).send_along(batch, after=[lock.keys.base for lock in locks])
     except (LockError, redis.RedisError, OSError) as error:
         logger.debug("could not keep %d shared leases ahead: %s", len(locks), error)
         for lock, token in zip(locks, tokens, strict=True):

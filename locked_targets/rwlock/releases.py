@@ -110,6 +110,8 @@ class Releaser:
         so that the requests for a lock reach Redis in the order they were handed over."""
         self._waited_for = 0
         """How many callers wait for the queue to be sent: then nothing waits to be gathered."""
+        self._awaiting_answers = 0
+        """How many callers wait only for the requests on their way (``send_along``)."""
         self._thread: threading.Thread | None = None
         self._wakes_at = 0.0
         """When the thread plans to wake (infinity: when woken); 0 while it is awake."""
@@ -235,7 +237,7 @@ class Releaser:
         not those for a lock with a request on its way."""
         while True:
             now = time.monotonic()
-            sendable = [queued for queued in self._queue if queued.request.lock not in self._in_flight]
+            sendable = self._sendable()
             due = any(queued.not_before <= now for queued in sendable)
             if due or (self._waited_for and any(not queued.tried for queued in sendable)):
                 return self._take(
@@ -245,6 +247,10 @@ class Releaser:
             self._wakes_at = math.inf if later is None else later
             self._changed.wait(timeout=None if later is None else later - now)
             self._wakes_at = 0.0
+
+    def _sendable(self) -> list[_Queued]:
+        """The queued requests whose lock has no request on its way (called holding the condition)."""
+        return [queued for queued in self._queue if queued.request.lock not in self._in_flight]
 
     def _take(self, sent: list[_Queued]) -> list[_Queued]:
         """Take ``sent`` out of the queue, on its way (called holding the condition)."""
@@ -261,28 +267,33 @@ class Releaser:
         self._queue.extend(retry)
         # Wake whoever this concerns: a caller waiting for the queue, or the thread, for a retry or
         # a request that waited for these; not the thread otherwise (waking it costs the caller).
-        if retry or self._waited_for or any(queued.request.lock in answered for queued in self._queue):
+        if (
+            retry
+            or self._waited_for
+            or self._awaiting_answers
+            or any(queued.request.lock in answered for queued in self._queue)
+        ):
             self._changed.notify_all()
 
-    def send_along(self, batch: ScriptBatch) -> list[Any]:
+    def send_along(self, batch: ScriptBatch, after: Collection[str] = ()) -> list[Any]:
         """Send ``batch``, which the caller sends to this server anyway, with every untried request
         queued for it ahead of the batch's own calls: they share its round trip instead of taking
         one of their own, and go before the caller's acquisitions of the same locks. Returns the
         replies to the batch's own calls. Those requests are answered, or, if the batch failed,
-        queued to be tried again while their leases last. On a cluster nothing rides along: a
-        batch goes node by node, and requests for other nodes would add round trips to it."""
+        queued to be tried again while their leases last.
+
+        ``after``: the locks of the batch's own calls that must find this process's past requests
+        for them in Redis (``wait_for_locks``): one on its way is waited for (briefly) first; one
+        queued rides along. On a cluster nothing rides along: a batch goes node by node, and
+        requests for other nodes would add round trips to it; so those are sent first."""
         if self._connection.is_cluster:
+            self.wait_for_locks(after)
             return batch.send()
         riding: list[_Queued] = []
         try:
             with self._changed:
-                riding = self._take(
-                    [
-                        queued
-                        for queued in self._queue
-                        if not queued.tried and queued.request.lock not in self._in_flight
-                    ]
-                )
+                self._wait_for_answers(after)
+                riding = self._take([queued for queued in self._sendable() if not queued.tried])
             if not riding:
                 return batch.send()
             ahead = ScriptBatch(self._connection)
@@ -296,7 +307,23 @@ class Releaser:
             self._answer_riding(riding, [failure] * len(riding))
             raise
         self._answer_riding(riding, replies[: len(riding)])
+        if any(index < len(riding) for index in batch.reloaded):
+            # The server lacked a riding request's script (it restarted): the batch's own calls ran
+            # before the request was sent again, so they go again, after it. Every script takes a
+            # call sent twice, as a retry whose reply was lost.
+            batch.drop_first(len(riding))
+            return batch.send()
         return replies[len(riding) :]
+
+    def _wait_for_answers(self, locks: Collection[str]) -> None:
+        """Wait (briefly) until no request for ``locks`` is on its way (called holding the condition)."""
+        deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+        self._awaiting_answers += 1
+        try:
+            while any(lock in self._in_flight for lock in locks) and time.monotonic() < deadline:
+                self._changed.wait(timeout=deadline - time.monotonic())
+        finally:
+            self._awaiting_answers -= 1
 
     def _send(self, due: list[_Queued]) -> list[_Queued]:
         """Send ``due`` in one batch; return the requests to try again later."""

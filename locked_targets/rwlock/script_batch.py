@@ -46,6 +46,9 @@ class ScriptBatch:
         self._connection = connection
         self._calls: list[_Call] = []
         self._wait_for_replicas = wait_for_replicas
+        self.reloaded: tuple[int, ...] = ()
+        """The calls (by index) the last ``send`` sent again, once the server had loaded their script:
+        every call after the first of them ran before it."""
         self.acknowledged: int | Exception | None = None
         """With ``wait_for_replicas`` (replicas, timeout in ms): the reply of the ``WAIT`` sent after
         the calls on their connection, how many replicas acknowledged them (or the error it got)."""
@@ -56,6 +59,10 @@ class ScriptBatch:
     def put_first(self, ahead: ScriptBatch) -> None:
         """Put the calls of ``ahead`` before this batch's own: their replies come first."""
         self._calls[:0] = ahead._calls
+
+    def drop_first(self, count: int) -> None:
+        """Take the first ``count`` calls out of the batch (they are not sent again)."""
+        del self._calls[:count]
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -70,6 +77,7 @@ class ScriptBatch:
         unknown = [
             index for index, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)
         ]
+        self.reloaded = tuple(unknown)
         if unknown:
             for script in {self._calls[index][0] for index in unknown}:
                 script.sha = self._connection.client.script_load(script.script)
