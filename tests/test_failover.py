@@ -159,13 +159,31 @@ def test_locks_taken_ahead_are_not_kept_unless_the_replicas_acknowledge_them(
     private_redis: RedisServer, asking_a_replica_of_none: Settings, tmp_path: Path
 ) -> None:
     locks = [lock_of(str(tmp_path / name), asking_a_replica_of_none) for name in ("first.pkl", "second.pkl")]
-
-    assert not take_ahead(locks)
-
     with redis.Redis.from_url(private_redis.url) as client:
+        client.config_resetstat()
+
+        assert not take_ahead(locks)
+
+        assert wait_commands(client) >= 1, "the replicas were not asked"
         for lock in locks:
             assert taken_ahead().peek(lock.keys.base) is None
             assert held_lock_keys(client, lock) == 0
+
+
+def test_locks_taken_ahead_are_kept_once_the_replica_acknowledges_them(
+    deployment: SentinelDeployment, tmp_path: Path, key_prefix: str
+) -> None:
+    settings = through_sentinels(deployment, key_prefix, min_replicas_acked=1)
+    locks = [lock_of(str(tmp_path / name), settings) for name in ("first.pkl", "second.pkl")]
+    master = deployment.client(deployment.master_port())
+    master.config_resetstat()
+
+    assert take_ahead(locks)
+
+    assert wait_commands(master) >= 1, "the replica was not asked"
+    for lock in locks:
+        assert taken_ahead().peek(lock.keys.base) is not None
+    taken_ahead().release_mine()
 
 
 def test_under_on_redis_error_wait_an_unacknowledged_grant_is_retried_until_the_replica_has_it(

@@ -214,7 +214,7 @@ class ReadWriteLock:
         the attempt would wait for (or, with no wait timeout left, fail on) its own past hold:
         it rides along in front of the attempt (``Releaser.send_along``)."""
         acknowledging = _acknowledging_batch(self.connection, [self]) if mode is LockMode.EXCLUSIVE else None
-        batch = acknowledging or ScriptBatch(self.connection)
+        batch = acknowledging if acknowledging is not None else ScriptBatch(self.connection)
         if mode is LockMode.SHARED:
             scripts.add_shared_attempts(
                 batch, self.connection, [(self.keys, token, self.terms.lease_seconds, description)]
@@ -366,7 +366,7 @@ def take_ahead(locks: Sequence[ReadWriteLock]) -> bool:
             by_connection.setdefault(attempt.lock.connection, []).append(attempt)
         for connection, mine in by_connection.items():
             acknowledging = _acknowledging_batch(connection, [attempt.lock for attempt in mine])
-            batch = acknowledging or ScriptBatch(connection)
+            batch = acknowledging if acknowledging is not None else ScriptBatch(connection)
             for attempt in mine:
                 attempt.add(batch)
             sent_at = SYSTEM_CLOCK.monotonic()
