@@ -17,6 +17,7 @@ import dataclasses
 import os
 from collections.abc import Iterator, Mapping
 
+from bench import per_call
 from bench.dag import (
     DAG_VARIANTS,
     LOCKED_DAG_VARIANTS,
@@ -30,7 +31,7 @@ from bench.dag import (
 from bench.delay_proxy import delay_proxy
 from bench.round_trip import measure_round_trip_ms
 from bench.tables import heading, table
-from bench.variants import RedisAddress, Variant
+from bench.variants import LOCKED_VARIANTS, RedisAddress, Variant, use_redis_for_locked_targets
 
 # Round trips the proxy adds, in ms; 0 is the direct loopback connection.
 ADDED_ROUND_TRIPS_MS = (0.0, 1.0, 5.0)
@@ -55,6 +56,10 @@ class DistanceResult:
     unlocked: Rounds
     measured_round_trip_ms: dict[float, float]
     builds: dict[tuple[float, Variant], Rounds]
+    per_call: dict[float, tuple[dict[tuple[str, Variant], float], float]]
+    """Per added round trip (not loopback: that is scenario 2), scenario 2's median ms per (operation,
+    variant) through the link, and the median of the PINGs interleaved with them."""
+    calls: int
 
     def rounds(self, variant: Variant) -> int:
         """How many rounds ``variant`` was built in."""
@@ -87,9 +92,16 @@ _NO_REDIS = (0.0, Variant.UNLOCKED)
 
 
 def measure(
-    directory: str, redis: RedisAddress, leaves: int, pings: int, rounds: Mapping[Variant, int]
+    directory: str,
+    redis: RedisAddress,
+    leaves: int,
+    pings: int,
+    *,
+    rounds: Mapping[Variant, int],
+    calls: int,
 ) -> DistanceResult:
-    """Each variant's cold and warm builds of ``leaves`` leaves, ``rounds[variant]`` times, at every link."""
+    """Each variant's cold and warm builds of ``leaves`` leaves, ``rounds[variant]`` times, at every link;
+    and scenario 2's calls, ``calls`` of each, at every link the proxy lengthens."""
 
     def workspace(name: str, variant: Variant, reached_at: RedisAddress, round_number: int) -> Workspace:
         return Workspace(
@@ -123,8 +135,24 @@ def measure(
             return cells
 
         builds = interleaved_rounds(max(rounds.values()), workspaces)
+        per_call_times = {
+            added_ms: _per_call_times(os.path.join(directory, f"per-call-{added_ms:g}ms"), reached_at, calls)
+            for added_ms, reached_at in reached.items()
+            if added_ms > 0
+        }
+        use_redis_for_locked_targets(redis)
     unlocked = builds.pop(_NO_REDIS)
-    return DistanceResult(leaves, unlocked, measured_round_trip_ms, builds)
+    return DistanceResult(leaves, unlocked, measured_round_trip_ms, builds, per_call_times, calls)
+
+
+def _per_call_times(
+    directory: str, reached_at: RedisAddress, calls: int
+) -> tuple[dict[tuple[str, Variant], float], float]:
+    """Scenario 2's median times of ``calls`` calls each, this process's LockedTargets locking through
+    ``reached_at`` (the caller points them back at the bench's server)."""
+    os.makedirs(directory)
+    use_redis_for_locked_targets(reached_at)
+    return per_call.measure_median_times(directory, reached_at, calls)
 
 
 def report(result: DistanceResult) -> str:
@@ -156,6 +184,26 @@ def report(result: DistanceResult) -> str:
                 ]
             )
     rounds = ", ".join(f"{result.rounds(variant)} for {variant.letter}" for variant in DAG_VARIANTS)
+    c, d = (locked.letter for locked in LOCKED_VARIANTS)
+    per_call_rows = [
+        [
+            link_title(added_ms),
+            f"{round_trip_ms:.2f}",
+            operation,
+            f"{times[operation, Variant.UNLOCKED]:.3f}",
+            *(
+                cell
+                for locked in LOCKED_VARIANTS
+                for cell in (
+                    f"{per_call.added_ms_of(times, operation, locked):+.3f}",
+                    f"{per_call.added_ms_of(times, operation, locked) / round_trip_ms:.2f}",
+                )
+            ),
+            f"{per_call.added_ms_of(times, operation, Variant.GOKART_LOCK) / round_trip_ms:.2f}",
+        ]
+        for added_ms, (times, round_trip_ms) in result.per_call.items()
+        for operation in per_call.OPERATIONS
+    ]
     return "\n".join(
         [
             heading(f"7. The DAG of scenario 6 (N = {result.leaves}) with Redis behind a delay proxy"),
@@ -180,6 +228,24 @@ def report(result: DistanceResult) -> str:
                     *(f"{mode} {header}" for mode in MODES for header in ("s", "/ (a)", "waited/N")),
                 ],
                 rows,
+            ),
+            "",
+            f"One call of scenario 2 at each link: the median of {result.calls} calls per cell, interleaved "
+            "with PINGs through the link (RT);",
+            f"the time {c}, {d} and (b) add to (a)'s call, in RTs of the link. (a) reaches no Redis.",
+            table(
+                [
+                    "link",
+                    "RT ms",
+                    "op",
+                    "(a) ms",
+                    f"{c}-a ms",
+                    f"{c}-a in RTs",
+                    f"{d}-a ms",
+                    f"{d}-a in RTs",
+                    "b-a in RTs",
+                ],
+                per_call_rows,
             ),
         ]
     )
