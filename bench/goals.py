@@ -190,7 +190,7 @@ def _added_time_rows(result: PerCallResult) -> list[list[str]]:
         rows.append(
             [
                 f"{operation}, {'every' if operation == 'dump' else 'cold'}: "
-                f"{' and '.join(locked.letter for locked in judged)} add <= "
+                f"{' and '.join(locked.letter for locked in judged)} add{'' if len(judged) > 1 else 's'} <= "
                 f"{per_call.ADDED_TIME_GOALS[operation]:g} RTs of time",
                 f"{added} RTs",
                 verdict(per_call.added_time_goal_met(result, operation)),
