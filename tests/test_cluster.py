@@ -23,11 +23,12 @@ import pytest
 from helpers.applications import Applications
 from helpers.clusters import clusters_by_version, started_cluster
 from helpers.lock_processes import SPAWN, Holders, make_lock
+from helpers.monitored import scripts_sent_for
 from helpers.target_processes import hold_lock_of
 from helpers.targets import locked_target
 from locked_targets import BackendUnavailable, ConfigurationError, LockLost, LockTimeout, Settings
 from locked_targets.locks import connection_for, lock_for, lock_key_for
-from locked_targets.rwlock import HeldLock, LockKeys, LockMode, ReadWriteLock
+from locked_targets.rwlock import HeldLock, LockKeys, LockMode, ReadWriteLock, releases
 from locked_targets.rwlock.connection import (
     CLUSTER_ACL_RULE,
     KEY_PREFIX_PLACEHOLDER,
@@ -310,6 +311,30 @@ def test_releases_in_the_background_free_locks_on_every_master(
 
     assert wait_until_sent()
     assert writers_on_their_masters(cluster, held) == [None] * FILES
+
+
+def test_a_queued_release_rides_in_front_of_the_next_acquisition_of_its_lock(
+    cluster: ClusterDeployment, tmp_path: Path, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the node of the lock's slot, on the acquiring connection, in the acquisition's round trip:
+    not sent by the thread first (it would wait a minute)."""
+    lock = lock_for(
+        str(tmp_path / "in-front.pkl"), cluster_settings(cluster, key_prefix), wait_timeout_seconds=0
+    )
+    lock.acquire(LockMode.EXCLUSIVE).release()  # the node loads both scripts
+    assert wait_until_sent()
+    monkeypatch.setattr(releases, "_GATHER_SECONDS", 60.0)
+    lock.acquire(LockMode.EXCLUSIVE).release()
+    node = cluster.client(cluster.master_of(lock.keys.writer))
+    assert node.get(lock.keys.writer) is not None, "the release was not held back"
+    held: list[HeldLock] = []
+    sent = scripts_sent_for(node, lock.keys.base, lambda: held.append(lock.acquire(LockMode.EXCLUSIVE)))
+    (release_script, release_port), (acquire_script, acquire_port) = sent
+    assert release_script != acquire_script
+    assert release_port == acquire_port, "the release was sent apart from the acquisition"
+    assert node.get(lock.keys.writer) == held[0].token.encode()
+    held[0].release()
+    assert wait_until_sent()
 
 
 def test_fencing_tokens_grow_with_every_exclusive_grant(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +13,7 @@ import redis
 from redis.client import PubSub
 
 from helpers.lock_processes import Holders, make_lock
+from helpers.monitored import scripts_sent_for
 from locked_targets.locks import connection_for, shared_leases_for
 from locked_targets.rwlock import LockMode, releases, scripts, shared_leases
 from locked_targets.rwlock.lock import take_ahead
@@ -126,17 +126,17 @@ def test_a_release_is_sent_on_a_connection_other_than_the_acquiring_threads(
     """The background thread sends releases through a pool of its own: the thread running tasks
     never opens a connection (a greeting of round trips) because the releaser holds one."""
     lock = make_lock(private_redis.url, f"{key_prefix}{{own-connection}}")
-    end_of_trial = f"end-of-trial-{uuid.uuid4().hex}"
-    with private_redis.client().monitor() as monitor:  # type: ignore[no-untyped-call]
+
+    def acquire_and_release_three_times() -> None:
         for _ in range(3):
             lock.acquire(LockMode.EXCLUSIVE).release()
             assert wait_until_sent()
-        private_redis.client().echo(end_of_trial)
-        senders_by_script: dict[str, set[str]] = {}
-        while end_of_trial not in (command := monitor.next_command())["command"]:
-            if command["client_type"] != "lua" and lock.keys.base in command["command"]:
-                script = command["command"].split()[1]
-                senders_by_script.setdefault(script, set()).add(command["client_port"])
+
+    senders_by_script: dict[str, set[str]] = {}
+    for script, port in scripts_sent_for(
+        private_redis.client(), lock.keys.base, acquire_and_release_three_times
+    ):
+        senders_by_script.setdefault(script, set()).add(port)
     # One script acquires, another releases; each always from one connection, never the same one.
     acquiring, releasing = senders_by_script.values()
     assert len(acquiring) == len(releasing) == 1
@@ -238,14 +238,7 @@ def test_a_release_held_back_rides_in_front_of_the_next_acquisition_of_its_lock(
     impatient.acquire(LockMode.EXCLUSIVE).release()
     client = private_redis.client()
     assert client.get(impatient.keys.writer) is not None, "the release was not held back"
-    end_of_trial = f"end-of-trial-{uuid.uuid4().hex}"
-    with client.monitor() as monitor:  # type: ignore[no-untyped-call]
-        impatient.acquire(next_mode).release()
-        client.echo(end_of_trial)
-        sent = []
-        while end_of_trial not in (command := monitor.next_command())["command"]:
-            if command["client_type"] != "lua" and impatient.keys.base in command["command"]:
-                sent.append((command["command"].split()[1], command["client_port"]))
+    sent = scripts_sent_for(client, impatient.keys.base, lambda: impatient.acquire(next_mode).release())
     (release_script, release_port), (acquire_script, acquire_port) = sent
     assert release_script != acquire_script
     assert release_port == acquire_port, "the release was sent apart from the acquisition"

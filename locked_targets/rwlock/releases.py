@@ -6,8 +6,9 @@ So the thread that held the lock only hands the release over and goes on. Each R
 server has a queue of such requests, and a daemon thread that sends whatever is queued in
 a single round trip once the oldest is due: 2 ms after it was handed over (a task's dumps
 end about a millisecond apart, so its releases share round trips). Sooner, they ride along:
-the next batch of acquisitions this process sends to that server anyway (``send_along``) carries
-them ahead of its own calls, which also puts a release before a new attempt on its lock.
+the next acquisitions this process sends to that server anyway (``send_along``) carry them
+ahead of their own calls, in their round trip, which also puts a release before a new attempt
+on its lock (on a cluster, only the requests for the locks of those calls ride along).
 
 Waking the thread costs the caller more than the request, so while a revocation listener
 (``shared_leases``) hears that server's waiters, a request is held back for 50 ms instead,
@@ -18,8 +19,8 @@ waiter gets the lock at most 2 ms and a round trip after the holder's end, or af
 arrival if that came later; only if its message went unheard, 50 ms. With no listener (kept
 shared leases off, or refused by the ACL), nothing is held back.
 
-The queue is sent at once when this process waits for it (it acquires one of those locks
-again, or exits). A server that hangs delays only its own releases. A request
+The queue is sent at once when this process waits for it (it exits, or gives its kept
+leases back). A server that hangs delays only its own releases. A request
 that fails, or that the server answers "not now" (``BUSY``, ``LOADING``, ``READONLY``...), is
 tried again until the lease it would end has ended anyway. One the server's ACL refuses
 (Redis 7 gives a new user no pub/sub channel, so a release's wake-up is refused) is not:
@@ -64,7 +65,7 @@ _WANTED_REMEMBERED = 4096
 _RETRY_AFTER_SECONDS = 0.2
 # How long a process's exit waits for its queued releases (Redis may be gone).
 _EXIT_WAIT_SECONDS = 5.0
-# How long an acquisition waits for this process's own unsent release of the same lock.
+# How long an acquisition waits for this process's own release of the same lock, on its way.
 _LOCK_WAIT_SECONDS = 1.0
 # Runs after the kept shared leases and the locks taken ahead are handed back at exit
 # (their finalizers have priority 10).
@@ -180,17 +181,6 @@ class Releaser:
         if sooner and soon < self._wakes_at:
             self._changed.notify_all()
 
-    def wait_for_locks(self, locks: Collection[str], timeout_seconds: float = _LOCK_WAIT_SECONDS) -> None:
-        """Wait (briefly, for all of them together) until no request for ``locks`` handed over by
-        this process is still unsent: its next acquisition of one must not find its own past hold."""
-        deadline = time.monotonic() + timeout_seconds
-        with self._changed:
-            if self._unsent_locks.isdisjoint(locks):
-                return
-            with self._waiting():
-                while not self._unsent_locks.isdisjoint(locks) and time.monotonic() < deadline:
-                    self._changed.wait(timeout=deadline - time.monotonic())
-
     @contextlib.contextmanager
     def _waiting(self) -> Iterator[None]:
         """A caller waits for the queue (called holding the condition): send it without gathering more."""
@@ -200,11 +190,6 @@ class Releaser:
             yield
         finally:
             self._waited_for -= 1
-
-    @property
-    def _unsent_locks(self) -> set[str]:
-        """The locks with a request never tried yet (called holding the condition)."""
-        return set(self._in_flight) | {queued.request.lock for queued in self._queue if not queued.tried}
 
     def wait_until_sent(self, deadline: float) -> bool:
         """Wait until every request handed over so far was sent once (answered, or failed and
@@ -282,18 +267,23 @@ class Releaser:
         replies to the batch's own calls. Those requests are answered, or, if the batch failed,
         queued to be tried again while their leases last.
 
-        ``after``: the locks of the batch's own calls that must find this process's past requests
-        for them in Redis (``wait_for_locks``): one on its way is waited for (briefly) first; one
-        queued rides along. On a cluster nothing rides along: a batch goes node by node, and
-        requests for other nodes would add round trips to it; so those are sent first."""
-        if self._connection.is_cluster:
-            self.wait_for_locks(after)
-            return batch.send()
+        ``after``: the locks of the batch's own calls, which must find this process's past requests
+        for them in Redis: one on its way is waited for (briefly) first; one queued rides along. On a
+        cluster only those ride along: a batch goes node by node there, and each of them goes to the
+        node its lock's own call goes to anyway, where a request for another lock could add a node,
+        and a round trip, to the batch."""
+        cluster = self._connection.is_cluster
         riding: list[_Queued] = []
         try:
             with self._changed:
                 self._wait_for_answers(after)
-                riding = self._take([queued for queued in self._sendable() if not queued.tried])
+                riding = self._take(
+                    [
+                        queued
+                        for queued in self._sendable()
+                        if not queued.tried and (not cluster or queued.request.lock in after)
+                    ]
+                )
             if not riding:
                 return batch.send()
             ahead = ScriptBatch(self._connection)
