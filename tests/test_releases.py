@@ -4,6 +4,7 @@ no waiter asks (then sent at once), and riding along with the process's next acq
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterator
@@ -258,6 +259,31 @@ def test_a_release_whose_script_the_server_lacks_still_goes_before_the_acquisiti
     # Taking ahead only tries: had it run only before the release, it would have failed on it.
     assert take_ahead([lock])
     taken_ahead().release_mine()
+
+
+def test_an_interrupt_while_riding_requests_are_answered_leaves_none_of_them_on_its_way(
+    private_redis: RedisServer, key_prefix: str, held_back_for_a_minute: None
+) -> None:
+    """Else the thread would never send another request for that lock, and each acquisition of it
+    would wait a second for one."""
+    connection = connection_for(private_redis.url)
+    lock = make_lock(private_redis.url, f"{key_prefix}{{interrupted}}")
+
+    def interrupted(reply: object) -> None:
+        raise KeyboardInterrupt
+
+    releaser_for(connection).hand_over(
+        Handover(
+            connection=connection,
+            lock=lock.keys.base,
+            add=functools.partial(scripts.release, connection, lock.keys, "nobody's"),
+            answered=interrupted,
+            give_up_at=time.monotonic() + 30,
+        )
+    )
+    with pytest.raises(KeyboardInterrupt):
+        lock.acquire(LockMode.EXCLUSIVE)  # the release rides in front, and its answer is interrupted
+    assert wait_until_sent(timeout_seconds=5.0), "a request was left on its way"
 
 
 def test_a_request_for_the_writers_release_revokes_no_kept_lease(

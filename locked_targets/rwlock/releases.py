@@ -274,6 +274,8 @@ class Releaser:
         and a round trip, to the batch."""
         cluster = self._connection.is_cluster
         riding: list[_Queued] = []
+        replies: list[Any] = []
+        failure: BaseException | None = None
         try:
             with self._changed:
                 self._wait_for_answers(after)
@@ -292,15 +294,26 @@ class Releaser:
             batch.put_first(ahead)
             replies = batch.send()
         except BaseException as error:
-            # The caller hears of the failure; the riding requests are tried again while their leases last.
-            failure = error if isinstance(error, redis.RedisError | OSError) else ConnectionError(repr(error))
-            self._answer_riding(riding, [failure] * len(riding))
+            failure = error
             raise
-        self._answer_riding(riding, replies[: len(riding)])
-        if any(index < len(riding) for index in batch.reloaded):
-            # The server lacked a riding request's script (it restarted): the batch's own calls ran
-            # before the request was sent again, so they go again, after it. Every script takes a
-            # call sent twice, as a retry whose reply was lost.
+        finally:
+            # Whatever happened (an interrupt too), the riding requests are answered: by their
+            # replies, or by the failure, and then tried again while their leases last.
+            if failure is not None:
+                shown = (
+                    failure
+                    if isinstance(failure, redis.RedisError | OSError)
+                    else ConnectionError(repr(failure))
+                )
+                replies = [shown] * len(riding)
+            self._answer_riding(riding, replies[: len(riding)])
+        own = range(len(riding), len(replies))
+        if any(index < len(riding) for index in batch.reloaded) and any(
+            index not in batch.reloaded for index in own
+        ):
+            # The server lacked a riding request's script (it restarted) but not the batch's own:
+            # they ran before the request was sent again, so they go again, after it. Every script
+            # takes a call sent twice, as a retry whose reply was lost.
             batch.drop_first(len(riding))
             return batch.send()
         return replies[len(riding) :]
@@ -352,8 +365,12 @@ class Releaser:
         return retry
 
     def _answer_riding(self, riding: list[_Queued], replies: list[object]) -> None:
-        if riding:
+        if not riding:
+            return
+        retry: list[_Queued] = []
+        try:
             retry = self._answer(riding, replies)
+        finally:  # no longer on their way, whatever a callback raised: their locks are free to send
             with self._changed:
                 self._answered(riding, retry)
 
