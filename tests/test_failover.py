@@ -186,6 +186,26 @@ def test_locks_taken_ahead_are_kept_once_the_replica_acknowledges_them(
     taken_ahead().release_mine()
 
 
+def test_a_shared_grant_is_acknowledged_in_its_own_round_trip(
+    deployment: SentinelDeployment, tmp_path: Path, key_prefix: str
+) -> None:
+    """``WAIT`` follows the shared attempt on its connection: no renewal to confirm the grant."""
+    lock = lock_of(
+        str(tmp_path / "read.pkl"), through_sentinels(deployment, key_prefix, min_replicas_acked=1)
+    )
+    lock.acquire(LockMode.SHARED).release()  # the master loads the scripts
+    assert wait_until_sent()
+    master = deployment.client(deployment.master_port())
+    master.config_resetstat()
+
+    held = lock.acquire(LockMode.SHARED)
+
+    stats = master.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 1, "only the attempt"
+    assert wait_commands(master) == 1
+    held.release()
+
+
 def test_under_on_redis_error_wait_an_unacknowledged_grant_is_retried_until_the_replica_has_it(
     deployment: SentinelDeployment, tmp_path: Path, key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:

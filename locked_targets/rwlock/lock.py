@@ -30,7 +30,6 @@ import logging
 import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
 
 import redis
 
@@ -53,9 +52,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MIN_REPLICAS_TIMEOUT_SECONDS = 0.5
 """How long a grant waits for its replicas' acknowledgement, unless configured."""
-# A shared grant is confirmed by renewing it this much longer than its lease: a renewal that
-# lengthens the lease always writes, and WAIT counts only writes (``_confirm_shared_grant``).
-_LONGER_BY_SECONDS = 0.001
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -212,8 +208,10 @@ class ReadWriteLock:
 
         A release of this lock this process handed over a moment ago must reach Redis first, or
         the attempt would wait for (or, with no wait timeout left, fail on) its own past hold:
-        it rides along in front of the attempt (``Releaser.send_along``)."""
-        acknowledging = _acknowledging_batch(self.connection, [self]) if mode is LockMode.EXCLUSIVE else None
+        it rides along in front of the attempt (``Releaser.send_along``). ``WAIT`` follows the
+        attempt on its connection, in the same round trip: it counts that connection's writes.
+        """
+        acknowledging = _acknowledging_batch(self.connection, [self])
         batch = acknowledging if acknowledging is not None else ScriptBatch(self.connection)
         if mode is LockMode.SHARED:
             scripts.add_shared_attempts(
@@ -233,37 +231,12 @@ class ReadWriteLock:
         (reply,) = releaser_for(self.connection).send_along(batch, after=[self.keys.base])
         if isinstance(reply, Exception):
             raise reply
-        if mode is LockMode.SHARED:
-            shared = scripts.shared_attempt(reply)
-            if self.min_replicas_acked and isinstance(shared, scripts.Granted):
-                self._confirm_shared_grant(token)
-            return shared
-        attempt = scripts.exclusive_attempt(reply)
+        attempt = (
+            scripts.shared_attempt(reply) if mode is LockMode.SHARED else scripts.exclusive_attempt(reply)
+        )
         if acknowledging is not None and isinstance(attempt, scripts.Granted):
-            acknowledging.ensure_acknowledged(f"the {self.name(LockMode.EXCLUSIVE)} of {self.keys.path}")
+            acknowledging.ensure_acknowledged(f"the {self.name(mode)} of {self.keys.path}")
         return attempt
-
-    def _confirm_shared_grant(self, token: str) -> None:
-        """Wait until ``min_replicas_acked`` replicas acknowledge the shared grant of ``token``.
-
-        ``WAIT`` counts the writes of the connection that sends it, and a shared acquisition is
-        sent on its own (``acquire_shared`` takes no batch): so the grant is renewed, for a lease
-        ``_LONGER_BY_SECONDS`` longer (a renewal that lengthens a lease always writes), and ``WAIT``
-        follows on the renewal's connection. A server that renews the lease knows the grant, so
-        its replicas that acknowledge the renewal have the grant too.
-        """
-        batch = _AcknowledgedBatch(
-            self.connection, self.min_replicas_acked, self.min_replicas_timeout_seconds
-        )
-        scripts.extend(
-            self.connection, self.keys, token, self.terms.lease_seconds + _LONGER_BY_SECONDS, batch
-        )
-        if batch.send_one() != 1:
-            raise BackendUnavailable(
-                address=self.connection.address,
-                reason=f"the shared grant of {self.keys.path} was gone at once (a failover in between?)",
-            )
-        batch.ensure_acknowledged(f"the {self.name(LockMode.SHARED)} of {self.keys.path}")
 
     def _wait(
         self,
@@ -532,13 +505,6 @@ class _AcknowledgedBatch(ScriptBatch):
         super().__init__(connection, wait_for_replicas=(replicas, scripts.milliseconds(timeout_seconds)))
         self._replicas = replicas
         self._timeout_seconds = timeout_seconds
-
-    def send_one(self) -> Any:
-        """Send the batch's only call: its reply, or the error reply it got, raised."""
-        (reply,) = self.send()
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
 
     def ensure_acknowledged(self, what: str) -> None:
         """Raise unless enough replicas acknowledged the writes sent: ``BackendUnavailable``, or the
