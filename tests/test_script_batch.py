@@ -53,6 +53,19 @@ def test_a_script_the_server_lost_is_loaded_and_its_calls_sent_again(
     assert batch_of(connection, [(ECHO, "b"), (ECHO, "c")]) == [b"b", b"c"]
 
 
+def test_a_script_new_to_the_server_is_loaded_in_the_batchs_own_round_trip(
+    connection: RedisConnection, private_redis: RedisServer
+) -> None:
+    """Once per script, ahead of its calls: none is refused and sent again."""
+    server = private_redis.client()
+    server.config_resetstat()
+    assert batch_of(connection, [(ECHO, "a"), (ECHO, "b"), (BUSY, "0")]) == [b"a", b"b", b"done"]
+    assert batch_of(connection, [(ECHO, "d")]) == [b"d"]
+    stats = server.info("commandstats")
+    assert stats["cmdstat_script"]["calls"] == 2, "each script loaded once (Redis 6.2 counts SCRIPT as one)"
+    assert stats["cmdstat_evalsha"] == {**stats["cmdstat_evalsha"], "calls": 4, "failed_calls": 0}
+
+
 def test_a_connection_that_times_out_midway_fails_its_batch_and_leaves_the_next_in_step(
     connection: RedisConnection,
 ) -> None:

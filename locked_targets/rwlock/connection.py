@@ -29,7 +29,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -257,6 +257,8 @@ class RedisConnection:
         self._client_lock = threading.Lock()
         self._scripts: dict[str, Script] = {}
         self._scripts_lock = threading.Lock()
+        self._loaded: set[str] = set()
+        """The SHAs of the scripts the server has loaded, as far as this process has seen."""
         self._background: RedisConnection | None = None
         self._foreground: RedisConnection | None = None
         """For a ``background`` connection: the one it serves (a demoted master is forgotten by both)."""
@@ -337,6 +339,19 @@ class RedisConnection:
             if registered is None:
                 registered = self._scripts[source] = self.client.register_script(source)
             return registered
+
+    def scripts_to_load(self, scripts: Iterable[Script]) -> list[Script]:
+        """Those of ``scripts`` (each once) this process has not seen the server load: a batch loads
+        them first, in its own round trip, where a call of one would be refused (``NOSCRIPT``)."""
+        with self._scripts_lock:
+            return list({script.sha: script for script in scripts if script.sha not in self._loaded}.values())
+
+    def scripts_seen(self, loaded: Iterable[str], missing: Iterable[str]) -> None:
+        """The server ran the scripts ``loaded`` (SHAs), and lacked ``missing`` (it restarted, or a
+        failover put another server in its place)."""
+        with self._scripts_lock:
+            self._loaded.update(loaded)
+            self._loaded.difference_update(missing)
 
     @contextmanager
     def errors_translated(self) -> Iterator[None]:

@@ -1,13 +1,14 @@
 """Script calls sent together: in one round trip to a server, in one per master on a Redis Cluster.
 
 A batch of script calls goes to each master in a pipeline of its own (``ScriptBatch``):
-redis-py refuses EVALSHA in its cluster pipeline. A call a cluster redirected, or that met a
-failed node, is sent again after the slots are read again.
+redis-py refuses EVALSHA in its cluster pipeline. A call a cluster redirected is sent again to
+the node the redirection names, and one that met a failed node after the slots are read again.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -38,8 +39,10 @@ class ScriptBatch:
     replies read in order.
 
     A redis-py pipeline of scripts first asks ``SCRIPT EXISTS`` in a round trip of its own;
-    a batch sends the calls at once and loads a script only where the server says it lacks
-    it (after a restart), then sends those calls again: a call refused for that never ran.
+    a batch sends the calls at once, a ``SCRIPT LOAD`` ahead of them for each script this
+    process has not seen the server run (not on a cluster, whose nodes each have their own).
+    Where the server says it lacks a script all the same (it restarted), the batch loads it
+    and sends those calls again: a call refused for that never ran.
     """
 
     def __init__(self, connection: RedisConnection, wait_for_replicas: tuple[int, int] | None = None) -> None:
@@ -47,8 +50,8 @@ class ScriptBatch:
         self._calls: list[_Call] = []
         self._wait_for_replicas = wait_for_replicas
         self.reloaded: tuple[int, ...] = ()
-        """The calls (by index) the last ``send`` sent again, once the server had loaded their script:
-        every call after the first of them ran before it."""
+        """The calls (by index) the last ``send`` sent again, once the server had loaded their script;
+        those it did not send again ran before them."""
         self.acknowledged: int | Exception | None = None
         """With ``wait_for_replicas`` (replicas, timeout in ms): the reply of the ``WAIT`` sent after
         the calls on their connection, how many replicas acknowledged them (or the error it got)."""
@@ -78,13 +81,19 @@ class ScriptBatch:
             index for index, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)
         ]
         self.reloaded = tuple(unknown)
+        missing = {self._calls[index][0] for index in unknown}
+        self._connection.scripts_seen(
+            loaded={script.sha for script, _keys, _args in self._calls} - {script.sha for script in missing},
+            missing={script.sha for script in missing},
+        )
         if unknown:
-            for script in {self._calls[index][0] for index in unknown}:
+            for script in missing:
                 script.sha = self._connection.client.script_load(script.script)
             for index, reply in zip(
                 unknown, self._send([self._calls[index] for index in unknown]), strict=True
             ):
                 replies[index] = reply
+            self._connection.scripts_seen(loaded={script.sha for script in missing}, missing=())
         return replies
 
     def _send(self, calls: list[_Call]) -> list[Any]:
@@ -98,28 +107,38 @@ class ScriptBatch:
                     "is not supported on a Redis Cluster: set it to 0",
                 )
             return _send_per_node(client, calls)
+        # A script the server lacks is loaded in the same round trip, ahead of its calls: not
+        # refused call by call, then loaded and sent again in round trips of their own.
+        loading = self._connection.scripts_to_load(script for script, _keys, _args in calls)
         if self._wait_for_replicas is None:
-            return _pipelined(client, [(call, False) for call in calls])
+            return _pipelined(client, [(call, False) for call in calls], loading=loading)
         *replies, self.acknowledged = _pipelined(
-            client, [(call, False) for call in calls], wait_for_replicas=self._wait_for_replicas
+            client,
+            [(call, False) for call in calls],
+            wait_for_replicas=self._wait_for_replicas,
+            loading=loading,
         )
         return replies
 
 
 def _pipelined(
-    client: redis.Redis, calls: list[tuple[_Call, bool]], wait_for_replicas: tuple[int, int] | None = None
+    client: redis.Redis,
+    calls: list[tuple[_Call, bool]],
+    wait_for_replicas: tuple[int, int] | None = None,
+    loading: Sequence[Script] = (),
 ) -> list[Any]:
     """Each call's reply from one server, in one round trip; ``ASKING`` goes before a call flagged
     True (one that an ASK redirection sent to this node). With ``wait_for_replicas``, a ``WAIT``
-    follows the calls on their connection, and its reply ends the list."""
-    commands: list[tuple[Any, ...]] = []
+    follows the calls on their connection, and its reply ends the list. ``SCRIPT LOAD`` of each of
+    ``loading`` goes first (a call whose script it failed to load is refused, ``NOSCRIPT``)."""
+    commands: list[tuple[Any, ...]] = [("SCRIPT", "LOAD", script.script) for script in loading]
     for (script, keys, args), asking in calls:
         if asking:
             commands.append(("ASKING",))
         commands.append(("EVALSHA", script.sha, len(keys), *keys, *args))
     if wait_for_replicas is not None:
         commands.append(("WAIT", *wait_for_replicas))
-    answers = iter(_round_trip(client, commands))
+    answers = iter(_round_trip(client, commands)[len(loading) :])
     replies = []
     for _call, asking in calls:
         if asking:
@@ -168,19 +187,20 @@ def _send_per_node(cluster: RedisCluster, calls: list[_Call]) -> list[Any]:
     (every key of a lock shares one); replies in the order of ``calls``.
 
     redis-py refuses EVALSHA in its cluster pipeline. A call whose reply is in ``_SENT_AGAIN`` is
-    sent again, up to ``_CLUSTER_SEND_ROUNDS`` times in all: after the slots are read again
-    (MOVED, CLUSTERDOWN, a failed node), to the node an ASK names, or after a pause (TRYAGAIN);
-    then that reply is its reply.
+    sent again, up to ``_CLUSTER_SEND_ROUNDS`` times in all: to the node a MOVED or an ASK names,
+    after the slots are read again (MOVED, CLUSTERDOWN, a failed node), or after a pause
+    (TRYAGAIN); then that reply is its reply.
     """
     replies: list[Any] = [None] * len(calls)
     asked: dict[int, ClusterNode] = {}
+    moved: dict[int, ClusterNode] = {}
     pending = list(range(len(calls)))
     for _round in range(_CLUSTER_SEND_ROUNDS):
         by_node: dict[str, list[int]] = {}
         nodes: dict[str, ClusterNode] = {}
         for index in pending:
             try:
-                node = asked.get(index) or node_serving(cluster, calls[index][1][0])
+                node = asked.get(index) or moved.get(index) or node_serving(cluster, calls[index][1][0])
             except redis.exceptions.ClusterDownError as error:
                 replies[index] = error
                 continue
@@ -198,26 +218,37 @@ def _send_per_node(cluster: RedisCluster, calls: list[_Call]) -> list[Any]:
                 replies[index] = reply
         pending = [index for index in pending if isinstance(replies[index], _SENT_AGAIN)]
         if not pending or not _ready_to_send_again(
-            cluster, [(index, replies[index]) for index in pending], asked
+            cluster, [(index, replies[index]) for index in pending], asked, moved
         ):
             break
     return replies
 
 
 def _ready_to_send_again(
-    cluster: RedisCluster, redirected: list[tuple[int, redis.RedisError]], asked: dict[int, ClusterNode]
+    cluster: RedisCluster,
+    redirected: list[tuple[int, redis.RedisError]],
+    asked: dict[int, ClusterNode],
+    moved: dict[int, ClusterNode],
 ) -> bool:
-    """Get ready to send calls again after these replies: note where an ASK sends each, read the slots
-    again or pause as the others ask. False if the slots cannot be read: the replies stand."""
+    """Get ready to send calls again after these replies: note the node an ASK or a MOVED names for
+    each, read the slots again or pause as the others ask. False if the slots cannot be read and a
+    call has no node named: the replies stand.
+
+    A MOVED call goes to the node its reply names, whatever the slots read now say: during a
+    failover a node asked for them may not know the new master yet, and send it back to the old.
+    """
     asked.clear()
+    moved.clear()
     for index, reply in redirected:
-        if type(reply) is redis.exceptions.AskError:  # not its subclass MovedError
-            asked[index] = _node_at(cluster, reply.host, reply.port)
+        if isinstance(reply, redis.exceptions.AskError):  # MovedError is one too
+            named = _node_at(cluster, reply.host, reply.port)
+            (asked if type(reply) is redis.exceptions.AskError else moved)[index] = named
     if len(asked) < len(redirected):
         try:
             cluster.nodes_manager.initialize()
         except RedisClusterException:
-            return False
+            if len(asked) + len(moved) < len(redirected):
+                return False
     if any(isinstance(reply, redis.exceptions.TryAgainError) for _index, reply in redirected):
         time.sleep(_TRY_AGAIN_PAUSE_SECONDS)
     return True
