@@ -179,10 +179,10 @@ def report_issue_9(
 
 def _added_time_rows(result: PerCallResult) -> list[list[str]]:
     """Goal 6: the time a call adds, in RTs, cold ((d), and both variants' dumps) and repeated ((c))."""
-    cold, repeated = Variant.LOCKED_TARGET_NO_KEPT_LEASES, Variant.LOCKED_TARGET
+    repeated = Variant.LOCKED_TARGET
     rows = []
     for operation in OPERATIONS:
-        judged = LOCKED_VARIANTS if operation == "dump" else (cold,)
+        judged = per_call.judged_for_added_time(operation)
         added = ", ".join(
             f"{locked.letter} {per_call.added_round_trips(result, operation, locked):.1f}"
             for locked in judged

@@ -346,12 +346,11 @@ class RedisConnection:
         with self._scripts_lock:
             return list({script.sha: script for script in scripts if script.sha not in self._loaded}.values())
 
-    def scripts_seen(self, loaded: Iterable[str], missing: Iterable[str]) -> None:
-        """The server ran the scripts ``loaded`` (SHAs), and lacked ``missing`` (it restarted, or a
-        failover put another server in its place)."""
+    def scripts_loaded(self, scripts: Iterable[Script]) -> None:
+        """The server has loaded ``scripts`` (one it loses later, by a restart or a failover, refuses
+        its calls, and the batch loads it again)."""
         with self._scripts_lock:
-            self._loaded.update(loaded)
-            self._loaded.difference_update(missing)
+            self._loaded.update(script.sha for script in scripts)
 
     @contextmanager
     def errors_translated(self) -> Iterator[None]:

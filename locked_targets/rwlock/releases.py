@@ -246,8 +246,8 @@ class Releaser:
 
     def _answered(self, sent: list[_Queued], retry: list[_Queued]) -> None:
         """``sent`` is answered, ``retry`` to be tried again (called holding the condition)."""
-        answered = {queued.request.lock for queued in sent if not queued.tried}
-        self._in_flight.subtract(queued.request.lock for queued in sent if not queued.tried)
+        answered = [queued.request.lock for queued in sent if not queued.tried]
+        self._in_flight.subtract(answered)
         self._in_flight = +self._in_flight  # drop the locks with nothing left on its way
         self._queue.extend(retry)
         # Wake whoever this concerns: a caller waiting for the queue, or the thread, for a retry or

@@ -81,19 +81,15 @@ class ScriptBatch:
             index for index, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)
         ]
         self.reloaded = tuple(unknown)
-        missing = {self._calls[index][0] for index in unknown}
-        self._connection.scripts_seen(
-            loaded={script.sha for script, _keys, _args in self._calls} - {script.sha for script in missing},
-            missing={script.sha for script in missing},
-        )
         if unknown:
+            missing = {self._calls[index][0] for index in unknown}
             for script in missing:
                 script.sha = self._connection.client.script_load(script.script)
+            self._connection.scripts_loaded(missing)
             for index, reply in zip(
                 unknown, self._send([self._calls[index] for index in unknown]), strict=True
             ):
                 replies[index] = reply
-            self._connection.scripts_seen(loaded={script.sha for script in missing}, missing=())
         return replies
 
     def _send(self, calls: list[_Call]) -> list[Any]:
@@ -110,14 +106,17 @@ class ScriptBatch:
         # A script the server lacks is loaded in the same round trip, ahead of its calls: not
         # refused call by call, then loaded and sent again in round trips of their own.
         loading = self._connection.scripts_to_load(script for script, _keys, _args in calls)
-        if self._wait_for_replicas is None:
-            return _pipelined(client, [(call, False) for call in calls], loading=loading)
-        *replies, self.acknowledged = _pipelined(
+        replies = _pipelined(
             client,
             [(call, False) for call in calls],
             wait_for_replicas=self._wait_for_replicas,
             loading=loading,
         )
+        if loading:  # loaded, or their calls were refused for it (NOSCRIPT) and ``send`` loads them again
+            self._connection.scripts_loaded(loading)
+        if self._wait_for_replicas is None:
+            return replies
+        *replies, self.acknowledged = replies
         return replies
 
 
