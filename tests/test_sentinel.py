@@ -253,6 +253,28 @@ def test_readonly_heard_by_the_background_threads_drops_the_task_threads_connect
         time.sleep(0.05)
 
 
+def test_readonly_closes_the_connection_a_thread_keeps_for_its_round_trips(
+    deployment: SentinelDeployment,
+) -> None:
+    """A thread keeps its connection between round trips (``RedisConnection.round_trip``): after a
+    READONLY reply, heard by the background threads here, its next round trip goes on a new one."""
+    connection = RedisConnection(f"{deployment.url}?sentinel_password={SENTINEL_PASSWORD}")
+    (kept,) = connection.round_trip([("CLIENT", "ID")])
+    assert connection.round_trip([("CLIENT", "ID")]) == [kept], "kept between round trips"
+    replica = deployment.client(
+        next(port for port in deployment.data_ports if port != deployment.master_port())
+    )
+    with pytest.raises(redis.ResponseError) as refused_by_replica:
+        replica.eval("return redis.call('set', KEYS[1], 'x')", 1, "readonly-probe")
+
+    connection.background.forget_demoted_master(refused_by_replica.value)
+
+    (opened,) = connection.round_trip([("CLIENT", "ID")])
+    assert opened != kept
+    master = deployment.client(deployment.master_port())
+    assert all(client["id"] != str(kept) for client in master.client_list()), "the kept one was closed"
+
+
 @pytest.mark.parametrize("on_redis_error", ["wait", "fail"])
 def test_lock_operations_after_a_failover_reach_the_new_master(
     deployment_to_fail_over: SentinelDeployment, tmp_path: Path, key_prefix: str, on_redis_error: str

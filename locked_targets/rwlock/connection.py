@@ -24,12 +24,13 @@ are off: they would multiply those timeouts, and ``retry`` decides what a failur
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -37,7 +38,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
-from redis.connection import AbstractConnection
+from redis.connection import AbstractConnection, Connection, ConnectionPool
 from redis.exceptions import RedisClusterException, SlotNotCoveredError
 from redis.retry import Retry
 from redis.sentinel import (
@@ -262,6 +263,10 @@ class RedisConnection:
         self._background: RedisConnection | None = None
         self._foreground: RedisConnection | None = None
         """For a ``background`` connection: the one it serves (a demoted master is forgotten by both)."""
+        self._kept = threading.local()
+        """Each thread's ``_KeptConnection`` (``round_trip``), as its ``connection`` attribute."""
+        self._master_changes = 0
+        """How many times a READONLY reply said the master was demoted: a kept connection older is dropped."""
 
     @property
     def background(self) -> RedisConnection:
@@ -352,6 +357,42 @@ class RedisConnection:
         with self._scripts_lock:
             self._loaded.update(script.sha for script in scripts)
 
+    def round_trip(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """The replies to ``commands``, sent at once to the server (not a cluster: see ``exchange``) on
+        a connection this thread keeps between its round trips.
+
+        Taking a connection from redis-py's pool and giving it back (a lock, a poll of the socket,
+        its metrics) costs about as much Python as the rest of a lock's request: a thread that
+        locks keeps one instead. A thread that sends while its own round trip is under way (a
+        finalizer run meanwhile) takes one from the pool.
+        """
+        kept: _KeptConnection | None = getattr(self._kept, "connection", None)
+        if kept is None or kept.pid != os.getpid() or kept.master_changes != self._master_changes:
+            kept = self._kept.connection = self._new_kept_connection(kept)
+        elif kept.busy:
+            return exchange_on(kept.pool, commands)
+        kept.busy = True
+        try:
+            return exchange(kept.connection, commands)
+        except BaseException:
+            # Closed: the pool opens the next one, as redis-py opens it (through sentinels, the
+            # master they name now), which a send on a closed connection would not.
+            self._kept.connection = None
+            raise
+        finally:
+            kept.busy = False
+
+    def _new_kept_connection(self, stale: _KeptConnection | None) -> _KeptConnection:
+        """A connection for this thread to keep, in place of ``stale``: kept in a parent process
+        (its socket is the parent's), or to a master since demoted (closed, so that the next
+        connection asks the sentinels for the master again)."""
+        if stale is not None and stale.pid == os.getpid():
+            stale.connection.disconnect()  # type: ignore[no-untyped-call]
+        client = self.client
+        assert isinstance(client, redis.Redis), "a cluster's calls go node by node (exchange_on)"
+        pool = client.connection_pool
+        return _KeptConnection(pool, pool.get_connection(), self._master_changes)
+
     @contextmanager
     def errors_translated(self) -> Iterator[None]:
         """Re-raise a Redis failure, or an error reply saying the server cannot serve locks now,
@@ -399,6 +440,8 @@ class RedisConnection:
         if error_code(error) != "READONLY":
             return
         for connection in (self, self._background, self._foreground):
+            if connection is not None:
+                connection._master_changes += 1
             pool = (
                 connection._client.connection_pool
                 if connection and isinstance(connection._client, redis.Redis)
@@ -482,6 +525,51 @@ class RedisConnection:
             finally:
                 first_database.disconnect()
         return f"the database {self.database} does not exist on the server at {self.address}{told}"
+
+
+class _KeptConnection:
+    """A connection a thread took out of a client's pool to keep for its round trips."""
+
+    def __init__(self, pool: ConnectionPool, connection: Connection, master_changes: int) -> None:
+        self.pool = pool
+        self.connection = connection
+        self.pid = os.getpid()
+        self.master_changes = master_changes
+        self.busy = False
+
+    def __del__(self) -> None:
+        """Its thread ended, or another replaced it: back to the pool, by the process that took it."""
+        if self.pid == os.getpid():
+            self.pool.release(self.connection)
+
+
+def exchange_on(pool: ConnectionPool, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """``exchange`` on a connection of ``pool``, given back afterwards."""
+    connection = pool.get_connection()
+    try:
+        return exchange(connection, commands)
+    finally:
+        pool.release(connection)
+
+
+def exchange(connection: AbstractConnection, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """The replies to ``commands``, sent at once on ``connection`` (an error reply as its exception),
+    as redis-py's pipeline sends them, without its bookkeeping around each command, which costs
+    more than the round trip itself and takes the interpreter from the thread running the tasks.
+    The client retries nothing, so neither does this: a connection that fails midway is closed,
+    its replies out of step, and the error raised."""
+    try:
+        connection.send_packed_command(connection.pack_commands(commands))  # type: ignore[no-untyped-call]
+        replies: list[Any] = []
+        for _command in commands:
+            try:
+                replies.append(connection.read_response())
+            except redis.ResponseError as error:
+                replies.append(error)
+        return replies
+    except BaseException:
+        connection.disconnect()  # type: ignore[no-untyped-call]
+        raise
 
 
 class _OpensWithinConnectTimeout(AbstractConnection):

@@ -7,8 +7,9 @@ the node the redirection names, and one that met a failed node after the slots a
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -17,7 +18,7 @@ from redis.commands.core import Script
 from redis.exceptions import RedisClusterException
 
 from locked_targets.errors import ConfigurationError
-from locked_targets.rwlock.connection import RedisConnection, node_serving
+from locked_targets.rwlock.connection import RedisConnection, exchange_on, node_serving
 
 _CLUSTER_SEND_ROUNDS = 3
 """How many times a batch on a cluster sends a call that was redirected, or met a failed node."""
@@ -107,7 +108,7 @@ class ScriptBatch:
         # refused call by call, then loaded and sent again in round trips of their own.
         loading = self._connection.scripts_to_load(script for script, _keys, _args in calls)
         replies = _pipelined(
-            client,
+            self._connection.round_trip,
             [(call, False) for call in calls],
             wait_for_replicas=self._wait_for_replicas,
             loading=loading,
@@ -121,12 +122,12 @@ class ScriptBatch:
 
 
 def _pipelined(
-    client: redis.Redis,
+    round_trip: Callable[[list[tuple[Any, ...]]], list[Any]],
     calls: list[tuple[_Call, bool]],
     wait_for_replicas: tuple[int, int] | None = None,
     loading: Sequence[Script] = (),
 ) -> list[Any]:
-    """Each call's reply from one server, in one round trip; ``ASKING`` goes before a call flagged
+    """Each call's reply from one server, in one ``round_trip``; ``ASKING`` goes before a call flagged
     True (one that an ASK redirection sent to this node). With ``wait_for_replicas``, a ``WAIT``
     follows the calls on their connection, and its reply ends the list. ``SCRIPT LOAD`` of each of
     ``loading`` goes first (a call whose script it failed to load is refused, ``NOSCRIPT``)."""
@@ -137,7 +138,7 @@ def _pipelined(
         commands.append(("EVALSHA", script.sha, len(keys), *keys, *args))
     if wait_for_replicas is not None:
         commands.append(("WAIT", *wait_for_replicas))
-    answers = iter(_round_trip(client, commands)[len(loading) :])
+    answers = iter(round_trip(commands)[len(loading) :])
     replies = []
     for _call, asking in calls:
         if asking:
@@ -145,30 +146,6 @@ def _pipelined(
         replies.append(next(answers))
     replies.extend(answers)  # WAIT's reply, if sent
     return replies
-
-
-def _round_trip(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
-    """The replies to ``commands``, sent at once on one of ``client``'s connections (an error reply
-    as its exception), as redis-py's pipeline sends them, without its bookkeeping around each
-    command, which costs more than the round trip itself and takes the interpreter from the
-    thread running the tasks. The client retries nothing (``connection``), so neither does this:
-    a connection that fails midway is closed, its replies out of step, and the error raised."""
-    pool = client.connection_pool
-    connection = pool.get_connection()
-    try:
-        connection.send_packed_command(connection.pack_commands(commands))  # type: ignore[no-untyped-call]
-        replies: list[Any] = []
-        for _command in commands:
-            try:
-                replies.append(connection.read_response())
-            except redis.ResponseError as error:
-                replies.append(error)
-        return replies
-    except BaseException:
-        connection.disconnect()  # type: ignore[no-untyped-call]
-        raise
-    finally:
-        pool.release(connection)
 
 
 # A cluster's replies that send a call again: redirected (MOVED, ASK), "not now" (TRYAGAIN,
@@ -208,7 +185,7 @@ def _send_per_node(cluster: RedisCluster, calls: list[_Call]) -> list[Any]:
         for name, indices in by_node.items():
             try:
                 answered = _pipelined(
-                    cluster.get_redis_connection(nodes[name]),
+                    functools.partial(exchange_on, cluster.get_redis_connection(nodes[name]).connection_pool),
                     [(calls[index], index in asked) for index in indices],
                 )
             except (redis.ConnectionError, redis.TimeoutError) as error:

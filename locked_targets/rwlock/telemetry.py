@@ -14,8 +14,9 @@ current: that would cost more than everything else recorded here together.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from types import TracebackType
 
 from opentelemetry import metrics, trace
 
@@ -76,27 +77,9 @@ def lock_labels(*, namespace: str, storage: str) -> Mapping[str, str]:
     return {NAMESPACE: namespace, STORAGE: storage}
 
 
-@contextmanager
-def acquisition(mode: str, labels: Mapping[str, str]) -> Iterator[None]:
+def acquisition(mode: str, labels: Mapping[str, str]) -> AbstractContextManager[None]:
     """Around one acquisition, waits and retries included: its span, its wait time, a timeout."""
-    attributes = {**labels, MODE: mode}
-    started = time.monotonic()
-    outcome = "error"
-    with _span("locked_targets.acquire", attributes) as span:
-        try:
-            yield
-            outcome = "acquired"
-        except LockTimeout:
-            outcome = "timeout"
-            _timeouts.add(1, attributes)
-            raise
-        except BackendUnavailable:
-            outcome = "redis_error"
-            raise
-        finally:
-            waited = time.monotonic() - started
-            span.set_attributes({OUTCOME: outcome, WAITED: waited})
-            _wait.record(waited, {**attributes, OUTCOME: outcome})
+    return _Acquisition({**labels, MODE: mode})
 
 
 def record_granted(mode: str, labels: Mapping[str, str]) -> None:
@@ -117,20 +100,9 @@ def record_revoked(labels: Mapping[str, str]) -> None:
     _revocations.add(1, labels)
 
 
-@contextmanager
-def commit(labels: Mapping[str, str]) -> Iterator[None]:
+def commit(labels: Mapping[str, str]) -> AbstractContextManager[None]:
     """Around a dump's write and commit: its span, and a refusal by the storage."""
-    with _span("locked_targets.commit", labels) as span:
-        outcome = "error"
-        try:
-            yield
-            outcome = "committed"
-        except CommitRefused:
-            outcome = "refused"
-            _refused_commits.add(1, labels)
-            raise
-        finally:
-            span.set_attribute(OUTCOME, outcome)
+    return _Commit(labels)
 
 
 def record_redis_error(kind: str) -> None:
@@ -141,12 +113,61 @@ def record_run_skipped(labels: Mapping[str, str]) -> None:
     _run_skips.add(1, labels)
 
 
-@contextmanager
-def _span(name: str, attributes: Mapping[str, str]) -> Iterator[trace.Span]:
-    """A span, child of the current one, current itself while it records (with an SDK)."""
-    span = _tracer.start_span(name, attributes=attributes)
-    if not span.is_recording():
-        yield span
-        return
-    with trace.use_span(span, end_on_exit=True):
-        yield span
+class _Spanned:
+    """A block in a span, child of the current one, current itself while it records (with an SDK);
+    a class, not a generator: an acquisition takes a few, and each costs the thread running tasks."""
+
+    def __init__(self, name: str, attributes: Mapping[str, str]) -> None:
+        self.attributes = attributes
+        self.span = _tracer.start_span(name, attributes=attributes)
+        self._current = trace.use_span(self.span, end_on_exit=True) if self.span.is_recording() else None
+
+    def __enter__(self) -> None:
+        if self._current is not None:
+            self._current.__enter__()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.ended(kind)
+        if self._current is not None:
+            self._current.__exit__(kind, error, traceback)
+
+    def ended(self, kind: type[BaseException] | None) -> None:
+        """Record how the block ended: normally (``kind`` None), or by raising ``kind``."""
+        raise NotImplementedError
+
+
+class _Acquisition(_Spanned):
+    def __init__(self, attributes: Mapping[str, str]) -> None:
+        super().__init__("locked_targets.acquire", attributes)
+        self._started = time.monotonic()
+
+    def ended(self, kind: type[BaseException] | None) -> None:
+        waited = time.monotonic() - self._started
+        if kind is None:
+            outcome = "acquired"
+        elif issubclass(kind, LockTimeout):
+            outcome = "timeout"
+            _timeouts.add(1, self.attributes)
+        elif issubclass(kind, BackendUnavailable):
+            outcome = "redis_error"
+        else:
+            outcome = "error"
+        self.span.set_attributes({OUTCOME: outcome, WAITED: waited})
+        _wait.record(waited, {**self.attributes, OUTCOME: outcome})
+
+
+class _Commit(_Spanned):
+    def __init__(self, labels: Mapping[str, str]) -> None:
+        super().__init__("locked_targets.commit", labels)
+
+    def ended(self, kind: type[BaseException] | None) -> None:
+        if kind is None:
+            outcome = "committed"
+        elif issubclass(kind, CommitRefused):
+            outcome = "refused"
+            _refused_commits.add(1, self.attributes)
+        else:
+            outcome = "error"
+        self.span.set_attribute(OUTCOME, outcome)
