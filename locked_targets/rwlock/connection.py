@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import hiredis
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
@@ -557,9 +558,12 @@ def exchange(connection: AbstractConnection, commands: Sequence[tuple[Any, ...]]
     as redis-py's pipeline sends them, without its bookkeeping around each command, which costs
     more than the round trip itself and takes the interpreter from the thread running the tasks.
     The client retries nothing, so neither does this: a connection that fails midway is closed,
-    its replies out of step, and the error raised."""
+    its replies out of step, and the error raised.
+
+    Packed by hiredis as redis-py packs them with it, without its Python around each argument."""
     try:
-        connection.send_packed_command(connection.pack_commands(commands))  # type: ignore[no-untyped-call]
+        packed = b"".join([hiredis.pack_command(command) for command in commands])
+        connection.send_packed_command([packed])  # type: ignore[no-untyped-call]
         replies: list[Any] = []
         for _command in commands:
             try:
