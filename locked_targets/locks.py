@@ -26,6 +26,7 @@ import enum
 import functools
 import multiprocessing.util
 import os
+from collections.abc import Callable, Mapping
 
 from locked_targets.process_state import ProcessLocal, ProcessLocalMap
 from locked_targets.rwlock import (
@@ -148,10 +149,43 @@ def _new_lock(
     wait_timeout_seconds: float | None,
 ) -> ReadWriteLock:
     kind = storage_kind_for(path)
+    parts = _lock_parts(kind.name, path, settings, namespace)
+    return ReadWriteLock(
+        parts.connection,
+        lock_key_for(path, settings, namespace),
+        parts.terms,
+        wait_timeout_seconds=wait_timeout_seconds,
+        task=task,
+        label=None if namespace is LockNamespace.TARGET else f"{namespace.value} lock",
+        shared_leases=parts.shared_leases,
+        telemetry_labels=parts.telemetry_labels,
+        min_replicas_acked=settings.min_replicas_acked,
+        min_replicas_timeout_seconds=settings.min_replicas_timeout_seconds,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _LockParts:
+    """What every lock of one storage kind and namespace shares under one ``Settings``."""
+
+    connection: RedisConnection
+    terms: LeaseTerms
+    shared_leases: Callable[[], SharedLeases] | None
+    telemetry_labels: Mapping[str, str]
+
+
+def _lock_parts(kind: str, path: str, settings: Settings, namespace: LockNamespace) -> _LockParts:
+    """The parts of a new lock of ``path`` (of storage kind ``kind``), worked out once per settings:
+    a dump of a new file builds its lock on the task's critical path."""
+    remembered = _remembered_parts.get()
+    key = (id(settings), kind, namespace)  # by id, as ``lock_for``; each entry holds its settings
+    known = remembered.get(key)
+    if known is not None:
+        return known[1]
     service = lock_service_for(path, settings)
     if service is None:
         raise ValueError(
-            f"locking is not configured for {kind.name} files: neither {kind.name}_redis_url nor redis_url"
+            f"locking is not configured for {kind} files: neither {kind}_redis_url nor redis_url"
         )
     connection = connection_for(service.url, service.setting)
     terms = lease_terms(settings)
@@ -162,24 +196,21 @@ def _new_lock(
         redis_retry_deadline_seconds=terms.redis_retry_deadline_seconds,
     )
     keep_shared = namespace is LockNamespace.TARGET and settings.shared_lease_idle_seconds > 0
-    # Looked up at each use, not here: a lock built before a fork must not lend the parent's leases.
-    shared_leases = (
-        functools.partial(shared_leases_for, connection, settings.shared_lease_idle_seconds)
-        if keep_shared
-        else None
+    parts = _LockParts(
+        connection=connection,
+        terms=terms,
+        # Looked up at each use, not here: a lock built before a fork must not lend the parent's leases.
+        shared_leases=(
+            functools.partial(shared_leases_for, connection, settings.shared_lease_idle_seconds)
+            if keep_shared
+            else None
+        ),
+        telemetry_labels=telemetry.lock_labels(namespace=namespace.value, storage=kind),
     )
-    return ReadWriteLock(
-        connection,
-        lock_key_for(path, settings, namespace),
-        terms,
-        wait_timeout_seconds=wait_timeout_seconds,
-        task=task,
-        label=None if namespace is LockNamespace.TARGET else f"{namespace.value} lock",
-        shared_leases=shared_leases,
-        telemetry_labels=telemetry.lock_labels(namespace=namespace.value, storage=kind.name),
-        min_replicas_acked=settings.min_replicas_acked,
-        min_replicas_timeout_seconds=settings.min_replicas_timeout_seconds,
-    )
+    if len(remembered) >= _MOST_REMEMBERED_LOCKS:
+        remembered.clear()
+    remembered[key] = (settings, parts)
+    return parts
 
 
 def lease_terms(settings: Settings) -> LeaseTerms:
@@ -197,6 +228,7 @@ def lease_terms(settings: Settings) -> LeaseTerms:
 _MOST_REMEMBERED_LOCKS = 4096
 # A forked child starts with none: a lock refers to its process's connection.
 _remembered_locks: ProcessLocal[dict[tuple[object, ...], tuple[Settings, ReadWriteLock]]] = ProcessLocal(dict)
+_remembered_parts: ProcessLocal[dict[tuple[object, ...], tuple[Settings, _LockParts]]] = ProcessLocal(dict)
 _connections: ProcessLocalMap[str, RedisConnection] = ProcessLocalMap()
 _kept_shared_leases: ProcessLocalMap[tuple[RedisConnection, float], SharedLeases] = ProcessLocalMap()
 

@@ -21,6 +21,10 @@ class _Named:
     def __init__(self, suffix: str, holds: str) -> None:
         self.suffix = suffix
         self.__doc__ = holds
+        self.name = ""
+
+    def __set_name__(self, owner: type[LockKeys], name: str) -> None:
+        self.name = name
 
     @overload
     def __get__(self, keys: None, owner: type[LockKeys]) -> _Named: ...
@@ -29,7 +33,12 @@ class _Named:
     def __get__(self, keys: LockKeys, owner: type[LockKeys]) -> str: ...
 
     def __get__(self, keys: LockKeys | None, owner: type[LockKeys]) -> str | _Named:
-        return self if keys is None else keys.base + self.suffix
+        if keys is None:
+            return self
+        # Kept in the instance, which a descriptor without __set__ yields to from then on: each
+        # request names several keys of its lock.
+        named = keys.__dict__[self.name] = keys.base + self.suffix
+        return named
 
 
 @dataclasses.dataclass(frozen=True)

@@ -278,7 +278,8 @@ class Releaser:
         failure: BaseException | None = None
         try:
             with self._changed:
-                self._wait_for_answers(after)
+                if self._in_flight:
+                    self._wait_for_answers(after)
                 riding = self._take(
                     [
                         queued

@@ -94,8 +94,10 @@ class ScriptBatch:
         return replies
 
     def _send(self, calls: list[_Call]) -> list[Any]:
-        client = self._connection.client
-        if isinstance(client, RedisCluster):
+        # By the flag, not isinstance: RedisCluster's class makes that check cost microseconds.
+        if self._connection.is_cluster:
+            client = self._connection.client
+            assert isinstance(client, RedisCluster)
             if self._wait_for_replicas is not None:
                 # WAIT counts one connection's writes; a batch on a cluster has one per node.
                 raise ConfigurationError(
