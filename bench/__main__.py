@@ -25,6 +25,7 @@ from bench import (
     goals,
     hot_target,
     per_call,
+    placement,
     plots,
     redis_memory,
     round_trip,
@@ -115,10 +116,12 @@ def main(argv: list[str] | None = None) -> None:
             f"redis-server {server_version} (private, 127.0.0.1:{server.port}), "
             f"{os.cpu_count()} CPUs, {platform.system()} {platform.machine()}"
         )
-        round_trip_ms = round_trip.measure_round_trip_ms(server.url, effort.pings)
-        print(round_trip.report(round_trip_ms, effort.pings))
+        assert server.pid is not None  # started
         with tempfile.TemporaryDirectory(prefix="locked-targets-bench-") as directory:
-            per_call_result = per_call.measure(directory, redis, effort.calls, effort.counted_calls)
+            with placement.apart_from(server.pid) as placed:
+                round_trip_ms = round_trip.measure_round_trip_ms(server.url, effort.pings)
+                print(round_trip.report(round_trip_ms, effort.pings, placed))
+                per_call_result = per_call.measure(directory, redis, effort.calls, effort.counted_calls)
             _show(per_call.report(per_call_result))
             throughputs = hot_target.measure(directory, redis, effort.hot_seconds, rounds=effort.hot_rounds)
             _show(hot_target.report(throughputs, effort.hot_seconds, effort.hot_rounds))

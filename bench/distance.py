@@ -231,7 +231,7 @@ def report(result: DistanceResult) -> str:
             ),
             "",
             f"One call of scenario 2 at each link: the median of {result.calls} calls per cell, interleaved "
-            "with PINGs through the link (RT);",
+            "with PINGs through the link (RT), (b) in a pass of its own as in scenario 2;",
             f"the time {c}, {d} and (b) add to (a)'s call, in RTs of the link. (a) reaches no Redis.",
             table(
                 [

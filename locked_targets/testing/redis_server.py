@@ -43,6 +43,11 @@ class RedisServer:
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
+    def pid(self) -> int | None:
+        """The server process's id; None before it starts."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def url(self) -> str:
         credentials = f":{self.password}@" if self.password else ""
         return f"redis://{credentials}127.0.0.1:{self.port}/0"
