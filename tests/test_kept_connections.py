@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -89,6 +90,7 @@ def test_a_round_trip_sent_during_the_threads_own_takes_another_connection(
     connection: RedisConnection,
 ) -> None:
     """A signal handler runs between the send and the reply of the round trip it interrupts."""
+    assert echo(connection, "warm") == b"warm"  # the kept connection is open: the signal comes mid-read
     handler_replies: list[object] = []
     previous = signal.signal(
         signal.SIGALRM, lambda _signal, _frame: handler_replies.append(echo(connection, "handler"))
@@ -105,11 +107,22 @@ def test_a_round_trip_sent_during_the_threads_own_takes_another_connection(
     assert echo(connection, "next") == b"next"
 
 
-def test_a_connection_that_failed_is_replaced_by_one_the_pool_opens(
+def test_a_connection_closed_right_after_use_fails_one_round_trip_and_is_replaced(
     connection: RedisConnection, private_redis: RedisServer
 ) -> None:
+    """Within a burst of requests the pool does not check the kept connection: one fails."""
     assert echo(connection, "before") == b"before"
     private_redis.client().client_kill_filter(_type="normal", skipme=True)
     with pytest.raises(redis.ConnectionError):
         echo(connection, "on the killed connection")
     assert echo(connection, "after") == b"after"
+
+
+def test_a_connection_closed_during_a_pause_is_opened_again_by_the_pool(
+    connection: RedisConnection, private_redis: RedisServer
+) -> None:
+    """As after a restart, or a server's idle timeout: the next round trip does not fail."""
+    assert echo(connection, "before") == b"before"
+    private_redis.client().client_kill_filter(_type="normal", skipme=True)
+    time.sleep(0.2)
+    assert echo(connection, "after the pause") == b"after the pause"

@@ -23,6 +23,7 @@ from helpers.targets import locked_target
 from locked_targets import BackendUnavailable, ConfigurationError, LockLost, Settings
 from locked_targets.locks import connection_for, lease_terms, lock_key_for
 from locked_targets.rwlock import LockMode, ReadWriteLock, redis_address
+from locked_targets.rwlock import connection as connection_module
 from locked_targets.rwlock.connection import RedisConnection
 from locked_targets.rwlock.redis_urls import redacted_url
 from locked_targets.testing import SentinelDeployment
@@ -273,6 +274,33 @@ def test_readonly_closes_the_connection_a_thread_keeps_for_its_round_trips(
     assert opened != kept
     master = deployment.client(deployment.master_port())
     assert all(client["id"] != str(kept) for client in master.client_list()), "the kept one was closed"
+
+
+def test_a_kept_connection_follows_the_master_the_pool_heard_of(
+    deployment_to_fail_over: SentinelDeployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a failover, once any connection of the pool has asked the sentinels (here a PING), a
+    thread's next round trip goes to the new master, at once: not on the connection it kept, even
+    within a burst of requests, where the pool does not check it (the burst lasts the test here)."""
+    monkeypatch.setattr(connection_module, "_CHECKED_AFTER_SECONDS", 3600.0)
+    connection = RedisConnection(deployment_to_fail_over.url)
+    assert connection.round_trip([("ROLE",)])[0][0] == b"master"
+    deployment_to_fail_over.fail_over()
+    connection.client.ping()
+    assert connection.round_trip([("ROLE",)])[0][0] == b"master"
+
+
+def test_a_kept_connection_its_client_closed_is_not_opened_again_to_the_old_master(
+    deployment_to_fail_over: SentinelDeployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``client.close()`` closes the kept connection too: sent on, it would open again to the address
+    it had, a master since demoted; the pool opens the next one through the sentinels instead."""
+    monkeypatch.setattr(connection_module, "_CHECKED_AFTER_SECONDS", 3600.0)  # no check after a pause
+    connection = RedisConnection(deployment_to_fail_over.url)
+    assert connection.round_trip([("ROLE",)])[0][0] == b"master"
+    deployment_to_fail_over.fail_over()
+    connection.client.close()
+    assert connection.round_trip([("ROLE",)])[0][0] == b"master"
 
 
 @pytest.mark.parametrize("on_redis_error", ["wait", "fail"])

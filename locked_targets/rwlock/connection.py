@@ -24,6 +24,7 @@ are off: they would multiply those timeouts, and ``retry`` decides what a failur
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -364,31 +365,36 @@ class RedisConnection:
 
         Taking a connection from redis-py's pool and giving it back (a lock, a poll of the socket,
         its metrics) costs about as much Python as the rest of a lock's request: a thread that
-        locks keeps one instead. A thread that sends while its own round trip is under way (a
-        finalizer run meanwhile) takes one from the pool.
+        locks keeps one instead, and has the pool check it, as it checks every connection it hands
+        out, only after a pause (``_KeptConnection``). A thread that sends while its own round trip
+        is under way (a signal handler or a finalizer run meanwhile) takes one from the pool.
         """
         kept: _KeptConnection | None = getattr(self._kept, "connection", None)
-        if kept is None or kept.pid != os.getpid() or kept.master_changes != self._master_changes:
-            kept = self._kept.connection = self._new_kept_connection(kept)
-        elif kept.busy:
+        if kept is not None and kept.busy:
             return exchange_on(kept.pool, commands)
+        if kept is None or kept.stale(self._master_changes) or kept.paused():
+            kept = self._kept.connection = self._kept_in_place_of(kept)
         kept.busy = True
         try:
             return exchange(kept.connection, commands)
         except BaseException:
-            # Closed: the pool opens the next one, as redis-py opens it (through sentinels, the
-            # master they name now), which a send on a closed connection would not.
+            # Closed by ``exchange``: back to the pool, which opens the next one as redis-py opens
+            # it (through the sentinels, to the master they name now), which a send would not.
             self._kept.connection = None
+            kept.give_back()
             raise
         finally:
             kept.busy = False
+            kept.used_at = time.monotonic()
 
-    def _new_kept_connection(self, stale: _KeptConnection | None) -> _KeptConnection:
-        """A connection for this thread to keep, in place of ``stale``: kept in a parent process
-        (its socket is the parent's), or to a master since demoted (closed, so that the next
-        connection asks the sentinels for the master again)."""
-        if stale is not None and stale.pid == os.getpid():
-            stale.connection.disconnect()  # type: ignore[no-untyped-call]
+    def _kept_in_place_of(self, kept: _KeptConnection | None) -> _KeptConnection:
+        """A connection for this thread to keep, from the pool, which checks it (and opens it anew
+        if the server closed it). ``kept``, the one kept so far, goes back: closed first if it is
+        stale (to a master since demoted: the next one asks the sentinels again)."""
+        if kept is not None:
+            if kept.pid == os.getpid() and kept.stale(self._master_changes):
+                kept.connection.disconnect()  # type: ignore[no-untyped-call]
+            kept.give_back()
         client = self.client
         assert isinstance(client, redis.Redis), "a cluster's calls go node by node (exchange_on)"
         pool = client.connection_pool
@@ -441,8 +447,6 @@ class RedisConnection:
         if error_code(error) != "READONLY":
             return
         for connection in (self, self._background, self._foreground):
-            if connection is not None:
-                connection._master_changes += 1
             pool = (
                 connection._client.connection_pool
                 if connection and isinstance(connection._client, redis.Redis)
@@ -450,6 +454,8 @@ class RedisConnection:
             )
             if isinstance(pool, SentinelConnectionPool):
                 pool.disconnect(inuse_connections=False)
+            if connection is not None:  # after: a thread's next kept connection is not an idle one to it
+                connection._master_changes += 1
 
     def _unavailable_reason(self, error: redis.RedisError) -> str | None:
         """Why ``error`` means the server cannot serve locks now; None if it means something else.
@@ -528,6 +534,12 @@ class RedisConnection:
         return f"the database {self.database} does not exist on the server at {self.address}{told}"
 
 
+_CHECKED_AFTER_SECONDS = 0.05
+"""How long a kept connection may rest before the pool checks it again, as it checks one it hands
+out: long enough for a thread's burst of requests, short enough that a connection the server
+closed meanwhile (a restart, an idle timeout) is opened again instead of failing a request."""
+
+
 class _KeptConnection:
     """A connection a thread took out of a client's pool to keep for its round trips."""
 
@@ -537,11 +549,41 @@ class _KeptConnection:
         self.pid = os.getpid()
         self.master_changes = master_changes
         self.busy = False
+        self.used_at = time.monotonic()
+        self._given_back = False
+        self._sentinels = pool if isinstance(pool, SentinelConnectionPool) else None
+
+    def stale(self, master_changes: int) -> bool:
+        """Not to be used again: taken by the parent of this process (its socket is the parent's),
+        closed (``client.close()``: sent on, it would open to the same address, not ask the
+        sentinels), or to a master since demoted: a READONLY reply heard since, or the sentinels
+        named another master to a connection opened since."""
+        connection = self.connection
+        return (
+            self.pid != os.getpid()
+            or self.master_changes != master_changes
+            or connection._sock is None
+            or (
+                self._sentinels is not None
+                and self._sentinels.master_address not in (None, (connection.host, connection.port))
+            )
+        )
+
+    def paused(self) -> bool:
+        """Unused for long enough that the pool should check it before it is used again."""
+        return time.monotonic() - self.used_at >= _CHECKED_AFTER_SECONDS
+
+    def give_back(self) -> None:
+        """Back to the pool, once, by the process that took it."""
+        if not self._given_back and self.pid == os.getpid():
+            self._given_back = True
+            self.pool.release(self.connection)
 
     def __del__(self) -> None:
-        """Its thread ended, or another replaced it: back to the pool, by the process that took it."""
-        if self.pid == os.getpid():
-            self.pool.release(self.connection)
+        """Its thread ended, or its client is gone: back to the pool (at interpreter exit the pool may
+        be half torn down, and nothing is left to do)."""
+        with contextlib.suppress(Exception):
+            self.give_back()
 
 
 def exchange_on(pool: ConnectionPool, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -561,8 +603,8 @@ def exchange(connection: AbstractConnection, commands: Sequence[tuple[Any, ...]]
     its replies out of step, and the error raised.
 
     Packed by hiredis as redis-py packs them with it, without its Python around each argument."""
+    packed = b"".join([hiredis.pack_command(command) for command in commands])  # nothing sent if this fails
     try:
-        packed = b"".join([hiredis.pack_command(command) for command in commands])
         connection.send_packed_command([packed])  # type: ignore[no-untyped-call]
         replies: list[Any] = []
         for _command in commands:

@@ -129,9 +129,11 @@ class _Spanned:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        self.ended(kind)
-        if self._current is not None:
-            self._current.__exit__(kind, error, traceback)
+        try:
+            self.ended(kind)
+        finally:  # the span ends, and stops being current, whatever recording it raised
+            if self._current is not None:
+                self._current.__exit__(kind, error, traceback)
 
     def ended(self, kind: type[BaseException] | None) -> None:
         """Record how the block ended: normally (``kind`` None), or by raising ``kind``."""
