@@ -170,7 +170,7 @@ def report_issue_9(
             "what a build pays once whatever N (such as greetings, the start-up check, the aggregate's own) "
             "is beside it, not judged.",
             "Added time per call: scenario 2's median over (a)'s, in RTs of its interleaved PINGs, on "
-            "loopback (scenario 7 shows it farther away);",
+            "loopback, the server and the timing process on two CPUs (scenario 7 shows it farther away);",
             "a cold read is (d)'s (kept leases off), a repeated one (c)'s on its kept lease.",
             table(["goal", "measured", "met"], rows),
         ]

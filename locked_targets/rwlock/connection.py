@@ -24,7 +24,6 @@ are off: they would multiply those timeouts, and ``retry`` decides what a failur
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import socket
@@ -580,10 +579,11 @@ class _KeptConnection:
             self.pool.release(self.connection)
 
     def __del__(self) -> None:
-        """Its thread ended, or its client is gone: back to the pool (at interpreter exit the pool may
-        be half torn down, and nothing is left to do)."""
-        with contextlib.suppress(Exception):
+        """Its thread ended, or its client is gone: back to the pool."""
+        try:
             self.give_back()
+        except Exception:  # at interpreter exit, modules are half torn down: nothing is left to give back to
+            return
 
 
 def exchange_on(pool: ConnectionPool, commands: Sequence[tuple[Any, ...]]) -> list[Any]:

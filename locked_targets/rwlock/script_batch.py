@@ -53,6 +53,8 @@ class ScriptBatch:
         self.reloaded: tuple[int, ...] = ()
         """The calls (by index) the last ``send`` sent again, once the server had loaded their script;
         those it did not send again ran before them."""
+        self._sent_to: dict[int, ClusterNode] = {}
+        """On a cluster: the node each call (by index) of the last send went to last."""
         self.acknowledged: int | Exception | None = None
         """With ``wait_for_replicas`` (replicas, timeout in ms): the reply of the ``WAIT`` sent after
         the calls on their connection, how many replicas acknowledged them (or the error it got)."""
@@ -86,12 +88,26 @@ class ScriptBatch:
             missing = {self._calls[index][0] for index in unknown}
             for script in missing:
                 script.sha = self._connection.client.script_load(script.script)
+            self._load_where_refused(unknown)
             self._connection.scripts_loaded(missing)
             for index, reply in zip(
                 unknown, self._send([self._calls[index] for index in unknown]), strict=True
             ):
                 replies[index] = reply
         return replies
+
+    def _load_where_refused(self, refused: list[int]) -> None:
+        """On a cluster, load the script of each refused call on the node that refused it, too: SCRIPT
+        LOAD goes to the masters the client knows, and during a failover the new master, which a
+        MOVED led the call to, may not be one of them yet."""
+        if not self._connection.is_cluster:
+            return
+        cluster = self._connection.client
+        assert isinstance(cluster, RedisCluster)
+        for index in refused:
+            node = self._sent_to.get(index)
+            if node is not None:
+                cluster.get_redis_connection(node).script_load(self._calls[index][0].script)
 
     def _send(self, calls: list[_Call]) -> list[Any]:
         # By the flag, not isinstance: RedisCluster's class makes that check cost microseconds.
@@ -105,7 +121,8 @@ class ScriptBatch:
                     self._wait_for_replicas[0],
                     "is not supported on a Redis Cluster: set it to 0",
                 )
-            return _send_per_node(client, calls)
+            self._sent_to = {}
+            return _send_per_node(client, calls, self._sent_to)
         # A script the server lacks is loaded in the same round trip, ahead of its calls: not
         # refused call by call, then loaded and sent again in round trips of their own.
         loading = self._connection.scripts_to_load(script for script, _keys, _args in calls)
@@ -160,9 +177,10 @@ _SENT_AGAIN = (
 )
 
 
-def _send_per_node(cluster: RedisCluster, calls: list[_Call]) -> list[Any]:
+def _send_per_node(cluster: RedisCluster, calls: list[_Call], sent_to: dict[int, ClusterNode]) -> list[Any]:
     """``calls`` on a cluster, one pipeline per node, each call to the master of its first key's slot
-    (every key of a lock shares one); replies in the order of ``calls``.
+    (every key of a lock shares one); replies in the order of ``calls``, and in ``sent_to`` the node
+    each call went to last.
 
     redis-py refuses EVALSHA in its cluster pipeline. A call whose reply is in ``_SENT_AGAIN`` is
     sent again, up to ``_CLUSTER_SEND_ROUNDS`` times in all: to the node a MOVED or an ASK names,
@@ -183,6 +201,7 @@ def _send_per_node(cluster: RedisCluster, calls: list[_Call]) -> list[Any]:
                 replies[index] = error
                 continue
             nodes[node.name] = node
+            sent_to[index] = node
             by_node.setdefault(node.name, []).append(index)
         for name, indices in by_node.items():
             try:
