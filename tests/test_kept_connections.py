@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from locked_targets.rwlock import RedisConnection
+from locked_targets.rwlock import connection as connection_module
 from locked_targets.testing import RedisServer
 
 
@@ -126,3 +127,27 @@ def test_a_connection_closed_during_a_pause_is_opened_again_by_the_pool(
     private_redis.client().client_kill_filter(_type="normal", skipme=True)
     time.sleep(0.2)
     assert echo(connection, "after the pause") == b"after the pause"
+
+
+def test_a_connection_given_back_when_no_other_could_be_opened_is_not_used_again(
+    connection: RedisConnection, private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kept connection goes back to the pool before another is taken: if none can be opened (the
+    server is down), the thread must not keep using the one the pool may now hand to someone else."""
+    monkeypatch.setattr(connection_module, "_CHECKED_AFTER_SECONDS", 3600.0)  # no pause check
+    assert echo(connection, "before") == b"before"
+    connection.client.close()  # the kept connection is closed: the next round trip replaces it
+    private_redis.kill()
+    with pytest.raises(redis.ConnectionError):
+        echo(connection, "while the server is down")
+    private_redis.restart()
+    client = connection.client
+    assert isinstance(client, redis.Redis)  # one server, not a cluster
+    pool = client.connection_pool
+    other = pool.get_connection()  # the pool hands out the connection given back, opened again
+    try:
+        (mine,) = connection.round_trip([("CLIENT", "ID")])
+        other.send_command("CLIENT", "ID")  # type: ignore[no-untyped-call]
+        assert other.read_response() != mine
+    finally:
+        pool.release(other)

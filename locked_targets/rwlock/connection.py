@@ -372,6 +372,7 @@ class RedisConnection:
         if kept is not None and kept.busy:
             return exchange_on(kept.pool, commands)
         if kept is None or kept.stale(self._master_changes) or kept.paused():
+            self._kept.connection = None  # given back below: never used again, should no other come
             kept = self._kept.connection = self._kept_in_place_of(kept)
         kept.busy = True
         try:
