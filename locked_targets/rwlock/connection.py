@@ -28,6 +28,7 @@ import os
 import re
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -579,12 +580,13 @@ class _KeptConnection:
             self._given_back = True
             self.pool.release(self.connection)
 
+    _interpreter_exiting = staticmethod(sys.is_finalizing)  # still there when collected at exit
+
     def __del__(self) -> None:
-        """Its thread ended, or its client is gone: back to the pool."""
-        try:
+        """Its thread ended, or its client is gone: back to the pool. Not at interpreter exit: a daemon
+        thread (the releases') can be frozen there holding the pool's lock, which giving back takes."""
+        if not self._interpreter_exiting():
             self.give_back()
-        except Exception:  # at interpreter exit, modules are half torn down: nothing is left to give back to
-            return
 
 
 def exchange_on(pool: ConnectionPool, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
