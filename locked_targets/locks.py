@@ -27,6 +27,7 @@ import functools
 import multiprocessing.util
 import os
 from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from locked_targets.process_state import ProcessLocal, ProcessLocalMap
 from locked_targets.rwlock import (
@@ -114,18 +115,35 @@ def lock_for(
     recent few thousand locks it built: a symbolic link on a cache path that changes while
     the process runs is not followed to its new file.
     """
-    remembered = _remembered_locks.get()
-    # By the settings' id, not their value (hashing every field costs more than the lookup
-    # saves); each entry holds its settings, so no other object can take that id meanwhile.
-    key = (_where(path), id(settings), namespace, task, wait_timeout_seconds)
-    known = remembered.get(key)
+    return _remembered(
+        _remembered_locks.get(),
+        (_where(path), namespace, task, wait_timeout_seconds),
+        settings,
+        lambda: _new_lock(path, settings, namespace, task, wait_timeout_seconds),
+    )
+
+
+_Remembered = TypeVar("_Remembered")
+
+
+def _remembered(
+    store: dict[tuple[object, ...], tuple[Settings, _Remembered]],
+    key: tuple[object, ...],
+    settings: Settings,
+    build: Callable[[], _Remembered],
+) -> _Remembered:
+    """What ``build`` makes for ``key`` under ``settings``, made once and kept in ``store`` (emptied
+    when full). The settings count by their id, not their value (hashing every field costs more than
+    the lookup saves); each entry holds its settings, so no other object can take that id meanwhile."""
+    full_key = (*key, id(settings))
+    known = store.get(full_key)
     if known is not None:
         return known[1]
-    lock = _new_lock(path, settings, namespace, task, wait_timeout_seconds)
-    if len(remembered) >= _MOST_REMEMBERED_LOCKS:
-        remembered.clear()
-    remembered[key] = (settings, lock)
-    return lock
+    made = build()
+    if len(store) >= _MOST_REMEMBERED_LOCKS:
+        store.clear()
+    store[full_key] = (settings, made)
+    return made
 
 
 def forget_lock(path: str) -> None:
@@ -177,11 +195,15 @@ class _LockParts:
 def _lock_parts(kind: str, path: str, settings: Settings, namespace: LockNamespace) -> _LockParts:
     """The parts of a new lock of ``path`` (of storage kind ``kind``), worked out once per settings:
     a dump of a new file builds its lock on the task's critical path."""
-    remembered = _remembered_parts.get()
-    key = (id(settings), kind, namespace)  # by id, as ``lock_for``; each entry holds its settings
-    known = remembered.get(key)
-    if known is not None:
-        return known[1]
+    return _remembered(
+        _remembered_parts.get(),
+        (kind, namespace),
+        settings,
+        lambda: _new_lock_parts(kind, path, settings, namespace),
+    )
+
+
+def _new_lock_parts(kind: str, path: str, settings: Settings, namespace: LockNamespace) -> _LockParts:
     service = lock_service_for(path, settings)
     if service is None:
         raise ValueError(
@@ -196,7 +218,7 @@ def _lock_parts(kind: str, path: str, settings: Settings, namespace: LockNamespa
         redis_retry_deadline_seconds=terms.redis_retry_deadline_seconds,
     )
     keep_shared = namespace is LockNamespace.TARGET and settings.shared_lease_idle_seconds > 0
-    parts = _LockParts(
+    return _LockParts(
         connection=connection,
         terms=terms,
         # Looked up at each use, not here: a lock built before a fork must not lend the parent's leases.
@@ -207,10 +229,6 @@ def _lock_parts(kind: str, path: str, settings: Settings, namespace: LockNamespa
         ),
         telemetry_labels=telemetry.lock_labels(namespace=namespace.value, storage=kind),
     )
-    if len(remembered) >= _MOST_REMEMBERED_LOCKS:
-        remembered.clear()
-    remembered[key] = (settings, parts)
-    return parts
 
 
 def lease_terms(settings: Settings) -> LeaseTerms:
