@@ -104,10 +104,14 @@ class ScriptBatch:
             return
         cluster = self._connection.client
         assert isinstance(cluster, RedisCluster)
+        loads: dict[tuple[str, str], tuple[ClusterNode, Script]] = {}  # each script once per node
         for index in refused:
             node = self._sent_to.get(index)
             if node is not None:
-                cluster.get_redis_connection(node).script_load(self._calls[index][0].script)
+                script = self._calls[index][0]
+                loads[node.name, script.sha] = (node, script)
+        for node, script in loads.values():
+            cluster.get_redis_connection(node).script_load(script.script)
 
     def _send(self, calls: list[_Call]) -> list[Any]:
         # By the flag, not isinstance: RedisCluster's class makes that check cost microseconds.
