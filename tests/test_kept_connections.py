@@ -108,12 +108,17 @@ def test_a_round_trip_sent_during_the_threads_own_takes_another_connection(
     assert echo(connection, "next") == b"next"
 
 
+def close_the_kept_connection_from_the_server(connection: RedisConnection, server: RedisServer) -> None:
+    """Use the thread's kept connection, then have the server close it (and every other client's)."""
+    assert echo(connection, "before") == b"before"
+    server.client().client_kill_filter(_type="normal", skipme=True)
+
+
 def test_a_connection_closed_right_after_use_fails_one_round_trip_and_is_replaced(
     connection: RedisConnection, private_redis: RedisServer
 ) -> None:
     """Within a burst of requests the pool does not check the kept connection: one fails."""
-    assert echo(connection, "before") == b"before"
-    private_redis.client().client_kill_filter(_type="normal", skipme=True)
+    close_the_kept_connection_from_the_server(connection, private_redis)
     with pytest.raises(redis.ConnectionError):
         echo(connection, "on the killed connection")
     assert echo(connection, "after") == b"after"
@@ -123,8 +128,7 @@ def test_a_connection_closed_during_a_pause_is_opened_again_by_the_pool(
     connection: RedisConnection, private_redis: RedisServer
 ) -> None:
     """As after a restart, or a server's idle timeout: the next round trip does not fail."""
-    assert echo(connection, "before") == b"before"
-    private_redis.client().client_kill_filter(_type="normal", skipme=True)
+    close_the_kept_connection_from_the_server(connection, private_redis)
     time.sleep(0.2)
     assert echo(connection, "after the pause") == b"after the pause"
 
