@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any
@@ -95,7 +95,7 @@ class LockedTarget(WrappedTarget):
         ``lock_at_dump`` is accepted for gokart compatibility and ignored: a dump is
         always locked, also inside a run lock, since readers rely on it.
         """
-        with self._hold_exclusive() as held:
+        with self._preparing_dump() as prepare, self._hold_exclusive(meanwhile=prepare) as held:
             if self._target._exists():
                 logger.debug(
                     "%s already exists: another application produced it, skipping the dump", self.path()
@@ -144,9 +144,16 @@ class LockedTarget(WrappedTarget):
         lock = self._file_lock()
         return lock.shared() if lock is not None else nullcontext()
 
-    def _hold_exclusive(self) -> AbstractContextManager[HeldLock | None]:
+    def _hold_exclusive(
+        self, meanwhile: Callable[[], None] | None = None
+    ) -> AbstractContextManager[HeldLock | None]:
         lock = self._file_lock()
-        return lock.exclusive() if lock is not None else nullcontext()
+        return lock.exclusive(meanwhile) if lock is not None else nullcontext()
+
+    def _preparing_dump(self) -> AbstractContextManager[Callable[[], None] | None]:
+        """What the storage does ahead of a dump, while its lock is asked for (``preparing_write``)."""
+        target = self._target
+        return target.preparing_dump() if isinstance(target, StorageFileTarget) else nullcontext()
 
     def _telemetry_labels(self) -> Mapping[str, str]:
         return self._lock.telemetry_labels if self._lock is not None else telemetry.NO_LABELS

@@ -12,11 +12,13 @@ import pytest
 import redis
 
 from helpers.lock_processes import SPAWN, Holders, die_with_release_unsent, make_lock
+from helpers.paused_redis import requests_held_back, writes_paused
 from helpers.redis_keys import keys_without_ttl
 from locked_targets.errors import LockLost, LockTimeout
 from locked_targets.locks import connection_for
-from locked_targets.rwlock import LockMode, scripts
+from locked_targets.rwlock import LockMode, scripts, take_ahead, taken_ahead
 from locked_targets.rwlock.releases import wait_until_sent
+from locked_targets.testing import RedisServer
 
 
 @pytest.fixture
@@ -238,3 +240,40 @@ def test_each_exclusive_grant_gets_a_larger_fencing_token(
     shared = lock.acquire(LockMode.SHARED)
     assert shared.fencing_token is None
     shared.release()
+
+
+def test_work_given_to_an_acquisition_runs_while_its_request_waits_in_redis(
+    private_redis: RedisServer,
+) -> None:
+    lock = make_lock(private_redis.url, "{meanwhile}")
+    lock.acquire(LockMode.EXCLUSIVE).release()  # the scripts are loaded: the next request is the lock's own
+    assert wait_until_sent()
+    observer = redis.Redis.from_url(private_redis.url)
+    held_back_meanwhile: list[int] = []
+
+    def meanwhile() -> None:
+        deadline = time.monotonic() + 10
+        while not requests_held_back(observer) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        held_back_meanwhile.append(requests_held_back(observer))
+        observer.client_unpause()
+
+    with writes_paused(observer):
+        started = time.monotonic()
+        with lock.exclusive(meanwhile):
+            took = time.monotonic() - started
+    # Run once, after the request was sent (the server held it back), before its reply was read
+    # (only the unpause in the work let the reply come; the pause lasts longer than 10 s).
+    assert held_back_meanwhile == [1]
+    assert took < 10
+    observer.close()
+
+
+def test_work_given_to_a_lock_taken_ahead_is_not_run(redis_url: str, key_prefix: str) -> None:
+    lock = make_lock(redis_url, f"{key_prefix}{{taken}}")
+    assert take_ahead([lock])
+    runs: list[str] = []
+    with lock.exclusive(lambda: runs.append("run")):
+        pass  # no request was sent for it: nothing ran while one was on its way
+    taken_ahead().release_mine()
+    assert runs == []

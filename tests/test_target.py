@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import shutil
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -23,7 +26,9 @@ import locked_targets.locks
 import locked_targets.target
 from helpers.gokart_targets import dump_pausing_before_publishing, wait_for_file, wrapped_gokart_target
 from helpers.lock_processes import SPAWN
+from helpers.paused_redis import requests_held_back, writes_paused
 from helpers.target_processes import (
+    dump_value,
     frame_model_target,
     hold_lock_of,
     load_frame,
@@ -31,11 +36,13 @@ from helpers.target_processes import (
     save_frame,
 )
 from helpers.targets import locked_target
-from locked_targets import LockedTarget, LockLost, Settings
+from helpers.unnamed_files import skip_unless_unnamed_files_in, unnamed_files_open
+from locked_targets import LockedTarget, LockLost, LockTimeout, Settings
 from locked_targets.factories import make_target
 from locked_targets.locks import lock_key_for
 from locked_targets.process_state import Once
 from locked_targets.task import _dataframe_type_of
+from locked_targets.testing import RedisServer
 
 
 def hold_in_another_process(path: str, settings: Settings, mode: str, seconds: float) -> float:
@@ -589,3 +596,82 @@ def test_a_target_builds_its_lock_once_and_keeps_it(tmp_path: Path, settings: Se
     lock = target._file_lock()
     assert target.load() == "kept"
     assert target._file_lock() is lock
+
+
+def test_a_local_dump_opens_its_unnamed_file_while_its_lock_is_asked_for(
+    tmp_path: Path, private_redis: RedisServer
+) -> None:
+    skip_unless_unnamed_files_in(tmp_path)
+    settings = Settings(redis_url=private_redis.url, key_prefix="opened-ahead:", lease_seconds=30)
+    path = tmp_path / "cache" / "x.pkl"  # its directory too is made ahead
+    observer = redis.Redis.from_url(private_redis.url)
+    dumper = SPAWN.Process(target=dump_value, args=(str(path), settings, "written"))
+    with writes_paused(observer):
+        dumper.start()
+        assert dumper.pid is not None
+        deadline = time.monotonic() + 60
+        while not (
+            requests_held_back(observer)
+            and path.parent.exists()
+            and unnamed_files_open(dumper.pid, path.parent)
+        ):
+            assert time.monotonic() < deadline, (
+                "the dump never had its file open while its lock request waited"
+            )
+            time.sleep(0.01)
+        assert not path.exists()
+    dumper.join(timeout=60)
+    assert dumper.exitcode == 0
+    assert locked_target(str(path), settings).load() == "written"
+    observer.close()
+
+
+def test_a_dump_that_skips_lets_go_of_the_file_it_opened_ahead(tmp_path: Path, settings: Settings) -> None:
+    skip_unless_unnamed_files_in(tmp_path)
+    path = str(tmp_path / "x.pkl")
+    locked_target(path, settings).dump("first")
+    second = locked_target(path, settings)
+    second.dump("second")  # skips: the file exists
+    assert unnamed_files_open(os.getpid(), tmp_path) == []
+    assert second.load() == "first"
+
+
+def test_a_dump_that_times_out_lets_go_of_the_file_it_opened_ahead(
+    tmp_path: Path, settings: Settings
+) -> None:
+    skip_unless_unnamed_files_in(tmp_path)
+    path = str(tmp_path / "x.pkl")
+    hold_in_another_process(path, settings, "write", seconds=5.0)
+    impatient = locked_target(path, dataclasses.replace(settings, wait_timeout_seconds=0.5))
+    with pytest.raises(LockTimeout):
+        impatient.dump("x")
+    assert unnamed_files_open(os.getpid(), tmp_path) == []
+
+
+def test_a_dump_whose_directory_is_removed_while_it_waits_publishes_into_it_made_again(
+    tmp_path: Path, settings: Settings
+) -> None:
+    skip_unless_unnamed_files_in(tmp_path)
+    directory = tmp_path / "cache"
+    directory.mkdir()
+    path = str(directory / "x.pkl")
+    hold_in_another_process(path, settings, "write", seconds=2.0)
+    failures: list[BaseException] = []
+
+    def remove_once_the_file_is_open() -> None:
+        try:
+            deadline = time.monotonic() + 30
+            while not unnamed_files_open(os.getpid(), directory):
+                assert time.monotonic() < deadline, "the waiting dump never opened its file"
+                time.sleep(0.01)
+            shutil.rmtree(directory)
+        except BaseException as failure:
+            failures.append(failure)
+
+    remover = threading.Thread(target=remove_once_the_file_is_open)
+    remover.start()
+    target = locked_target(path, settings)
+    target.dump("x")  # waits for the holder's lock, with its file open meanwhile
+    remover.join()
+    assert failures == []
+    assert target.load() == "x"

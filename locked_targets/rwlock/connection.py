@@ -31,7 +31,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -359,9 +359,11 @@ class RedisConnection:
         with self._scripts_lock:
             self._loaded.update(script.sha for script in scripts)
 
-    def round_trip(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    def round_trip(
+        self, commands: Sequence[tuple[Any, ...]], meanwhile: Callable[[], None] | None = None
+    ) -> list[Any]:
         """The replies to ``commands``, sent at once to the server (not a cluster: see ``exchange``) on
-        a connection this thread keeps between its round trips.
+        a connection this thread keeps between its round trips; ``meanwhile`` as ``exchange`` runs it.
 
         Taking a connection from redis-py's pool and giving it back (a lock, a poll of the socket,
         its metrics) costs about as much Python as the rest of a lock's request: a thread that
@@ -371,13 +373,13 @@ class RedisConnection:
         """
         kept: _KeptConnection | None = getattr(self._kept, "connection", None)
         if kept is not None and kept.busy:
-            return exchange_on(kept.pool, commands)
+            return exchange_on(kept.pool, commands, meanwhile)
         if kept is None or kept.stale(self._master_changes) or kept.paused():
             self._kept.connection = None  # given back below: never used again, should no other come
             kept = self._kept.connection = self._kept_in_place_of(kept)
         kept.busy = True
         try:
-            return exchange(kept.connection, commands)
+            return exchange(kept.connection, commands, meanwhile)
         except BaseException:
             # Closed by ``exchange``: back to the pool, which opens the next one as redis-py opens
             # it (through the sentinels, to the master they name now), which a send would not.
@@ -589,26 +591,38 @@ class _KeptConnection:
             self.give_back()
 
 
-def exchange_on(pool: ConnectionPool, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+def exchange_on(
+    pool: ConnectionPool, commands: Sequence[tuple[Any, ...]], meanwhile: Callable[[], None] | None = None
+) -> list[Any]:
     """``exchange`` on a connection of ``pool``, given back afterwards."""
     connection = pool.get_connection()
     try:
-        return exchange(connection, commands)
+        return exchange(connection, commands, meanwhile)
     finally:
         pool.release(connection)
 
 
-def exchange(connection: AbstractConnection, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+def exchange(
+    connection: AbstractConnection,
+    commands: Sequence[tuple[Any, ...]],
+    meanwhile: Callable[[], None] | None = None,
+) -> list[Any]:
     """The replies to ``commands``, sent at once on ``connection`` (an error reply as its exception),
     as redis-py's pipeline sends them, without its bookkeeping around each command, which costs
     more than the round trip itself and takes the interpreter from the thread running the tasks.
     The client retries nothing, so neither does this: a connection that fails midway is closed,
     its replies out of step, and the error raised.
 
+    ``meanwhile`` runs once the commands are sent, before their replies are read: the caller's
+    own work, done while the server answers instead of after (it must not raise: that closes
+    the connection and loses the replies).
+
     Packed by hiredis as redis-py packs them with it, without its Python around each argument."""
     packed = b"".join([hiredis.pack_command(command) for command in commands])  # nothing sent if this fails
     try:
         connection.send_packed_command([packed])  # type: ignore[no-untyped-call]
+        if meanwhile is not None:
+            meanwhile()
         replies: list[Any] = []
         for _command in commands:
             try:

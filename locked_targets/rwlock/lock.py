@@ -103,8 +103,13 @@ class ReadWriteLock:
             held.release()
 
     @contextmanager
-    def exclusive(self) -> Iterator[HeldLock]:
+    def exclusive(self, meanwhile: Callable[[], None] | None = None) -> Iterator[HeldLock]:
         """Hold the lock alone for the duration of the block.
+
+        ``meanwhile``: the caller's work that needs no lock, done while its request is on its
+        way to Redis instead of before or after it (a dump opens its unnamed file then). It runs
+        once the request is sent, again if a failed one is retried, not at all if none is sent
+        (the lock was taken ahead); it must not raise.
 
         With kept shared leases, a lease this process keeps on the lock is given up in the
         acquiring step itself (an upgrade), and then the exclusive hold ends as a kept shared
@@ -119,7 +124,11 @@ class ReadWriteLock:
             kept = leases.take_for_upgrade(self.keys.base) if leases is not None else None
             upgraded = kept is not None
             try:
-                held = self.acquire(LockMode.EXCLUSIVE, giving_up=kept.token if kept is not None else None)
+                held = self.acquire(
+                    LockMode.EXCLUSIVE,
+                    giving_up=kept.token if kept is not None else None,
+                    meanwhile=meanwhile,
+                )
             except BaseException:
                 if kept is not None:  # the step that gives it up may never have run
                     kept.give_up()
@@ -138,16 +147,18 @@ class ReadWriteLock:
             else:
                 held.release()
 
-    def acquire(self, mode: LockMode, *, giving_up: str | None = None) -> HeldLock:
+    def acquire(
+        self, mode: LockMode, *, giving_up: str | None = None, meanwhile: Callable[[], None] | None = None
+    ) -> HeldLock:
         """Take the lock in ``mode``, waiting (woken by releases) up to the wait timeout.
 
         ``giving_up``: the token of this process's own shared lease, dropped by the same
-        step that takes the exclusive lock. With a Redis retry deadline, a failing Redis is
-        retried until it.
+        step that takes the exclusive lock. ``meanwhile``: as ``exclusive`` runs it, with the
+        first attempt. With a Redis retry deadline, a failing Redis is retried until it.
         """
         with telemetry.acquisition(mode.value, self.telemetry_labels):
             return with_redis_retries(
-                lambda: self._acquire_once(mode, giving_up),
+                lambda: self._acquire_once(mode, giving_up, meanwhile),
                 what=f"acquiring the {self.name(mode)} of {self.keys.path}",
                 redis_retry_deadline_seconds=self.terms.redis_retry_deadline_seconds,
                 clock=self.clock,
@@ -162,14 +173,16 @@ class ReadWriteLock:
             path=self.keys.path, task=self.task, lock=self.name(mode), since=self.clock.wall()
         )
 
-    def _acquire_once(self, mode: LockMode, giving_up: str | None) -> HeldLock:
+    def _acquire_once(
+        self, mode: LockMode, giving_up: str | None, meanwhile: Callable[[], None] | None
+    ) -> HeldLock:
         token = secrets.token_hex(16)
         description = self._description(mode)
         started = self.clock.monotonic()
         attempt_to_get = functools.partial(self._try_acquire, mode, token, description, giving_up)
         try:
             with self.connection.errors_translated():
-                attempt = attempt_to_get()
+                attempt = attempt_to_get(meanwhile)
                 granted_at = started
                 if isinstance(attempt, scripts.Blocked):
                     # The lease runs from when the winning attempt was sent, not from when waiting began.
@@ -201,7 +214,12 @@ class ReadWriteLock:
         )
 
     def _try_acquire(
-        self, mode: LockMode, token: str, description: str, giving_up: str | None
+        self,
+        mode: LockMode,
+        token: str,
+        description: str,
+        giving_up: str | None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> scripts.Attempt:
         """One attempt; with ``min_replicas_acked``, a grant its replicas did not acknowledge in
         time raises ``BackendUnavailable`` (and ``_acquire_once`` gives it back).
@@ -213,6 +231,7 @@ class ReadWriteLock:
         """
         acknowledging = _acknowledging_batch(self.connection, [self])
         batch = acknowledging if acknowledging is not None else ScriptBatch(self.connection)
+        batch.meanwhile = meanwhile
         if mode is LockMode.SHARED:
             scripts.add_shared_attempts(
                 batch, self.connection, [(self.keys, token, self.terms.lease_seconds, description)]

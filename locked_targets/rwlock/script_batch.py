@@ -55,6 +55,9 @@ class ScriptBatch:
         those it did not send again ran before them."""
         self._sent_to: dict[int, ClusterNode] = {}
         """On a cluster: the node each call (by index) of the last send went to last."""
+        self.meanwhile: Callable[[], None] | None = None
+        """The caller's work to do while the batch's first round trip is on its way (``exchange``),
+        once: a dump opens its file while its lock is asked for."""
         self.acknowledged: int | Exception | None = None
         """With ``wait_for_replicas`` (replicas, timeout in ms): the reply of the ``WAIT`` sent after
         the calls on their connection, how many replicas acknowledged them (or the error it got)."""
@@ -76,7 +79,8 @@ class ScriptBatch:
     def send(self) -> list[Any]:
         """Every call's reply, or the error it got, in the order added: an error reply (a
         ``redis.ResponseError``), or on a cluster the failure of the node it went to."""
-        replies = self._send(self._calls)
+        meanwhile, self.meanwhile = self.meanwhile, None
+        replies = self._send(self._calls, meanwhile)
         for reply in replies:
             if isinstance(reply, redis.ResponseError):
                 self._connection.forget_demoted_master(reply)
@@ -113,7 +117,7 @@ class ScriptBatch:
         for node, script in loads.values():
             cluster.get_redis_connection(node).script_load(script.script)
 
-    def _send(self, calls: list[_Call]) -> list[Any]:
+    def _send(self, calls: list[_Call], meanwhile: Callable[[], None] | None = None) -> list[Any]:
         # By the flag, not isinstance: RedisCluster's class makes that check cost microseconds.
         if self._connection.is_cluster:
             client = self._connection.client
@@ -126,7 +130,7 @@ class ScriptBatch:
                     "is not supported on a Redis Cluster: set it to 0",
                 )
             self._sent_to = {}
-            return _send_per_node(client, calls, self._sent_to)
+            return _send_per_node(client, calls, self._sent_to, meanwhile)
         # A script the server lacks is loaded in the same round trip, ahead of its calls: not
         # refused call by call, then loaded and sent again in round trips of their own.
         loading = self._connection.scripts_to_load(script for script, _keys, _args in calls)
@@ -135,6 +139,7 @@ class ScriptBatch:
             [(call, False) for call in calls],
             wait_for_replicas=self._wait_for_replicas,
             loading=loading,
+            meanwhile=meanwhile,
         )
         if loading:  # loaded, or their calls were refused for it (NOSCRIPT) and ``send`` loads them again
             self._connection.scripts_loaded(loading)
@@ -145,15 +150,17 @@ class ScriptBatch:
 
 
 def _pipelined(
-    round_trip: Callable[[list[tuple[Any, ...]]], list[Any]],
+    round_trip: Callable[[list[tuple[Any, ...]], Callable[[], None] | None], list[Any]],
     calls: list[tuple[_Call, bool]],
     wait_for_replicas: tuple[int, int] | None = None,
     loading: Sequence[Script] = (),
+    meanwhile: Callable[[], None] | None = None,
 ) -> list[Any]:
     """Each call's reply from one server, in one ``round_trip``; ``ASKING`` goes before a call flagged
     True (one that an ASK redirection sent to this node). With ``wait_for_replicas``, a ``WAIT``
     follows the calls on their connection, and its reply ends the list. ``SCRIPT LOAD`` of each of
-    ``loading`` goes first (a call whose script it failed to load is refused, ``NOSCRIPT``)."""
+    ``loading`` goes first (a call whose script it failed to load is refused, ``NOSCRIPT``).
+    ``meanwhile`` runs while they are on their way."""
     commands: list[tuple[Any, ...]] = [("SCRIPT", "LOAD", script.script) for script in loading]
     for (script, keys, args), asking in calls:
         if asking:
@@ -161,7 +168,7 @@ def _pipelined(
         commands.append(("EVALSHA", script.sha, len(keys), *keys, *args))
     if wait_for_replicas is not None:
         commands.append(("WAIT", *wait_for_replicas))
-    answers = iter(round_trip(commands)[len(loading) :])
+    answers = iter(round_trip(commands, meanwhile)[len(loading) :])
     replies = []
     for _call, asking in calls:
         if asking:
@@ -181,10 +188,15 @@ _SENT_AGAIN = (
 )
 
 
-def _send_per_node(cluster: RedisCluster, calls: list[_Call], sent_to: dict[int, ClusterNode]) -> list[Any]:
+def _send_per_node(
+    cluster: RedisCluster,
+    calls: list[_Call],
+    sent_to: dict[int, ClusterNode],
+    meanwhile: Callable[[], None] | None,
+) -> list[Any]:
     """``calls`` on a cluster, one pipeline per node, each call to the master of its first key's slot
     (every key of a lock shares one); replies in the order of ``calls``, and in ``sent_to`` the node
-    each call went to last.
+    each call went to last. ``meanwhile`` runs while the first node's pipeline is on its way.
 
     redis-py refuses EVALSHA in its cluster pipeline. A call whose reply is in ``_SENT_AGAIN`` is
     sent again, up to ``_CLUSTER_SEND_ROUNDS`` times in all: to the node a MOVED or an ASK names,
@@ -212,9 +224,11 @@ def _send_per_node(cluster: RedisCluster, calls: list[_Call], sent_to: dict[int,
                 answered = _pipelined(
                     functools.partial(exchange_on, cluster.get_redis_connection(nodes[name]).connection_pool),
                     [(calls[index], index in asked) for index in indices],
+                    meanwhile=meanwhile,
                 )
             except (redis.ConnectionError, redis.TimeoutError) as error:
                 answered = [error] * len(indices)
+            meanwhile = None  # run once
             for index, reply in zip(indices, answered, strict=True):
                 replies[index] = reply
         pending = [index for index in pending if isinstance(replies[index], _SENT_AGAIN)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import hashlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import ClassVar
 
@@ -76,6 +78,14 @@ class StorageKind(abc.ABC):
     def last_modification_time(self, path: str, settings: Settings) -> datetime:
         """When the object at ``path`` was last written."""
 
+    def preparing_write(
+        self, target: luigi.target.FileSystemTarget
+    ) -> AbstractContextManager[Callable[[], None] | None]:
+        """Work that gets the next write of ``target`` (one this kind built) ready and needs no lock,
+        for a dump to do while its lock is asked for, its leftovers let go of when the block ends;
+        None (the default) when there is nothing worth doing ahead."""
+        return nullcontext()
+
     def single_file_target(self, path: str, processor: FileProcessor, settings: Settings) -> TargetOnKart:
         """gokart's single-file target on this storage, with gokart's own lock off."""
         return StorageFileTarget(
@@ -102,3 +112,7 @@ class StorageFileTarget(SingleFileTarget):
 
     def _last_modification_time(self) -> datetime:
         return self._kind.last_modification_time(self._path(), self._settings)
+
+    def preparing_dump(self) -> AbstractContextManager[Callable[[], None] | None]:
+        """``StorageKind.preparing_write`` for this target's next dump."""
+        return self._kind.preparing_write(self._target)

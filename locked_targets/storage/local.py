@@ -19,6 +19,9 @@ import logging
 import os
 import shutil
 import stat
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
@@ -62,10 +65,19 @@ class LocalStorage(StorageKind):
     def file_system_target(
         self, path: str, file_format: luigi.format.Format, settings: Settings
     ) -> luigi.target.FileSystemTarget:
-        return WriteOnceLocalTarget(path, format=file_format)  # type: ignore[no-untyped-call]
+        return WriteOnceLocalTarget(path, file_format)
 
     def zip_client(self, path: str, temporary_directory: str, settings: Settings) -> ZipClient:
         return LocalZipArchive(path, temporary_directory)
+
+    def preparing_write(
+        self, target: luigi.target.FileSystemTarget
+    ) -> AbstractContextManager[Callable[[], None] | None]:
+        """Opening the unnamed file of a dump ahead, while its lock is asked for: making a file
+        costs the file system about as long as Redis takes to answer (``WriteOnceLocalTarget``)."""
+        if isinstance(target, WriteOnceLocalTarget):
+            return target.opening_ahead()
+        return super().preparing_write(target)
 
     def last_modification_time(self, path: str, settings: Settings) -> datetime:
         return datetime.fromtimestamp(os.path.getmtime(path))
@@ -138,7 +150,7 @@ def _same_file(first: str, second: str) -> bool:
 
 
 def _warn_write_once_not_enforced(destination: str, error: OSError) -> None:
-    device = os.stat(os.path.dirname(os.path.abspath(destination))).st_dev
+    device = os.stat(_directory_of(destination)).st_dev
     if not _warned_devices.first_time(device):
         return
     logger.warning(
@@ -150,19 +162,60 @@ def _warn_write_once_not_enforced(destination: str, error: OSError) -> None:
 
 
 class WriteOnceLocalTarget(luigi.LocalTarget):
-    """A local file target whose written file never replaces an existing one (``CommitRefused`` instead)."""
+    """A local file target whose written file never replaces an existing one (``CommitRefused`` instead).
+
+    Its unnamed file can be opened ahead of the write (``opening_ahead``): no one can see or
+    reach it before its commit, so it needs no lock, and a dump opens it while its lock is asked for.
+    """
+
+    def __init__(self, path: str, file_format: luigi.format.Format) -> None:
+        super().__init__(path, format=file_format)  # type: ignore[no-untyped-call]
+        self._opened_ahead: dict[int, UnnamedWriteOnceFile] = {}
+        """Files opened ahead, by the thread whose next write takes them (threads can share a target)."""
+
+    @contextlib.contextmanager
+    def opening_ahead(self) -> Iterator[Callable[[], None] | None]:
+        """A way to open this thread's next write's file ahead of it; let go of at the end of the
+        block if that write never came (the dump skipped, or failed first). None where files are
+        not made unnamed: a named one is staged, and staging areas are for lock holders."""
+        if not _MAKES_UNNAMED_FILES:
+            yield None
+            return
+        try:
+            yield self._open_ahead
+        finally:
+            unused = self._opened_ahead.pop(threading.get_ident(), None)
+            if unused is not None:
+                unused.abandon()
+
+    def _open_ahead(self) -> None:
+        thread = threading.get_ident()
+        if thread in self._opened_ahead:
+            return
+        try:
+            self.makedirs()  # type: ignore[no-untyped-call]
+            self._opened_ahead[thread] = UnnamedWriteOnceFile(self.path, _directory_of(self.path))
+        except OSError:  # left to the write, which opens its file itself and meets the error then
+            return
 
     def open(self, mode: str = "r") -> Any:
         if mode.replace("b", "").replace("t", "") != "w":
             return super().open(mode)  # type: ignore[no-untyped-call]
+        # Also with a file opened ahead, which a link can put into the directory made again, should
+        # it have been removed meanwhile (the link's path is absolute: see UnnamedWriteOnceFile).
         self.makedirs()  # type: ignore[no-untyped-call]
-        return self.format.pipe_writer(write_once_local_file(self.path))
+        opened = self._opened_ahead.pop(threading.get_ident(), None)
+        return self.format.pipe_writer(opened if opened is not None else write_once_local_file(self.path))
+
+
+def _directory_of(path: str) -> str:
+    return os.path.dirname(os.path.abspath(path))
 
 
 def write_once_local_file(path: str) -> io.BufferedWriter:
     """A file being written for ``path``, linked into place when closed: unnamed until then where it can."""
     # The file sits in the final one's directory: a hard link cannot cross file systems.
-    directory = os.path.dirname(os.path.abspath(path))
+    directory = _directory_of(path)
     if _MAKES_UNNAMED_FILES:
         try:
             return UnnamedWriteOnceFile(path, directory)
@@ -235,7 +288,7 @@ class UnnamedWriteOnceFile(PublishedUnlessRaised):
     def _publish_a_named_copy(self) -> None:
         """Publish where the file system makes unnamed files but links none: by a staged, named copy,
         the guard asked again once the copy is whole (copying a large file can outlast a lease)."""
-        directory = os.path.dirname(os.path.abspath(self.path))
+        directory = _directory_of(self.path)
         with staging_area(directory, self.path, LocalStorage(), "publish") as staging:
             copy = staging.new_path(".tmp")
             try:
@@ -275,7 +328,7 @@ class LocalZipArchive(ZipClient):
         return os.path.exists(self._file_path)
 
     def make_archive(self) -> None:
-        directory = os.path.dirname(os.path.abspath(self._file_path))
+        directory = _directory_of(self._file_path)
         os.makedirs(directory, exist_ok=True)
         extension = os.path.splitext(self._file_path)[1]
         with staging_area(directory, self._file_path, LocalStorage(), "publish") as staging:

@@ -103,3 +103,8 @@ def read_and_exit(path: str, settings: Settings, kept: multiprocessing.Queue[int
     target.load()
     assert settings.redis_url is not None
     kept.put(redis.Redis.from_url(settings.redis_url).zcard(lock_key_for(path, settings).readers))
+
+
+def dump_value(path: str, settings: Settings, value: object) -> None:
+    """Dump ``value`` at ``path`` through a locked target, as another application's task would."""
+    locked_target(path, settings).dump(value)

@@ -22,3 +22,18 @@ def skip_unless_unnamed_files_in(directory: Path) -> None:
         os.close(os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o600))
     except OSError as error:
         pytest.skip(f"the file system of {directory} makes no unnamed files (O_TMPFILE: {error.strerror})")
+
+
+def unnamed_files_open(pid: int, directory: Path) -> list[str]:
+    """The unnamed files in ``directory`` that process ``pid`` has open, as the kernel names them
+    (``<directory>/#<inode> (deleted)``)."""
+    within = f"{os.path.realpath(directory)}/#"
+    named = []
+    for descriptor in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            name = os.readlink(f"/proc/{pid}/fd/{descriptor}")
+        except FileNotFoundError:  # closed meanwhile
+            continue
+        if name.startswith(within) and name.endswith(" (deleted)"):
+            named.append(name)
+    return named
