@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 
 import gokart.target
 import luigi.configuration
@@ -121,8 +122,14 @@ def make_target(variant: Variant, path: str, redis: RedisUrl) -> TargetOnKart:
         return gokart.target.make_target(path, task_lock_params=lock_params)
     if variant is Variant.LOCKED_TARGET:
         return locked_targets.make_target(path)
-    settings = dataclasses.replace(Settings.from_luigi_config(), shared_lease_idle_seconds=0)
-    return locked_targets.make_target(path, settings=settings)
+    return locked_targets.make_target(path, settings=_without_kept_leases(Settings.from_luigi_config()))
+
+
+@functools.lru_cache(maxsize=1)
+def _without_kept_leases(settings: Settings) -> Settings:
+    """``settings`` with kept shared leases off, made once per configuration, as a user who turns them
+    off in the configuration gets it: one ``Settings`` for every target, whose locks share their parts."""
+    return dataclasses.replace(settings, shared_lease_idle_seconds=0)
 
 
 def redis_client(redis: RedisUrl) -> redis_py.Redis | RedisCluster:
