@@ -109,7 +109,8 @@ class ReadWriteLock:
         ``meanwhile``: the caller's work that needs no lock, done while its request is on its
         way to Redis instead of before or after it (a dump opens its unnamed file then). It runs
         once the request is sent, again if a failed one is retried, not at all if none is sent
-        (the lock was taken ahead); it must not raise.
+        (the lock was taken ahead). It must be brief (the lease counts from the send, and is
+        renewed only once the reply is read) and must not raise.
 
         With kept shared leases, a lease this process keeps on the lock is given up in the
         acquiring step itself (an upgrade), and then the exclusive hold ends as a kept shared
