@@ -277,3 +277,19 @@ def test_work_given_to_a_lock_taken_ahead_is_not_run(redis_url: str, key_prefix:
         pass  # no request was sent for it: nothing ran while one was on its way
     taken_ahead().release_mine()
     assert runs == []
+
+
+class _Interrupted(BaseException):
+    """Stands for an interrupt (Ctrl-C, a signal handler's exit) raised in the work run meanwhile."""
+
+
+def test_an_attempt_whose_work_meanwhile_raises_is_given_back(redis_url: str, key_prefix: str) -> None:
+    def interrupted() -> None:
+        raise _Interrupted
+
+    lock = make_lock(redis_url, f"{key_prefix}{{interrupted}}")
+    with pytest.raises(_Interrupted), lock.exclusive(interrupted):
+        pass
+    assert wait_until_sent()
+    # Granted, its reply unread: given back, not left to its 30 s lease.
+    make_lock(redis_url, lock.keys.base, wait_timeout_seconds=1.0).acquire(LockMode.EXCLUSIVE).release()

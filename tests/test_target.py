@@ -626,14 +626,48 @@ def test_a_local_dump_opens_its_unnamed_file_while_its_lock_is_asked_for(
     observer.close()
 
 
-def test_a_dump_that_skips_lets_go_of_the_file_it_opened_ahead(tmp_path: Path, settings: Settings) -> None:
+def when_a_file_is_opened_ahead_in(directory: Path, then: Callable[[], object]) -> Callable[[], None]:
+    """Watch, in a thread, for this process to hold an unnamed file open in ``directory`` (up to
+    30 s), then run ``then``; the function returned waits for the watch, and fails as it failed."""
+    failures: list[BaseException] = []
+
+    def watch() -> None:
+        try:
+            deadline = time.monotonic() + 30
+            while not unnamed_files_open(os.getpid(), directory):
+                assert time.monotonic() < deadline, "the dump never had a file open ahead of its write"
+                time.sleep(0.005)
+            then()
+        except BaseException as failure:
+            failures.append(failure)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+
+    def watched() -> None:
+        watcher.join()
+        if failures:
+            raise failures[0]
+
+    return watched
+
+
+def test_a_dump_that_skips_lets_go_of_the_file_it_opened_ahead(
+    tmp_path: Path, private_redis: RedisServer
+) -> None:
     skip_unless_unnamed_files_in(tmp_path)
+    settings = Settings(redis_url=private_redis.url, key_prefix="skips:", lease_seconds=30)
     path = str(tmp_path / "x.pkl")
     locked_target(path, settings).dump("first")
+    observer = redis.Redis.from_url(private_redis.url)
     second = locked_target(path, settings)
-    second.dump("second")  # skips: the file exists
-    assert unnamed_files_open(os.getpid(), tmp_path) == []
+    with writes_paused(observer):
+        watched = when_a_file_is_opened_ahead_in(tmp_path, observer.client_unpause)
+        second.dump("second")  # its lock request waits in Redis until the watch sees its file open
+        watched()
+    assert unnamed_files_open(os.getpid(), tmp_path) == []  # the file exists: the dump skipped
     assert second.load() == "first"
+    observer.close()
 
 
 def test_a_dump_that_times_out_lets_go_of_the_file_it_opened_ahead(
@@ -642,9 +676,11 @@ def test_a_dump_that_times_out_lets_go_of_the_file_it_opened_ahead(
     skip_unless_unnamed_files_in(tmp_path)
     path = str(tmp_path / "x.pkl")
     hold_in_another_process(path, settings, "write", seconds=5.0)
-    impatient = locked_target(path, dataclasses.replace(settings, wait_timeout_seconds=0.5))
+    watched = when_a_file_is_opened_ahead_in(tmp_path, lambda: None)
+    impatient = locked_target(path, dataclasses.replace(settings, wait_timeout_seconds=1.0))
     with pytest.raises(LockTimeout):
         impatient.dump("x")
+    watched()
     assert unnamed_files_open(os.getpid(), tmp_path) == []
 
 
@@ -655,23 +691,9 @@ def test_a_dump_whose_directory_is_removed_while_it_waits_publishes_into_it_made
     directory = tmp_path / "cache"
     directory.mkdir()
     path = str(directory / "x.pkl")
-    hold_in_another_process(path, settings, "write", seconds=2.0)
-    failures: list[BaseException] = []
-
-    def remove_once_the_file_is_open() -> None:
-        try:
-            deadline = time.monotonic() + 30
-            while not unnamed_files_open(os.getpid(), directory):
-                assert time.monotonic() < deadline, "the waiting dump never opened its file"
-                time.sleep(0.01)
-            shutil.rmtree(directory)
-        except BaseException as failure:
-            failures.append(failure)
-
-    remover = threading.Thread(target=remove_once_the_file_is_open)
-    remover.start()
+    hold_in_another_process(path, settings, "write", seconds=5.0)
+    watched = when_a_file_is_opened_ahead_in(directory, lambda: shutil.rmtree(directory))
     target = locked_target(path, settings)
     target.dump("x")  # waits for the holder's lock, with its file open meanwhile
-    remover.join()
-    assert failures == []
+    watched()
     assert target.load() == "x"

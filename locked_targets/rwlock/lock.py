@@ -108,9 +108,10 @@ class ReadWriteLock:
 
         ``meanwhile``: the caller's work that needs no lock, done while its request is on its
         way to Redis instead of before or after it (a dump opens its unnamed file then). It runs
-        once the request is sent, again if a failed one is retried, not at all if none is sent
-        (the lock was taken ahead). It must be brief (the lease counts from the send, and is
-        renewed only once the reply is read) and must not raise.
+        at most once per attempt, once the request is sent; not at all if none is sent (the lock
+        was taken ahead). It must be brief (the lease counts from the send, and is renewed only
+        once the reply is read), and should not raise: if it does, the attempt is given back and
+        its error raised.
 
         With kept shared leases, a lease this process keeps on the lock is given up in the
         acquiring step itself (an upgrade), and then the exclusive hold ends as a kept shared
@@ -191,6 +192,13 @@ class ReadWriteLock:
         # A failure may come after the grant (a WAIT refused or unanswered): give it back too.
         except (BackendUnavailable, ConfigurationError, redis.RedisError):
             self._abandon(token)
+            raise
+        except LockTimeout:
+            raise  # its waiting place is withdrawn already (``_wait``)
+        except BaseException:
+            # Anything else (an interrupt, or the work run meanwhile raising) may come after the
+            # grant, its reply unread: give it back too, without waiting on Redis.
+            self._abandon_later(token)
             raise
         return self._register(mode, token, granted_at, attempt.fencing_token)
 

@@ -170,31 +170,33 @@ class WriteOnceLocalTarget(luigi.LocalTarget):
 
     def __init__(self, path: str, file_format: luigi.format.Format) -> None:
         super().__init__(path, format=file_format)  # type: ignore[no-untyped-call]
-        self._opened_ahead: dict[int, UnnamedWriteOnceFile] = {}
-        """Files opened ahead, by the thread whose next write takes them (threads can share a target)."""
+        self._opened_ahead: dict[tuple[int, int], UnnamedWriteOnceFile] = {}
+        """Files opened ahead, by the process and thread whose next write takes them (threads can
+        share a target, and a forked child's threads can reuse its parent's thread ids)."""
 
     @contextlib.contextmanager
     def opening_ahead(self) -> Iterator[Callable[[], None] | None]:
         """A way to open this thread's next write's file ahead of it; let go of at the end of the
-        block if that write never came (the dump skipped, or failed first). None where files are
-        not made unnamed: a named one is staged, and staging areas are for lock holders."""
+        block if that write never came (the dump skipped, or failed first). None where the kernel
+        makes no unnamed files. Where it does but the file system cannot (NFS), the open ahead
+        fails quietly and the write stages a named file, as a staging area is for lock holders."""
         if not _MAKES_UNNAMED_FILES:
             yield None
             return
         try:
             yield self._open_ahead
         finally:
-            unused = self._opened_ahead.pop(threading.get_ident(), None)
+            unused = self._opened_ahead.pop(_this_writer(), None)
             if unused is not None:
                 unused.abandon()
 
     def _open_ahead(self) -> None:
-        thread = threading.get_ident()
-        if thread in self._opened_ahead:
+        writer = _this_writer()
+        if writer in self._opened_ahead:
             return
         try:
             self.makedirs()  # type: ignore[no-untyped-call]
-            self._opened_ahead[thread] = UnnamedWriteOnceFile(self.path, _directory_of(self.path))
+            self._opened_ahead[writer] = UnnamedWriteOnceFile(self.path, _directory_of(self.path))
         except OSError:  # left to the write, which opens its file itself and meets the error then
             return
 
@@ -204,8 +206,12 @@ class WriteOnceLocalTarget(luigi.LocalTarget):
         # Also with a file opened ahead, which a link can put into the directory made again, should
         # it have been removed meanwhile (the link's path is absolute: see UnnamedWriteOnceFile).
         self.makedirs()  # type: ignore[no-untyped-call]
-        opened = self._opened_ahead.pop(threading.get_ident(), None)
+        opened = self._opened_ahead.pop(_this_writer(), None)
         return self.format.pipe_writer(opened if opened is not None else write_once_local_file(self.path))
+
+
+def _this_writer() -> tuple[int, int]:
+    return os.getpid(), threading.get_ident()
 
 
 def _directory_of(path: str) -> str:
