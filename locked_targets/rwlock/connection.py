@@ -614,8 +614,8 @@ def exchange(
     its replies out of step, and the error raised.
 
     ``meanwhile`` runs once the commands are sent, before their replies are read: the caller's
-    own work, done while the server answers instead of after (it must not raise: that closes
-    the connection and loses the replies).
+    own work, done while the server answers instead of after. If it raises, the connection is
+    closed, its replies unread, and the error raised (``ReadWriteLock.exclusive`` says the rest).
 
     Packed by hiredis as redis-py packs them with it, without its Python around each argument."""
     packed = b"".join([hiredis.pack_command(command) for command in commands])  # nothing sent if this fails

@@ -155,8 +155,9 @@ class ReadWriteLock:
         """Take the lock in ``mode``, waiting (woken by releases) up to the wait timeout.
 
         ``giving_up``: the token of this process's own shared lease, dropped by the same
-        step that takes the exclusive lock. ``meanwhile``: as ``exclusive`` runs it, with the
-        first attempt. With a Redis retry deadline, a failing Redis is retried until it.
+        step that takes the exclusive lock. ``meanwhile``: as ``exclusive`` says (not with the
+        attempts made again while waiting). With a Redis retry deadline, a failing Redis is
+        retried until it.
         """
         with telemetry.acquisition(mode.value, self.telemetry_labels):
             return with_redis_retries(
