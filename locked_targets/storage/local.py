@@ -203,10 +203,11 @@ class WriteOnceLocalTarget(luigi.LocalTarget):
     def open(self, mode: str = "r") -> Any:
         if mode.replace("b", "").replace("t", "") != "w":
             return super().open(mode)  # type: ignore[no-untyped-call]
-        # Also with a file opened ahead, which a link can put into the directory made again, should
-        # it have been removed meanwhile (the link's path is absolute: see UnnamedWriteOnceFile).
-        self.makedirs()  # type: ignore[no-untyped-call]
         opened = self._opened_ahead.pop(_this_writer(), None)
+        # A file opened ahead had its directory made then: made again only if it was removed while
+        # the dump waited (a link can put the file there: its path is absolute, see UnnamedWriteOnceFile).
+        if opened is None or not os.path.isdir(_directory_of(self.path)):
+            self.makedirs()  # type: ignore[no-untyped-call]
         return self.format.pipe_writer(opened if opened is not None else write_once_local_file(self.path))
 
 
