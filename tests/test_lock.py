@@ -279,6 +279,43 @@ def test_work_given_to_a_lock_taken_ahead_is_not_run(redis_url: str, key_prefix:
     assert runs == []
 
 
+def test_a_grant_whose_lease_the_work_meanwhile_half_used_is_renewed_before_the_block(
+    redis_url: str, key_prefix: str, redis_client: redis.Redis
+) -> None:
+    lock = make_lock(redis_url, f"{key_prefix}{{half-used}}", lease_seconds=2.0)
+    with lock.exclusive(lambda: time.sleep(1.3)) as held:
+        # Renewed from the block's start: no renewal was planned for before the lease would end.
+        assert held.lease_left_seconds() > 1.5
+        assert redis_client.pttl(lock.keys.writer) > 1500
+        assert redis_client.get(lock.keys.writer) == held.token.encode()
+
+
+def test_a_grant_whose_lease_the_work_meanwhile_outlasted_is_asked_for_again(
+    redis_url: str, key_prefix: str, redis_client: redis.Redis
+) -> None:
+    base = f"{key_prefix}{{outlasted}}"
+    lock = make_lock(redis_url, base, lease_seconds=1.0)
+    other = Holders(redis_url, base)
+    other_released: list[float] = []
+
+    def outlast_the_lease() -> None:
+        # Granted, its reply unread: another process takes the lock once the lease lapses.
+        other.start("other", "write")
+        other.expect("other", "acquired")
+        other.release("other")
+        other_released.append(other.expect("other", "released"))
+
+    try:
+        with lock.exclusive(outlast_the_lease) as held:
+            started = time.monotonic()
+            held.ensure_held()
+            assert redis_client.get(lock.keys.writer) == held.token.encode()
+    finally:
+        other.stop()
+    assert len(other_released) == 1
+    assert other_released[0] < started
+
+
 class _Interrupted(BaseException):
     """Stands for an interrupt (Ctrl-C, a signal handler's exit) raised in the work run meanwhile."""
 

@@ -103,6 +103,21 @@ class HeldLock:
     def lost(self) -> bool:
         return self._lost is not None or self._clock.monotonic() >= self.confirmed_until
 
+    def lease_left_seconds(self) -> float:
+        """How long the lease is still trusted here (negative once it ended)."""
+        return self.confirmed_until - self._clock.monotonic()
+
+    def renew_now(self) -> bool:
+        """Renew the lease from the calling thread (one round trip); True if Redis still knew this holder.
+
+        Redis errors are raised, not judged: the caller decides what a failed renewal means.
+        """
+        sent_at = self._clock.monotonic()
+        if self.extend() != 1:
+            return False
+        self.extension_answered(1, sent_at)
+        return True
+
     def ensure_held(self) -> None:
         """Raise ``LockLost`` unless the lease is still confirmed."""
         if self._lost is None and self._clock.monotonic() >= self.confirmed_until:

@@ -107,11 +107,12 @@ class ReadWriteLock:
         """Hold the lock alone for the duration of the block.
 
         ``meanwhile``: the caller's work that needs no lock, done while its request is on its
-        way to Redis instead of before or after it (a dump opens its unnamed file then). It runs
-        at most once per attempt, once the request is sent; not at all if none is sent (the lock
-        was taken ahead). It must be brief (the lease counts from the send, and is renewed only
-        once the reply is read), and should not raise: if it does, the attempt is given back and
-        its error raised.
+        way to Redis instead of before or after it (a local dump writes its object then, into a
+        file no one can see). It runs at most once, once the first request is sent; not at all if
+        none is sent (the lock was taken ahead). It may take long: the lease counts from the send,
+        so a grant it used half the lease of is renewed before the block starts, and one whose
+        lease it outlasted is asked for again. If it raises, the attempt is given back and its
+        error raised.
 
         With kept shared leases, a lease this process keeps on the lock is given up in the
         acquiring step itself (an upgrade), and then the exclusive hold ends as a kept shared
@@ -156,12 +157,14 @@ class ReadWriteLock:
 
         ``giving_up``: the token of this process's own shared lease, dropped by the same
         step that takes the exclusive lock. ``meanwhile``: as ``exclusive`` says (not with the
-        attempts made again while waiting). With a Redis retry deadline, a failing Redis is
-        retried until it.
+        attempts made again while waiting or retrying). With a Redis retry deadline, a failing
+        Redis is retried until it.
         """
-        with telemetry.acquisition(mode.value, self.telemetry_labels):
+        acquisition = telemetry.acquisition(mode.value, self.telemetry_labels)
+        with acquisition:
+            work = acquisition.not_waiting(meanwhile) if meanwhile is not None else None
             return with_redis_retries(
-                lambda: self._acquire_once(mode, giving_up, meanwhile),
+                lambda: self._acquire_once(mode, giving_up, work),
                 what=f"acquiring the {self.name(mode)} of {self.keys.path}",
                 redis_retry_deadline_seconds=self.terms.redis_retry_deadline_seconds,
                 clock=self.clock,
@@ -201,7 +204,25 @@ class ReadWriteLock:
             # grant, its reply unread: give it back too, without waiting on Redis.
             self._abandon_later(token)
             raise
-        return self._register(mode, token, granted_at, attempt.fencing_token)
+        held = self._register(mode, token, granted_at, attempt.fencing_token)
+        if held.lease_left_seconds() > self.terms.lease_seconds / 2:
+            return held
+        return self._renewed_after_long_meanwhile(held, mode)
+
+    def _renewed_after_long_meanwhile(self, held: HeldLock, mode: LockMode) -> HeldLock:
+        """``held``, whose lease the work done meanwhile used half of or more: renewed now (one round
+        trip), so it is not left to a renewal planned for after it ends; if Redis no longer holds it
+        for this process, given up and asked for again (what was done meanwhile needed no lock)."""
+        try:
+            with self.connection.errors_translated():
+                renewed = held.renew_now()
+        except BaseException:
+            held.give_up()
+            raise
+        if renewed:
+            return held
+        held.give_up()
+        return self._acquire_once(mode, None, None)
 
     def _abandon(self, token: str) -> None:
         """Undo an attempt whose reply may have been lost, so it leaves no ghost holder for a lease."""

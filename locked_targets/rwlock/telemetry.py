@@ -14,7 +14,7 @@ current: that would cost more than everything else recorded here together.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from types import TracebackType
 
@@ -77,9 +77,9 @@ def lock_labels(*, namespace: str, storage: str) -> Mapping[str, str]:
     return {NAMESPACE: namespace, STORAGE: storage}
 
 
-def acquisition(mode: str, labels: Mapping[str, str]) -> AbstractContextManager[None]:
+def acquisition(mode: str, labels: Mapping[str, str]) -> Acquisition:
     """Around one acquisition, waits and retries included: its span, its wait time, a timeout."""
-    return _Acquisition({**labels, MODE: mode})
+    return Acquisition({**labels, MODE: mode})
 
 
 def record_granted(mode: str, labels: Mapping[str, str]) -> None:
@@ -140,13 +140,29 @@ class _Spanned:
         raise NotImplementedError
 
 
-class _Acquisition(_Spanned):
+class Acquisition(_Spanned):
+    """An acquisition's span and wait time, less the caller's own work done while its request was
+    on its way (``not_waiting``): a dump's write is no wait for the lock."""
+
     def __init__(self, attributes: Mapping[str, str]) -> None:
         super().__init__("locked_targets.acquire", attributes)
         self._started = time.monotonic()
+        self._working = 0.0
+
+    def not_waiting(self, work: Callable[[], None]) -> Callable[[], None]:
+        """``work``, its time left out of the wait."""
+
+        def timed() -> None:
+            started = time.monotonic()
+            try:
+                work()
+            finally:
+                self._working += time.monotonic() - started
+
+        return timed
 
     def ended(self, kind: type[BaseException] | None) -> None:
-        waited = time.monotonic() - self._started
+        waited = time.monotonic() - self._started - self._working
         if kind is None:
             outcome = "acquired"
         elif issubclass(kind, LockTimeout):
