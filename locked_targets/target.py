@@ -41,7 +41,7 @@ from locked_targets.rwlock import (
 )
 from locked_targets.settings import Settings
 from locked_targets.storage import storage_kind_for
-from locked_targets.storage.base import StorageFileTarget
+from locked_targets.storage.base import DumpAhead, StorageFileTarget
 from locked_targets.storage.commit import CommitGuard, guarded_by
 from locked_targets.storage.model_target import ModelTarget
 from locked_targets.wrapped_target import WrappedTarget
@@ -95,7 +95,14 @@ class LockedTarget(WrappedTarget):
         ``lock_at_dump`` is accepted for gokart compatibility and ignored: a dump is
         always locked, also inside a run lock, since readers rely on it.
         """
-        with self._preparing_dump() as prepare, self._hold_exclusive(meanwhile=prepare) as held:
+        write = functools.partial(
+            self._target._dump,
+            obj,
+            task_params=task_params,
+            custom_labels=custom_labels,
+            required_task_outputs=required_task_outputs,
+        )
+        with self._dumping_ahead(obj, write) as ahead, self._hold_exclusive(ahead.meanwhile) as held:
             if self._target._exists():
                 logger.debug(
                     "%s already exists: another application produced it, skipping the dump", self.path()
@@ -114,12 +121,7 @@ class LockedTarget(WrappedTarget):
                 self._ensure_ready_to_publish(held)
             try:
                 with telemetry.commit(self._telemetry_labels()), guarded_by(guard):
-                    self._target._dump(
-                        obj,
-                        task_params=task_params,
-                        custom_labels=custom_labels,
-                        required_task_outputs=required_task_outputs,
-                    )
+                    ahead.publish()
             except CommitRefused:
                 # Someone published while we wrote, so someone else held this lock: if it was
                 # us who lost it, say so; if we hold it, a stale holder got there first and
@@ -150,10 +152,11 @@ class LockedTarget(WrappedTarget):
         lock = self._file_lock()
         return lock.exclusive(meanwhile) if lock is not None else nullcontext()
 
-    def _preparing_dump(self) -> AbstractContextManager[Callable[[], None] | None]:
-        """What the storage does ahead of a dump, while its lock is asked for (``preparing_write``)."""
+    def _dumping_ahead(self, obj: Any, write: Callable[[], None]) -> DumpAhead:
+        """The dump of ``obj``, written while its lock is asked for where the storage can
+        (``StorageFileTarget.dumping_ahead``); ``write`` is its whole write under the lock."""
         target = self._target
-        return target.preparing_dump() if isinstance(target, StorageFileTarget) else nullcontext()
+        return target.dumping_ahead(obj, write) if isinstance(target, StorageFileTarget) else DumpAhead(write)
 
     def _telemetry_labels(self) -> Mapping[str, str]:
         return self._lock.telemetry_labels if self._lock is not None else telemetry.NO_LABELS

@@ -35,8 +35,8 @@ from helpers.target_processes import (
     load_model_repeatedly,
     save_frame,
 )
-from helpers.targets import locked_target
-from helpers.unnamed_files import skip_unless_unnamed_files_in, unnamed_files_open
+from helpers.targets import ThroughAnother, locked_target
+from helpers.unnamed_files import skip_unless_unnamed_files_in, unnamed_file_sizes, unnamed_files_open
 from locked_targets import LockedTarget, LockLost, LockTimeout, Settings
 from locked_targets.factories import make_target
 from locked_targets.locks import lock_key_for
@@ -440,22 +440,16 @@ def test_a_task_classs_dataframe_type_is_gokarts(task_class: type[locked_targets
     assert _dataframe_type_of(task_class) == get_dataframe_type_from_task(task_class)
 
 
-class ForgottenWhileLoading(FileProcessor):
+class ForgottenWhileLoading(ThroughAnother):
     """Loads through another processor, after making Redis forget the reader (as a restart would)."""
 
     def __init__(self, inner: FileProcessor, forget: Callable[[], object]) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._forget = forget
-
-    def format(self) -> Any:
-        return self._inner.format()
 
     def load(self, file: Any) -> Any:
         self._forget()
-        return self._inner.load(file)
-
-    def dump(self, obj: Any, file: Any) -> None:
-        self._inner.dump(obj, file)
+        return super().load(file)
 
 
 def test_a_load_whose_lease_redis_forgot_raises_lock_lost_once_a_renewal_has_told(
@@ -476,22 +470,16 @@ def test_a_load_whose_lease_redis_forgot_raises_lock_lost_once_a_renewal_has_tol
         target.load()
 
 
-class RecordsFencingToken(FileProcessor):
+class RecordsFencingToken(ThroughAnother):
     """Dumps through another processor and records the fencing token it was given."""
 
     def __init__(self, inner: FileProcessor) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.tokens: list[int | None] = []
-
-    def format(self) -> Any:
-        return self._inner.format()
-
-    def load(self, file: Any) -> Any:
-        return self._inner.load(file)
 
     def dump(self, obj: Any, file: Any) -> None:
         self.tokens.append(locked_targets.current_fencing_token())
-        self._inner.dump(obj, file)
+        super().dump(obj, file)
 
 
 def test_a_dump_can_read_its_growing_fencing_token(tmp_path: Path, settings: Settings) -> None:
@@ -598,44 +586,45 @@ def test_a_target_builds_its_lock_once_and_keeps_it(tmp_path: Path, settings: Se
     assert target._file_lock() is lock
 
 
-def test_a_local_dump_opens_its_unnamed_file_while_its_lock_is_asked_for(
+def test_a_local_dump_writes_its_file_while_its_lock_is_asked_for(
     tmp_path: Path, private_redis: RedisServer
 ) -> None:
     skip_unless_unnamed_files_in(tmp_path)
-    settings = Settings(redis_url=private_redis.url, key_prefix="opened-ahead:", lease_seconds=30)
+    settings = Settings(redis_url=private_redis.url, key_prefix="written-ahead:", lease_seconds=30)
     path = tmp_path / "cache" / "x.pkl"  # its directory too is made ahead
+    value = "written" * 10_000
     observer = redis.Redis.from_url(private_redis.url)
-    dumper = SPAWN.Process(target=dump_value, args=(str(path), settings, "written"))
+    dumper = SPAWN.Process(target=dump_value, args=(str(path), settings, value))
     with writes_paused(observer):
         dumper.start()
         assert dumper.pid is not None
         deadline = time.monotonic() + 60
+        # The whole object, in a file no one can see, while the lock request waits in Redis.
         while not (
             requests_held_back(observer)
             and path.parent.exists()
-            and unnamed_files_open(dumper.pid, path.parent)
+            and any(size > len(value) for size in unnamed_file_sizes(dumper.pid, path.parent))
         ):
-            assert time.monotonic() < deadline, (
-                "the dump never had its file open while its lock request waited"
-            )
+            assert time.monotonic() < deadline, "the dump never wrote its file while its lock request waited"
             time.sleep(0.01)
         assert not path.exists()
     dumper.join(timeout=60)
     assert dumper.exitcode == 0
-    assert locked_target(str(path), settings).load() == "written"
+    assert locked_target(str(path), settings).load() == value
     observer.close()
 
 
-def when_a_file_is_opened_ahead_in(directory: Path, then: Callable[[], object]) -> Callable[[], None]:
+def when_a_file_is_written_ahead_in(directory: Path, then: Callable[[], object]) -> Callable[[], None]:
     """Watch, in a thread, for this process to hold an unnamed file open in ``directory`` (up to
-    30 s), then run ``then``; the function returned waits for the watch, and fails as it failed."""
+    30 s), one a dump writes ahead of its lock, then run ``then``; the function returned waits for
+    the watch, and fails as it failed."""
     failures: list[BaseException] = []
 
     def watch() -> None:
         try:
             deadline = time.monotonic() + 30
             while not unnamed_files_open(os.getpid(), directory):
-                assert time.monotonic() < deadline, "the dump never had a file open ahead of its write"
+                assert time.monotonic() < deadline, "the dump never wrote a file ahead of its lock"
                 time.sleep(0.005)
             then()
         except BaseException as failure:
@@ -652,7 +641,7 @@ def when_a_file_is_opened_ahead_in(directory: Path, then: Callable[[], object]) 
     return watched
 
 
-def test_a_dump_that_skips_lets_go_of_the_file_it_opened_ahead(
+def test_a_dump_that_skips_lets_go_of_the_file_it_wrote_ahead(
     tmp_path: Path, private_redis: RedisServer
 ) -> None:
     skip_unless_unnamed_files_in(tmp_path)
@@ -662,7 +651,7 @@ def test_a_dump_that_skips_lets_go_of_the_file_it_opened_ahead(
     observer = redis.Redis.from_url(private_redis.url)
     second = locked_target(path, settings)
     with writes_paused(observer):
-        watched = when_a_file_is_opened_ahead_in(tmp_path, observer.client_unpause)
+        watched = when_a_file_is_written_ahead_in(tmp_path, observer.client_unpause)
         second.dump("second")  # its lock request waits in Redis until the watch sees its file open
         watched()
     assert unnamed_files_open(os.getpid(), tmp_path) == []  # the file exists: the dump skipped
@@ -670,13 +659,11 @@ def test_a_dump_that_skips_lets_go_of_the_file_it_opened_ahead(
     observer.close()
 
 
-def test_a_dump_that_times_out_lets_go_of_the_file_it_opened_ahead(
-    tmp_path: Path, settings: Settings
-) -> None:
+def test_a_dump_that_times_out_lets_go_of_the_file_it_wrote_ahead(tmp_path: Path, settings: Settings) -> None:
     skip_unless_unnamed_files_in(tmp_path)
     path = str(tmp_path / "x.pkl")
     hold_in_another_process(path, settings, "write", seconds=5.0)
-    watched = when_a_file_is_opened_ahead_in(tmp_path, lambda: None)
+    watched = when_a_file_is_written_ahead_in(tmp_path, lambda: None)
     impatient = locked_target(path, dataclasses.replace(settings, wait_timeout_seconds=1.0))
     with pytest.raises(LockTimeout):
         impatient.dump("x")
@@ -692,8 +679,32 @@ def test_a_dump_whose_directory_is_removed_while_it_waits_publishes_into_it_made
     directory.mkdir()
     path = str(directory / "x.pkl")
     hold_in_another_process(path, settings, "write", seconds=5.0)
-    watched = when_a_file_is_opened_ahead_in(directory, lambda: shutil.rmtree(directory))
+    watched = when_a_file_is_written_ahead_in(directory, lambda: shutil.rmtree(directory))
     target = locked_target(path, settings)
-    target.dump("x")  # waits for the holder's lock, with its file open meanwhile
+    target.dump("x")  # waits for the holder's lock, its file written meanwhile
     watched()
     assert target.load() == "x"
+
+
+class _RefusesPickling:
+    def __reduce__(self) -> str:
+        raise TypeError("this object refuses to be pickled")
+
+
+def test_a_dump_whose_object_fails_to_serialize_ahead_publishes_nothing_and_gives_its_lock_back(
+    tmp_path: Path, settings: Settings
+) -> None:
+    skip_unless_unnamed_files_in(tmp_path)
+    path = str(tmp_path / "x.pkl")
+    with pytest.raises(TypeError, match="refuses to be pickled"):
+        locked_target(path, settings).dump(_RefusesPickling())
+    assert not os.path.exists(path)
+    assert unnamed_files_open(os.getpid(), tmp_path) == []
+    # Given back, not left to its 30 s lease: another application's dump gets the lock at once.
+    other = SPAWN.Process(
+        target=dump_value, args=(path, dataclasses.replace(settings, wait_timeout_seconds=1.0), "next")
+    )
+    other.start()
+    other.join(timeout=60)
+    assert other.exitcode == 0
+    assert locked_target(path, settings).load() == "next"

@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from helpers.lock_processes import SPAWN
 from helpers.target_processes import hold_lock_of
-from helpers.targets import locked_target
+from helpers.targets import locked_target, written_under_the_lock
 from locked_targets import BackendUnavailable, LockLost, LockTimeout
 from locked_targets.locks import lock_for
 from locked_targets.run_lock import run_under_lock
@@ -129,6 +129,27 @@ def test_an_acquisition_that_waits_records_its_wait_and_its_hold(
     assert counted(points["locked_targets.lock.acquisitions"], read) == 1
 
 
+class _SlowToSerialize:
+    def __reduce__(self) -> tuple[type[str], tuple[str]]:
+        time.sleep(0.5)
+        return (str, ("slow",))
+
+
+def test_a_dumps_write_done_while_its_request_waits_is_no_wait(
+    tmp_path: Path, unkept: Settings, recorded: Sdk
+) -> None:
+    started = time.monotonic()
+    locked_target(str(tmp_path / "slow.pkl"), unkept).dump(_SlowToSerialize())
+    took = time.monotonic() - started
+    write = {**LOCAL_TARGET, MODE: "write"}
+    waits, waited = measured(
+        recorded.points()["locked_targets.lock.wait.duration"], {**write, OUTCOME: "acquired"}
+    )
+    assert took >= 0.5
+    assert waits == 1
+    assert waited < 0.25, "the 0.5 s write done while the request was on its way counted as a wait"
+
+
 def test_a_wait_timeout_is_counted(tmp_path: Path, unkept: Settings, recorded: Sdk) -> None:
     path = str(tmp_path / "busy.pkl")
     holder = start_holder(path, unkept, "write", seconds=3.0)
@@ -196,7 +217,7 @@ def test_a_writer_asking_back_a_kept_shared_lease_is_counted_where_it_was_kept(
 
 
 class PublishedFirst:
-    """Pickled inside a dump, it publishes the target's file first, as a stale holder would."""
+    """Pickled inside a dump under its lock, it publishes the target's file first, as a stale holder would."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -208,7 +229,7 @@ class PublishedFirst:
 
 def test_a_refused_commit_is_counted(tmp_path: Path, settings: Settings, recorded: Sdk) -> None:
     path = str(tmp_path / "contested.pkl")
-    locked_target(path, settings).dump(PublishedFirst(path))
+    written_under_the_lock(path, settings).dump(PublishedFirst(path))
     assert Path(path).read_bytes() == b"the stale holder's"
     assert counted(recorded.points()["locked_targets.commit.refusals"], LOCAL_TARGET) == 1
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import luigi
 import luigi.format
@@ -24,6 +24,14 @@ UNLOCKED_PARAMS: TaskLockParams = make_task_lock_params(file_path="", unique_id=
 value for every file (building them per target costs a few µs): gokart reads the key only
 when its lock is on.
 """
+
+Write = Callable[[], None]
+"""A dump's whole write, which publishes its file (gokart's ``_dump``)."""
+DumpInto = Callable[[Any], None]
+"""A file processor's dump of one object, into the file it is given."""
+
+# The module of gokart's own file processors (pickle, csv, parquet...): they record no fencing token.
+_GOKART_PROCESSORS = "gokart.file_processor"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,13 +86,13 @@ class StorageKind(abc.ABC):
     def last_modification_time(self, path: str, settings: Settings) -> datetime:
         """When the object at ``path`` was last written."""
 
-    def preparing_write(
-        self, target: luigi.target.FileSystemTarget
-    ) -> AbstractContextManager[Callable[[], None] | None]:
-        """Work that gets the next write of ``target`` (one this kind built) ready and needs no lock,
-        for a dump to do while its lock is asked for, its leftovers let go of when the block ends;
-        None (the default) when there is nothing worth doing ahead."""
-        return nullcontext()
+    def dumping_ahead(
+        self, target: luigi.target.FileSystemTarget, write: Write, dump_into: DumpInto
+    ) -> DumpAhead:
+        """A dump of ``target`` (one this kind built) whose write is done ahead of its lock where this
+        kind can; by default it is done under the lock. ``write`` is the dump's whole write (it
+        publishes), ``dump_into`` the processor's, into a file it is given."""
+        return DumpAhead(write)
 
     def single_file_target(self, path: str, processor: FileProcessor, settings: Settings) -> TargetOnKart:
         """gokart's single-file target on this storage, with gokart's own lock off."""
@@ -113,6 +121,41 @@ class StorageFileTarget(SingleFileTarget):
     def _last_modification_time(self) -> datetime:
         return self._kind.last_modification_time(self._path(), self._settings)
 
-    def preparing_dump(self) -> AbstractContextManager[Callable[[], None] | None]:
-        """``StorageKind.preparing_write`` for this target's next dump."""
-        return self._kind.preparing_write(self._target)
+    def dumping_ahead(self, obj: Any, write: Write) -> DumpAhead:
+        """The dump of ``obj``, whose whole write is ``write``, written ahead where its storage can
+        (``StorageKind.dumping_ahead``). Only with gokart's own processors: a custom one may record
+        the dump's fencing token (``commit.current_fencing_token``), which only the lock gives."""
+        module = type(self._processor).__module__
+        if module != _GOKART_PROCESSORS and not module.startswith(f"{_GOKART_PROCESSORS}."):
+            return DumpAhead(write)
+        return self._kind.dumping_ahead(self._target, write, functools.partial(self._processor.dump, obj))
+
+
+class DumpAhead:
+    """A dump whose write is done, where the storage can, while its lock is asked for (``meanwhile``):
+    into a file no one can see or reach, so it needs no lock, published under the lock (``publish``).
+
+    This one does nothing ahead: ``publish`` writes. As a context manager, it lets go of what was
+    written ahead and not published (the dump skipped, or failed) when the block ends.
+    """
+
+    meanwhile: Callable[[], None] | None = None
+    """The write done ahead, for the lock's acquisition to run once its request is on its way
+    (``ReadWriteLock.exclusive``); None: nothing is done ahead."""
+
+    def __init__(self, write: Write) -> None:
+        self._write = write
+
+    def publish(self) -> None:
+        """Publish the dump, under its lock and once its checks passed: what was written ahead, or
+        else the whole write, now."""
+        self._write()
+
+    def let_go(self) -> None:
+        """Let go of what was written ahead and not published (nothing, here)."""
+
+    def __enter__(self) -> DumpAhead:
+        return self
+
+    def __exit__(self, *raised: object) -> None:
+        self.let_go()

@@ -19,9 +19,6 @@ import logging
 import os
 import shutil
 import stat
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
@@ -32,7 +29,7 @@ from gokart.zip_client import ZipClient, _unzip_file
 from locked_targets.errors import CommitRefused
 from locked_targets.process_state import Once
 from locked_targets.settings import Settings
-from locked_targets.storage.base import StorageKind
+from locked_targets.storage.base import DumpAhead, DumpInto, StorageKind, Write
 from locked_targets.storage.commit import before_commit
 from locked_targets.storage.staging import refused_if_cleared, staging_area
 from locked_targets.storage.write_once import PublishedUnlessRaised, WriteOnceFile
@@ -65,19 +62,20 @@ class LocalStorage(StorageKind):
     def file_system_target(
         self, path: str, file_format: luigi.format.Format, settings: Settings
     ) -> luigi.target.FileSystemTarget:
-        return WriteOnceLocalTarget(path, file_format)
+        return WriteOnceLocalTarget(path, format=file_format)  # type: ignore[no-untyped-call]
 
     def zip_client(self, path: str, temporary_directory: str, settings: Settings) -> ZipClient:
         return LocalZipArchive(path, temporary_directory)
 
-    def preparing_write(
-        self, target: luigi.target.FileSystemTarget
-    ) -> AbstractContextManager[Callable[[], None] | None]:
-        """Opening the unnamed file of a dump ahead, while its lock is asked for: making a file
-        costs the file system about as long as Redis takes to answer (``WriteOnceLocalTarget``)."""
-        if isinstance(target, WriteOnceLocalTarget):
-            return target.opening_ahead()
-        return super().preparing_write(target)
+    def dumping_ahead(
+        self, target: luigi.target.FileSystemTarget, write: Write, dump_into: DumpInto
+    ) -> DumpAhead:
+        """Where the kernel makes unnamed files, a dump writes its whole file while its lock is asked
+        for (``WrittenAhead``): making a file alone costs the file system about as long as Redis
+        takes to answer on loopback, and a far Redis's round trip hides the serialization too."""
+        if _MAKES_UNNAMED_FILES and isinstance(target, WriteOnceLocalTarget):
+            return WrittenAhead(target, write, dump_into)
+        return super().dumping_ahead(target, write, dump_into)
 
     def last_modification_time(self, path: str, settings: Settings) -> datetime:
         return datetime.fromtimestamp(os.path.getmtime(path))
@@ -162,57 +160,61 @@ def _warn_write_once_not_enforced(destination: str, error: OSError) -> None:
 
 
 class WriteOnceLocalTarget(luigi.LocalTarget):
-    """A local file target whose written file never replaces an existing one (``CommitRefused`` instead).
-
-    Its unnamed file can be opened ahead of the write (``opening_ahead``): no one can see or
-    reach it before its commit, so it needs no lock, and a dump opens it while its lock is asked for.
-    """
-
-    def __init__(self, path: str, file_format: luigi.format.Format) -> None:
-        super().__init__(path, format=file_format)  # type: ignore[no-untyped-call]
-        self._opened_ahead: dict[tuple[int, int], UnnamedWriteOnceFile] = {}
-        """Files opened ahead, by the process and thread whose next write takes them (threads can
-        share a target, and a forked child's threads can reuse its parent's thread ids)."""
-
-    @contextlib.contextmanager
-    def opening_ahead(self) -> Iterator[Callable[[], None] | None]:
-        """A way to open this thread's next write's file ahead of it; let go of at the end of the
-        block if that write never came (the dump skipped, or failed first). None where the kernel
-        makes no unnamed files. Where it does but the file system cannot (NFS), the open ahead
-        fails quietly and the write stages a named file, as a staging area is for lock holders."""
-        if not _MAKES_UNNAMED_FILES:
-            yield None
-            return
-        try:
-            yield self._open_ahead
-        finally:
-            unused = self._opened_ahead.pop(_this_writer(), None)
-            if unused is not None:
-                unused.abandon()
-
-    def _open_ahead(self) -> None:
-        writer = _this_writer()
-        if writer in self._opened_ahead:
-            return
-        try:
-            self.makedirs()  # type: ignore[no-untyped-call]
-            self._opened_ahead[writer] = UnnamedWriteOnceFile(self.path, _directory_of(self.path))
-        except OSError:  # left to the write, which opens its file itself and meets the error then
-            return
+    """A local file target whose written file never replaces an existing one (``CommitRefused`` instead)."""
 
     def open(self, mode: str = "r") -> Any:
         if mode.replace("b", "").replace("t", "") != "w":
             return super().open(mode)  # type: ignore[no-untyped-call]
-        opened = self._opened_ahead.pop(_this_writer(), None)
-        # A file opened ahead had its directory made then: made again only if it was removed while
-        # the dump waited (a link can put the file there: its path is absolute, see UnnamedWriteOnceFile).
-        if opened is None or not os.path.isdir(_directory_of(self.path)):
-            self.makedirs()  # type: ignore[no-untyped-call]
-        return self.format.pipe_writer(opened if opened is not None else write_once_local_file(self.path))
+        self.makedirs()  # type: ignore[no-untyped-call]
+        return self.format.pipe_writer(write_once_local_file(self.path))
 
 
-def _this_writer() -> tuple[int, int]:
-    return os.getpid(), threading.get_ident()
+class WrittenAhead(DumpAhead):
+    """A local dump written ahead of its lock into an unnamed file (``O_TMPFILE``), linked under it.
+
+    No one can see or reach an unnamed file before its link, so writing it needs no lock; only
+    the link (the commit) does, after the dump's checks. A dump that skips (the file exists) or
+    fails lets go of the file, and the kernel frees it. Where the file system makes no unnamed
+    files (NFS), nothing is written ahead: the write stages a named file under the lock, as a
+    staging area is for lock holders.
+    """
+
+    def __init__(self, target: WriteOnceLocalTarget, write: Write, dump_into: DumpInto) -> None:
+        super().__init__(write)
+        self._target = target
+        self._dump_into = dump_into
+        self._file: UnnamedWriteOnceFile | None = None
+        self._writer: Any = None
+        self.meanwhile = self._write_ahead
+
+    def _write_ahead(self) -> None:
+        if self._file is not None:  # an acquisition retried after a failing Redis: written already
+            return
+        try:
+            self._target.makedirs()  # type: ignore[no-untyped-call]
+            self._file = UnnamedWriteOnceFile(
+                self._target.path, _directory_of(self._target.path), published_at_close=False
+            )
+        except OSError:  # left to the write under the lock, which meets the error then
+            return
+        # Kept until the end: luigi's text wrapper lets go of the file under it when collected.
+        self._writer = self._target.format.pipe_writer(self._file)
+        with self._writer as writer:
+            self._dump_into(writer)
+
+    def publish(self) -> None:
+        file = self._file
+        if file is None or not file.written:  # nothing written ahead: the lock was taken ahead, say
+            super().publish()
+            return
+        # Made again if it was removed while the dump waited (the link is by absolute path).
+        if not os.path.isdir(_directory_of(file.path)):
+            self._target.makedirs()  # type: ignore[no-untyped-call]
+        file.publish()
+
+    def let_go(self) -> None:
+        if self._file is not None:
+            self._file.abandon()
 
 
 def _directory_of(path: str) -> str:
@@ -243,9 +245,14 @@ class UnnamedWriteOnceFile(PublishedUnlessRaised):
     _directory: int | None = None
     """The final file's directory, open while the file is: None once let go of (or never opened)."""
     _close_descriptor = staticmethod(os.close)  # still there when a file is collected at exit
+    written = False
+    """Closed by its writer, unpublished: a file ``published_at_close`` False waits for ``publish``."""
 
-    def __init__(self, path: str, directory: str) -> None:
+    def __init__(self, path: str, directory: str, *, published_at_close: bool = True) -> None:
+        """``published_at_close`` False: a file written ahead of its lock, which ``close`` keeps
+        (flushed, unpublished) for ``publish``, called under the lock."""
         self.path = path
+        self._published_at_close = published_at_close
         directory_descriptor = os.open(directory, os.O_PATH | os.O_DIRECTORY)
         try:
             descriptor = os.open(".", os.O_TMPFILE | os.O_RDWR, 0o666, dir_fd=directory_descriptor)
@@ -263,9 +270,18 @@ class UnnamedWriteOnceFile(PublishedUnlessRaised):
         self._directory = directory_descriptor
 
     def close(self) -> None:
-        """Publish the file create-if-absent (``CommitRefused`` if the name is taken), then let go of it."""
+        """Publish the file create-if-absent (``CommitRefused`` if the name is taken), then let go of
+        it; or, if not ``published_at_close``, keep it for ``publish``."""
         if self.closed:
             return
+        if not self._published_at_close:
+            self.flush()
+            self.written = True
+            return
+        self.publish()
+
+    def publish(self) -> None:
+        """``close``'s publication, of a file written ahead too: then let go of it, whatever happened."""
         try:
             self.flush()
             self._publish()

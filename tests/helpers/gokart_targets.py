@@ -9,6 +9,7 @@ from typing import Any
 import gokart.target
 from gokart.file_processor import FileProcessor, make_file_processor
 
+from helpers.targets import ThroughAnother
 from locked_targets import LockedTarget, Settings
 
 SIGNAL_TIMEOUT_SECONDS = 60.0
@@ -23,22 +24,16 @@ def wait_for_file(path: str) -> None:
         time.sleep(0.05)
 
 
-class PausesBeforePublishing(FileProcessor):
+class PausesBeforePublishing(ThroughAnother):
     """Writes through another processor, says so, and waits for a signal: the file is published after."""
 
     def __init__(self, inner: FileProcessor, paused: str, resume: str) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._paused = paused
         self._resume = resume
 
-    def format(self) -> Any:
-        return self._inner.format()
-
-    def load(self, file: Any) -> Any:
-        return self._inner.load(file)
-
     def dump(self, obj: Any, file: Any) -> None:
-        self._inner.dump(obj, file)
+        super().dump(obj, file)
         Path(self._paused).touch()
         wait_for_file(self._resume)
 

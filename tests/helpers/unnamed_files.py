@@ -27,13 +27,30 @@ def skip_unless_unnamed_files_in(directory: Path) -> None:
 def unnamed_files_open(pid: int, directory: Path) -> list[str]:
     """The unnamed files in ``directory`` that process ``pid`` has open, as the kernel names them
     (``<directory>/#<inode> (deleted)``)."""
-    within = f"{os.path.realpath(directory)}/#"
     named = []
     for descriptor in os.listdir(f"/proc/{pid}/fd"):
         try:
             name = os.readlink(f"/proc/{pid}/fd/{descriptor}")
         except FileNotFoundError:  # closed meanwhile
             continue
-        if name.startswith(within) and name.endswith(" (deleted)"):
+        if _unnamed_in(directory, name):
             named.append(name)
     return named
+
+
+def unnamed_file_sizes(pid: int, directory: Path) -> list[int]:
+    """How many bytes each unnamed file in ``directory`` that process ``pid`` has open holds."""
+    sizes = []
+    for descriptor in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            name = os.readlink(f"/proc/{pid}/fd/{descriptor}")
+            if _unnamed_in(directory, name):
+                sizes.append(os.stat(f"/proc/{pid}/fd/{descriptor}").st_size)
+        except FileNotFoundError:  # closed meanwhile
+            continue
+    return sizes
+
+
+def _unnamed_in(directory: Path, name: str) -> bool:
+    """Whether ``name``, as the kernel names an open file, is an unnamed file in ``directory``."""
+    return name.startswith(f"{os.path.realpath(directory)}/#") and name.endswith(" (deleted)")
