@@ -10,9 +10,12 @@ built outside the timed call).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Mapping
 
+import numpy as np
+import pandas as pd
 from gokart.target import TargetOnKart
 
 from bench.request_count import RequestCount, count_requests
@@ -20,7 +23,8 @@ from bench.tables import heading, table, verdict
 from bench.timing import call_seconds, median_ms
 from bench.variants import LOCKED_VARIANTS, RedisAddress, RedisUrl, Variant, make_target, redis_client
 
-OPERATIONS = ("exists", "load", "dump")
+DUMP = "dump"
+OPERATIONS = ("exists", "load", DUMP)
 # Issue 2's goal: LockedTarget adds at most this many round trips per call.
 ROUND_TRIP_GOALS = {"exists": 2, "load": 2, "dump": 3}
 # Issue 9's goal 6: the time a cold call of LockedTarget adds, in RTs of time (a repeated read: none).
@@ -29,6 +33,11 @@ ADDED_TIME_GOALS = {"exists": 1.5, "load": 1.5, "dump": 2.0}
 REPEATED_READ_MOST_RTS = 0.5
 REPEATED_READS = ("exists", "load")
 SMALL_OBJECT = {"name": "small", "values": list(range(10)), "ratio": 0.5}
+FRAME_DUMP = "dump frame"
+"""Scenario 7's extra operation: a dump of a DataFrame of some size, as gokart tasks dump them,
+whose serialization and write take longer than a round trip (a dump written ahead of its lock
+hides the round trip behind them)."""
+_FRAME_ROWS = 100_000
 _WARM_UP_CALLS = 5
 
 
@@ -64,9 +73,10 @@ class _Workbench:
 
     def prepare(self, operation: str, variant: Variant) -> Callable[[], object]:
         """The call to time, with everything it needs built beforehand."""
-        if operation == "dump":
+        if operation in (DUMP, FRAME_DUMP):
             target = self.fresh_target(variant)
-            return lambda: target.dump(SMALL_OBJECT)
+            dumped = SMALL_OBJECT if operation == DUMP else _frame()
+            return lambda: target.dump(dumped)
         existing = self._existing[variant]
         return existing.exists if operation == "exists" else existing.load
 
@@ -89,14 +99,23 @@ def measure(directory: str, redis: RedisAddress, calls: int, counted_calls: int)
 
 
 def measure_median_times(
-    directory: str, redis: RedisUrl, calls: int
+    directory: str, redis: RedisUrl, calls: int, operations: tuple[str, ...] = OPERATIONS
 ) -> tuple[dict[tuple[str, Variant], float], float]:
     """The timing half of ``measure`` on any deployment, for the variants that can lock on it (no
     request counting: MONITOR sees one server only)."""
-    return _median_times(_Workbench(directory, redis), calls)
+    return _median_times(_Workbench(directory, redis), calls, operations)
 
 
-def _median_times(bench: _Workbench, calls: int) -> tuple[dict[tuple[str, Variant], float], float]:
+@functools.cache
+def _frame() -> pd.DataFrame:
+    """``FRAME_DUMP``'s DataFrame: 100,000 rows of four float columns (3.2 MB of values)."""
+    values = np.arange(_FRAME_ROWS, dtype=np.float64)
+    return pd.DataFrame({name: values * scale for scale, name in enumerate("wxyz", start=1)})
+
+
+def _median_times(
+    bench: _Workbench, calls: int, operations: tuple[str, ...] = OPERATIONS
+) -> tuple[dict[tuple[str, Variant], float], float]:
     """Median ms per (operation, variant), and of the PINGs interleaved with them.
 
     Per operation, (a), (c) and (d) take turns with a PING; then gokart's lock (b), where the server
@@ -106,7 +125,7 @@ def _median_times(bench: _Workbench, calls: int) -> tuple[dict[tuple[str, Varian
     """
     variants = bench.redis.variants
     samples: dict[tuple[str, Variant], list[float]] = {
-        (operation, variant): [] for operation in OPERATIONS for variant in variants
+        (operation, variant): [] for operation in operations for variant in variants
     }
     pings: list[float] = []
     passes: list[list[Variant]] = [[variant for variant in variants if variant is not Variant.GOKART_LOCK]]
@@ -114,7 +133,7 @@ def _median_times(bench: _Workbench, calls: int) -> tuple[dict[tuple[str, Varian
         passes.append([Variant.GOKART_LOCK])
     ping_client = redis_client(bench.redis)
     try:
-        for operation in OPERATIONS:
+        for operation in operations:
             for variant in variants:
                 for _ in range(_WARM_UP_CALLS):
                     bench.prepare(operation, variant)()
