@@ -37,6 +37,7 @@ from test_redis_error_mapping import (  # the servers of both versions, and how 
 from helpers.applications import Applications
 from helpers.lock_processes import Holders
 from helpers.targets import locked_target
+from helpers.waiting import eventually
 from locked_targets.errors import LockTimeout
 from locked_targets.locks import lock_for
 from locked_targets.rwlock import LockKeys, LockMode, ReadWriteLock
@@ -123,14 +124,6 @@ def refusals(server: RedisServer) -> list[str]:
     ]
 
 
-def within(seconds: float, condition: Callable[[], bool]) -> None:
-    """Wait until ``condition()`` holds, for ``seconds`` at most."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {seconds} s"
-        time.sleep(0.05)
-
-
 def test_a_new_user_has_the_channels_of_the_rule_and_no_other(
     server: RedisServer, lock_user: str, key_prefix: str
 ) -> None:
@@ -167,7 +160,9 @@ def test_a_release_wakes_a_writer_waiting_in_another_process(
         holders.expect("first", "acquired", timeout=STARTED_WITHIN_SECONDS)
         holders.start("second", "write", lease_seconds=WAITER_LEASE_SECONDS)
         waiting_writers = LockKeys(path=base, base=base).waiting_writers
-        within(STARTED_WITHIN_SECONDS, lambda: server.client().zcard(waiting_writers) == 1)
+        eventually(
+            lambda: server.client().zcard(waiting_writers) == 1, "the writer to wait", STARTED_WITHIN_SECONDS
+        )
         time.sleep(1.5)  # past its first look at the lock, a second into the wait
         holders.release("first")
         released_at = holders.expect("first", "released")
@@ -187,7 +182,7 @@ def test_a_writer_in_another_process_revokes_a_kept_shared_lease(
     reading = output_of(lock_user, key_prefix, tmp_path, shared_lease_idle_seconds=60)
     with reading.shared():  # starts this process's revocation listener
         pass
-    within(SETTLE_SECONDS, lambda: admin.pubsub_numpat() == 1)
+    eventually(lambda: admin.pubsub_numpat() == 1, "the revocation listener to subscribe", SETTLE_SECONDS)
     with reading.shared():  # kept afterwards: the listener was subscribed
         pass
     assert admin.zcard(reading.keys.readers) == 1
@@ -333,7 +328,7 @@ def test_a_refused_revocation_listener_warns_once_naming_the_channel_rule_and_st
     with caplog.at_level(logging.WARNING, logger="locked_targets"):
         with reading.shared():  # starts the revocation listener
             pass
-        within(SETTLE_SECONDS, lambda: listener_refusals(server) > 0)
+        eventually(lambda: listener_refusals(server) > 0, "the listener to be refused", SETTLE_SECONDS)
         time.sleep(2.5)  # a listener that asked again would be refused every second
         with reading.shared():
             pass
@@ -351,7 +346,7 @@ def test_without_the_revoke_channel_a_writer_in_another_process_neither_waits_fo
     reading = output_of(url, key_prefix, tmp_path, shared_lease_idle_seconds=60)
     with reading.shared():  # starts the revocation listener, which is refused
         pass
-    within(SETTLE_SECONDS, lambda: listener_refusals(server) > 0)
+    eventually(lambda: listener_refusals(server) > 0, "the listener to be refused", SETTLE_SECONDS)
     with reading.shared():  # a lease kept now would block the writer: no listener would hear it ask
         pass
     holders = Holders(url, reading.keys.base)

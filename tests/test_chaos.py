@@ -41,6 +41,7 @@ from helpers.chaos import (
 from helpers.chaos_pipeline import TASK_FAMILIES, every_task
 from helpers.clusters import started_cluster
 from helpers.lock_processes import SPAWN
+from helpers.waiting import eventually
 from locked_targets.locks import lock_key_for
 from locked_targets.settings import Settings
 from locked_targets.testing import ProcessGroup, ProcessSpec, RedisServer, SentinelDeployment, read_lines
@@ -54,13 +55,6 @@ HELD = TARGETS // 2  # the target whose lock the stale holder holds across the f
 APPLICATIONS = 3
 TASK_SECONDS = "1.5"
 MOVE_SECONDS = 1.0  # how long a slot stays half-moved
-
-
-def eventually(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + BOUND_SECONDS
-    while not condition():
-        assert time.monotonic() < deadline, f"waited {BOUND_SECONDS:g} s for {what}"
-        time.sleep(0.05)
 
 
 def assert_nothing_torn_lost_or_doubled(counts: Tally, scenario: str) -> None:
@@ -108,9 +102,15 @@ def test_a_stale_holder_after_a_sentinel_failover_with_replication_stalled_never
             writers = pool.starmap_async(
                 contend, [(paths, settings, audit_log, writer) for writer in range(WRITERS)]
             )
-            eventually(lambda: os.path.exists(paths[HELD - 1]), "the writers to reach the held target")
+            eventually(
+                lambda: os.path.exists(paths[HELD - 1]), "the writers to reach the held target", BOUND_SECONDS
+            )
             sentinels.fail_over()
-            eventually(lambda: os.path.exists(paths[HELD]), "a writer to take the held target's lock again")
+            eventually(
+                lambda: os.path.exists(paths[HELD]),
+                "a writer to take the held target's lock again",
+                BOUND_SECONDS,
+            )
             go_on.set()
             stale: Dump = stale_holder.get(BOUND_SECONDS)
             reports: list[WorkerReport] = writers.get(BOUND_SECONDS)
@@ -215,9 +215,13 @@ def test_a_pipeline_survives_a_cluster_shard_failover_and_a_slot_migration(
         pipeline = PipelineRun(tmp_path, waiting_settings(cluster.url, key_prefix))
 
         def fail_over_then_move_a_slot() -> int:
-            eventually(lambda: pipeline.computing("Branch0"), "the first branch to be computed")
+            eventually(
+                lambda: pipeline.computing("Branch0"), "the first branch to be computed", BOUND_SECONDS
+            )
             cluster.fail_over(cluster.master_of(pipeline.lock_key("Branch0")))
-            eventually(lambda: pipeline.computing("Branch1"), "the second branch to be computed")
+            eventually(
+                lambda: pipeline.computing("Branch1"), "the second branch to be computed", BOUND_SECONDS
+            )
             moved = pipeline.lock_key("Branch1")
             to = next(port for port in cluster.masters() if port != cluster.master_of(moved))
             cluster.start_moving_slot(moved, to)
@@ -263,7 +267,9 @@ def test_a_pipeline_under_on_redis_error_wait_completes_after_its_master_is_kill
         pipeline = PipelineRun(tmp_path, waiting_settings(url, key_prefix))
 
         def kill_while_a_branch_is_computed() -> int:
-            eventually(lambda: pipeline.computing("Branch0"), "the first branch to be computed")
+            eventually(
+                lambda: pipeline.computing("Branch0"), "the first branch to be computed", BOUND_SECONDS
+            )
             kill()
             return 1
 

@@ -26,6 +26,7 @@ from helpers.lock_processes import SPAWN, Holders, make_lock
 from helpers.monitored import scripts_sent_for
 from helpers.target_processes import hold_lock_of
 from helpers.targets import locked_target
+from helpers.waiting import eventually
 from locked_targets import BackendUnavailable, ConfigurationError, LockLost, LockTimeout, Settings
 from locked_targets.locks import connection_for, lock_for, lock_key_for
 from locked_targets.rwlock import HeldLock, LockKeys, LockMode, ReadWriteLock, releases
@@ -97,13 +98,6 @@ def write_locks_of_files(tmp_path: Path, settings: Settings) -> Iterator[list[He
     finally:
         for each in held:
             each.release()
-
-
-def await_condition(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + BOUND_SECONDS
-    while not condition():
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        time.sleep(0.05)
 
 
 def writers_on_their_masters(cluster: ClusterDeployment, held: list[HeldLock]) -> list[object]:
@@ -195,7 +189,7 @@ def test_a_release_wakes_a_waiter_in_another_process(
         holders.start("holder", "write", lease_seconds=LONG_LEASE_SECONDS)
         holders.expect("holder", "acquired")
         holders.start("waiter", "write", lease_seconds=LONG_LEASE_SECONDS)
-        await_condition(lambda: master.zcard(keys.waiting_writers) == 1)
+        eventually(lambda: master.zcard(keys.waiting_writers) == 1, "the writer to wait", BOUND_SECONDS)
         time.sleep(1.5)  # past the waiter's first report: it now sleeps until woken, or for 20 s
 
         holders.release("holder")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import redis
 import locked_targets
 from helpers.lock_processes import SPAWN
 from helpers.target_processes import hold_lock_of
+from helpers.waiting import eventually
 from locked_targets import BackendUnavailable, ConfigurationError, LockLost, Settings
 from locked_targets.locks import connection_for, lease_terms, lock_key_for
 from locked_targets.rwlock import HeldLock, LockMode, ReadWriteLock, take_ahead, taken_ahead
@@ -72,13 +73,6 @@ def lock_a_failover_will_forget(deployment: SentinelDeployment, path: str, key_p
     settings = through_sentinels(deployment, key_prefix, renewal_interval_seconds=2)
     deployment.stall_replication()
     return lock_of(path, settings)
-
-
-def eventually(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + BOUND_SECONDS
-    while not condition():
-        assert time.monotonic() < deadline, f"waited {BOUND_SECONDS:g} s for {what}"
-        time.sleep(0.05)
 
 
 def wait_commands(client: redis.Redis) -> int:
@@ -226,6 +220,7 @@ def test_under_on_redis_error_wait_an_unacknowledged_grant_is_retried_until_the_
         eventually(
             lambda: any("0 of the 1 replicas" in record.getMessage() for record in caplog.records),
             "a grant to be given back and tried again",
+            BOUND_SECONDS,
         )
         assert acquired == []
     finally:
@@ -245,7 +240,7 @@ def test_a_holder_the_new_master_does_not_know_learns_it_at_its_next_renewal(
 
     deployment.fail_over()
 
-    eventually(lambda: held.lost, "a renewal on the new master")
+    eventually(lambda: held.lost, "a renewal on the new master", BOUND_SECONDS)
     with pytest.raises(LockLost, match="no longer knew this holder at renewal"):
         held.release()
 
@@ -262,7 +257,7 @@ def test_a_release_that_fails_never_replaces_the_outcome_its_block_decided(
     ):
         deployment.kill_master()
         deployment.await_master(new_master)
-        eventually(lambda: held.lost, "a renewal on the new master")
+        eventually(lambda: held.lost, "a renewal on the new master", BOUND_SECONDS)
         deployment.kill_master()  # the release meets no server at all
         held.ensure_held()
 
@@ -348,7 +343,7 @@ def test_a_waiter_on_the_new_master_gets_the_lock_well_within_a_lease_of_a_relea
     waiter.start()
     try:
         master = deployment.client(deployment.master_port())
-        eventually(lambda: master.zcard(lock.keys.waiting_writers) == 1, "the waiter to wait")
+        eventually(lambda: master.zcard(lock.keys.waiting_writers) == 1, "the waiter to wait", BOUND_SECONDS)
         new_master = deployment.replica_port()
         failing_over = time.monotonic()
         if failover == "forced":

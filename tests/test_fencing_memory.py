@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 
+from helpers.waiting import eventually
 from locked_targets.errors import ConfigurationError
 from locked_targets.locks import connection_for, lease_terms, lock_for
 from locked_targets.rwlock import LeaseTerms, LockKeys, LockMode, ReadWriteLock
@@ -37,13 +38,6 @@ def fencing_token_of_one_grant(lock: ReadWriteLock) -> int:
     return held.fencing_token
 
 
-def wait_until_gone(client: redis.Redis, key: str, timeout_seconds: float = 20) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while client.exists(key):
-        assert time.monotonic() < deadline, f"{key} outlived its memory by far"
-        time.sleep(0.1)
-
-
 @pytest.mark.parametrize("configured", [{}, {"fencing_memory_seconds": 240.0}], ids=["default", "240 s"])
 def test_a_grant_keeps_the_fencing_counter_for_the_configured_memory(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path, configured: dict[str, Any]
@@ -61,7 +55,9 @@ def test_fencing_tokens_grow_after_the_counter_was_forgotten(
 ) -> None:
     lock = short_memory_lock(redis_url, key_prefix)
     before = fencing_token_of_one_grant(lock)
-    wait_until_gone(redis_client, lock.keys.fence)
+    eventually(
+        lambda: not redis_client.exists(lock.keys.fence), "the fencing counter to be forgotten", 20, 0.1
+    )
     assert fencing_token_of_one_grant(lock) > before
 
 

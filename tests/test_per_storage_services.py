@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import multiprocessing.synchronize
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import luigi
@@ -19,6 +19,7 @@ import pytest
 
 from helpers.lock_processes import SPAWN
 from helpers.targets import locked_target
+from helpers.waiting import eventually
 from locked_targets import RunWithLock, make_target
 from locked_targets.locks import LockNamespace, lock_for, lock_key_for
 from locked_targets.rwlock import LockMode
@@ -60,13 +61,6 @@ def settings_of_both(options: dict[str, str]) -> Settings:
 
 def lock_keys_on(server: RedisServer, key_prefix: str) -> list[str]:
     return sorted(key.decode() for key in server.client().scan_iter(match=f"{key_prefix}*"))
-
-
-def wait_for(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not condition():
-        assert time.monotonic() < deadline, "the application did not get there in time"
-        time.sleep(0.05)
 
 
 def test_a_local_target_locks_on_the_local_service_and_an_s3_target_on_the_s3_one(
@@ -155,7 +149,11 @@ def test_a_task_with_outputs_on_both_services_takes_a_run_lock_on_each_in_key_or
     application = SPAWN.Process(target=build_on_both_services, args=(options, task_parameters, None))
     application.start()
     try:
-        wait_for(lambda: services["local"].client().zcard(local_run.waiting_writers) == 1)
+        eventually(
+            lambda: services["local"].client().zcard(local_run.waiting_writers) == 1,
+            "the application to wait for the run lock",
+            DEADLINE_SECONDS,
+        )
         assert services["s3"].client().exists(*s3_run.every_key) == 0, (
             "the S3 run lock was taken before the local one"
         )

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from helpers.waiting import eventually
 from locked_targets import BackendUnavailable, ConfigurationError, Settings
 from locked_targets.locks import lock_for, lock_key_for
 from locked_targets.rwlock import LockMode, ReadWriteLock, scripts
@@ -95,13 +96,6 @@ def server(start_server: Callable[[], RedisServer]) -> RedisServer:
     return start_server()
 
 
-def wait_for(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + SETTLE_SECONDS
-    while not condition():
-        assert time.monotonic() < deadline, "the server did not settle in time"
-        time.sleep(0.05)
-
-
 def output_lock(redis_url: str, key_prefix: str, tmp_path: Path, **settings: Any) -> ReadWriteLock:
     """The lock of one output file under ``tmp_path``, with the ``settings`` a test changes."""
     chosen = Settings(
@@ -139,7 +133,11 @@ def test_a_replica_is_unavailable_saying_it_is_read_only(
 ) -> None:
     master, replica = start_server(), start_server()
     replica.client().replicaof("127.0.0.1", master.port)
-    wait_for(lambda: replica.client().info("replication")["master_link_status"] == "up")
+    eventually(
+        lambda: replica.client().info("replication")["master_link_status"] == "up",
+        "the replica to reach its master",
+        SETTLE_SECONDS,
+    )
     assert "read-only replica" in unavailable_message(replica, key_prefix, tmp_path)
 
 
@@ -285,7 +283,7 @@ def test_a_user_with_exactly_the_rule_a_refusal_gives_is_refused_nothing(
     )
     with keeping.shared():  # kept afterwards: the revocation listener subscribes to every revoke channel
         pass
-    wait_for(lambda: admin.pubsub_numpat() == 1)
+    eventually(lambda: admin.pubsub_numpat() == 1, "the revocation listener to subscribe", SETTLE_SECONDS)
     other_reader = output_lock(server.url, key_prefix, tmp_path).acquire(LockMode.SHARED)
     threading.Timer(0.5, other_reader.release).start()
     # Waits for the other reader (asking it back, subscribed to the released channel), holds

@@ -15,6 +15,7 @@ from redis.client import PubSub
 
 from helpers.lock_processes import Holders, make_lock
 from helpers.monitored import scripts_sent_for
+from helpers.waiting import eventually
 from locked_targets.locks import connection_for, shared_leases_for
 from locked_targets.rwlock import LockMode, releases, scripts, shared_leases
 from locked_targets.rwlock.lock import take_ahead
@@ -304,9 +305,11 @@ def test_a_request_for_the_writers_release_revokes_no_kept_lease(
     client.publish(kept["asked-for-readers"].revoke_channel, scripts.WRITER_WAITING)
     # The listener hears the two in the order they were published: once the second is acted on,
     # so was the first.
-    deadline = time.monotonic() + 20
-    while leases.keeps(kept["asked-for-readers"].base) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not leases.keeps(kept["asked-for-readers"].base)
+    eventually(
+        lambda: not leases.keeps(kept["asked-for-readers"].base),
+        "the lease asked for to be given back",
+        20,
+        0.01,
+    )
     assert leases.keeps(kept["asked-for-the-writer"].base)
     leases.release_all()

@@ -3,7 +3,6 @@ later writes and reads, given back when unused, and free of deadlock between app
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import redis
 
 from helpers.applications import Applications
 from helpers.lock_processes import Holders, make_lock
+from helpers.waiting import eventually
 from locked_targets.rwlock import LockMode, ReadWriteLock, take_ahead, taken_ahead
 from locked_targets.rwlock.releases import wait_until_sent
 from locked_targets.settings import Settings
@@ -45,9 +45,9 @@ def test_locks_are_taken_ahead_only_all_together(
     holders.release("reader")
     holders.expect("reader", "released")
     # The reader's process sends its release in the background: wait until Redis has it.
-    deadline = time.monotonic() + 5
-    while redis_client.zcard(busy.keys.readers) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    eventually(
+        lambda: not redis_client.zcard(busy.keys.readers), "the reader's release to reach Redis", 5, 0.01
+    )
     assert take_ahead([*free_locks, busy])
     for lock in [*free_locks, busy]:
         assert redis_client.get(lock.keys.writer) is not None

@@ -27,6 +27,7 @@ import trustme
 from helpers.lock_processes import SPAWN, Holders, make_lock
 from helpers.target_processes import read_repeatedly
 from helpers.targets import locked_target
+from helpers.waiting import eventually
 from locked_targets import BackendUnavailable, Settings
 from locked_targets.rwlock import LockMode
 from locked_targets.testing import RedisServer, TlsProxy, free_port
@@ -222,10 +223,7 @@ def test_a_release_over_tls_wakes_a_writer_waiting_in_another_process(
 
 def await_waiting_writer(url: str, waiting_writers: str) -> None:
     with redis.Redis.from_url(url) as observer:
-        deadline = time.monotonic() + BOUND_SECONDS
-        while observer.zcard(waiting_writers) == 0:
-            assert time.monotonic() < deadline, "the second writer never started to wait"
-            time.sleep(0.05)
+        eventually(lambda: observer.zcard(waiting_writers) > 0, "the second writer to wait", BOUND_SECONDS)
 
 
 def test_a_writer_over_tls_revokes_a_shared_lease_another_process_keeps(
