@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 import time
@@ -14,6 +15,7 @@ import redis
 from helpers.lock_processes import SPAWN, Holders, die_with_release_unsent, make_lock
 from helpers.paused_redis import requests_held_back, writes_paused
 from helpers.redis_keys import keys_without_ttl
+from helpers.waiting import eventually
 from locked_targets.errors import LockLost, LockTimeout
 from locked_targets.locks import connection_for
 from locked_targets.rwlock import LockMode, scripts, take_ahead, taken_ahead
@@ -307,13 +309,113 @@ def test_a_grant_whose_lease_the_work_meanwhile_outlasted_is_asked_for_again(
 
     try:
         with lock.exclusive(outlast_the_lease) as held:
-            started = time.monotonic()
             held.ensure_held()
             assert redis_client.get(lock.keys.writer) == held.token.encode()
     finally:
         other.stop()
-    assert len(other_released) == 1
-    assert other_released[0] < started
+    assert len(other_released) == 1  # the other process held the lock while the work went on
+
+
+def test_a_blocked_attempt_carrying_work_leaves_no_waiting_writer_to_keep_readers_out(
+    redis_url: str, key_prefix: str, redis_client: redis.Redis
+) -> None:
+    base = f"{key_prefix}{{no-place}}"
+    lock = make_lock(redis_url, base)
+    holders = Holders(redis_url, base)
+    waiting_writers_during_the_work: list[int] = []
+
+    def work() -> None:
+        # Once Redis has run the attempt (blocked by the holder), no writer waits in the lock:
+        # readers may still come in, should the holder let go while the work goes on.
+        eventually(lambda: evalsha_calls(redis_client) >= 1, "the attempt to run", 10)
+        waiting_writers_during_the_work.append(redis_client.zcard(lock.keys.waiting_writers))
+        holders.release("holder")
+
+    try:
+        holders.start("holder", "write")
+        holders.expect("holder", "acquired")
+        redis_client.config_resetstat()
+        with lock.exclusive(work) as held:
+            assert redis_client.get(lock.keys.writer) == held.token.encode()
+    finally:
+        holders.stop()
+    assert waiting_writers_during_the_work == [0]
+
+
+def evalsha_calls(client: redis.Redis) -> int:
+    """How many scripts the server ran since its statistics were last reset."""
+    calls: int = client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    return calls
+
+
+def test_the_work_done_meanwhile_is_not_counted_in_the_wait_timeout(redis_url: str, key_prefix: str) -> None:
+    base = f"{key_prefix}{{patient}}"
+    lock = make_lock(redis_url, base, wait_timeout_seconds=1.0)
+    holders = Holders(redis_url, base)
+
+    def work() -> None:
+        time.sleep(1.5)  # longer than the wait timeout; the holder lets go half a second after it
+        threading.Timer(0.5, holders.release, args=("holder",)).start()
+
+    try:
+        holders.start("holder", "write")
+        holders.expect("holder", "acquired")
+        with lock.exclusive(work):
+            pass
+    finally:
+        holders.stop()
+
+
+def test_work_is_done_once_when_its_acquisition_is_retried_after_a_failing_redis(
+    private_redis: RedisServer,
+) -> None:
+    lock = make_lock(private_redis.url, "{retried}")
+    retrying = dataclasses.replace(
+        lock, terms=dataclasses.replace(lock.terms, redis_retry_deadline_seconds=10.0)
+    )
+    observer = redis.Redis.from_url(private_redis.url)
+    runs: list[str] = []
+
+    def cut_the_connection() -> None:
+        runs.append("run")
+        # The request waits in Redis, unrun: its connection is cut, and the acquisition retried.
+        eventually(lambda: requests_held_back(observer), "the request to wait in Redis", 10)
+        observer.client_kill_filter(_type="normal", skipme=True)
+        observer.client_unpause()
+
+    lock.acquire(LockMode.EXCLUSIVE).release()  # the scripts are loaded: the next request is the lock's own
+    assert wait_until_sent()
+    with writes_paused(observer), retrying.exclusive(cut_the_connection) as held:
+        assert observer.get(lock.keys.writer) == held.token.encode()
+    assert runs == ["run"]
+    observer.close()
+
+
+def test_a_release_handed_over_is_not_held_back_by_work_on_another_lock(
+    redis_url: str, key_prefix: str
+) -> None:
+    first = make_lock(redis_url, f"{key_prefix}{{first}}")
+    second = make_lock(redis_url, f"{key_prefix}{{second}}")
+    took: list[float] = []
+
+    def take_the_first_again_from_another_thread() -> None:
+        def take() -> None:
+            started = time.monotonic()
+            first.acquire(LockMode.EXCLUSIVE).release()
+            took.append(time.monotonic() - started)
+
+        thread = threading.Thread(target=take)
+        thread.start()
+        thread.join(timeout=10)
+        time.sleep(1.0)  # the work on the second lock goes on
+
+    first.acquire(LockMode.EXCLUSIVE).release()  # handed over: it could ride with the next request
+    with second.exclusive(take_the_first_again_from_another_thread):
+        pass
+    # Had it ridden with the second lock's request, it would have been on its way until the work
+    # ended, and the other thread's request for the first lock would have waited for it (1 s).
+    assert len(took) == 1
+    assert took[0] < 0.5
 
 
 class _Interrupted(BaseException):

@@ -95,7 +95,9 @@ class HeldLock:
         self._clock = clock
         self._held_since = lease_started
         self.confirmed_until = trusted_until(lease_started, terms.lease_seconds)
-        self.next_renewal = clock.monotonic() + terms.renewal_interval_seconds
+        # Counted from the lease's start, as the lease is: a grant read long after its request
+        # was sent (the caller worked meanwhile) is not left unrenewed past its interval.
+        self.next_renewal = lease_started + terms.renewal_interval_seconds
         self._lost: tuple[str, float] | None = None
         self._released = False
 

@@ -109,10 +109,12 @@ class ReadWriteLock:
         ``meanwhile``: the caller's work that needs no lock, done while its request is on its
         way to Redis instead of before or after it (a local dump writes its object then, into a
         file no one can see). It runs at most once, once the first request is sent; not at all if
-        none is sent (the lock was taken ahead). It may take long: the lease counts from the send,
-        so a grant it used half the lease of is renewed before the block starts, and one whose
-        lease it outlasted is asked for again. If it raises, the attempt is given back and its
-        error raised.
+        none is sent (the lock was taken ahead). That request takes the lock only if it is free
+        (the attempts that wait afterwards queue as a waiting writer), and the work's time is no
+        wait: not in the wait timeout, nor in ``lock.wait.duration``. It may take long: the lease
+        counts from the send, so a grant it used half the lease of is renewed before the block
+        starts, and one Redis no longer holds for this process by then is asked for again. If it
+        raises, the attempt is given back and its error raised.
 
         With kept shared leases, a lease this process keeps on the lock is given up in the
         acquiring step itself (an upgrade), and then the exclusive hold ends as a kept shared
@@ -160,15 +162,19 @@ class ReadWriteLock:
         attempts made again while waiting or retrying). With a Redis retry deadline, a failing
         Redis is retried until it.
         """
+        work = _WorkMeanwhile(meanwhile, self.clock) if meanwhile is not None else None
         acquisition = telemetry.acquisition(mode.value, self.telemetry_labels)
         with acquisition:
-            work = acquisition.not_waiting(meanwhile) if meanwhile is not None else None
-            return with_redis_retries(
-                lambda: self._acquire_once(mode, giving_up, work),
-                what=f"acquiring the {self.name(mode)} of {self.keys.path}",
-                redis_retry_deadline_seconds=self.terms.redis_retry_deadline_seconds,
-                clock=self.clock,
-            )
+            try:
+                return with_redis_retries(
+                    lambda: self._acquire_once(mode, giving_up, work),
+                    what=f"acquiring the {self.name(mode)} of {self.keys.path}",
+                    redis_retry_deadline_seconds=self.terms.redis_retry_deadline_seconds,
+                    clock=self.clock,
+                )
+            finally:
+                if work is not None:
+                    acquisition.leave_out(work.seconds)  # the caller's work is no wait
 
     def name(self, mode: LockMode) -> str:
         """How messages name this lock held in ``mode``: 'read lock', 'write lock', or its label."""
@@ -179,20 +185,20 @@ class ReadWriteLock:
             path=self.keys.path, task=self.task, lock=self.name(mode), since=self.clock.wall()
         )
 
-    def _acquire_once(
-        self, mode: LockMode, giving_up: str | None, meanwhile: Callable[[], None] | None
-    ) -> HeldLock:
+    def _acquire_once(self, mode: LockMode, giving_up: str | None, work: _WorkMeanwhile | None) -> HeldLock:
         token = secrets.token_hex(16)
         description = self._description(mode)
         started = self.clock.monotonic()
         attempt_to_get = functools.partial(self._try_acquire, mode, token, description, giving_up)
         try:
             with self.connection.errors_translated():
-                attempt = attempt_to_get(meanwhile)
+                attempt = attempt_to_get(work)
                 granted_at = started
                 if isinstance(attempt, scripts.Blocked):
-                    # The lease runs from when the winning attempt was sent, not from when waiting began.
-                    granted_at, attempt = self._wait(mode, attempt_to_get, token, started, attempt)
+                    # The lease runs from when the winning attempt was sent, not from when waiting
+                    # began; the wait (and its timeout) from then, less the caller's work meanwhile.
+                    waiting_since = started + (work.seconds if work is not None else 0.0)
+                    granted_at, attempt = self._wait(mode, attempt_to_get, token, waiting_since, attempt)
         # A failure may come after the grant (a WAIT refused or unanswered): give it back too.
         except (BackendUnavailable, ConfigurationError, redis.RedisError):
             self._abandon(token)
@@ -250,10 +256,14 @@ class ReadWriteLock:
         token: str,
         description: str,
         giving_up: str | None,
-        meanwhile: Callable[[], None] | None = None,
+        work: _WorkMeanwhile | None = None,
     ) -> scripts.Attempt:
         """One attempt; with ``min_replicas_acked``, a grant its replicas did not acknowledge in
         time raises ``BackendUnavailable`` (and ``_acquire_once`` gives it back).
+
+        An attempt that carries work to do meanwhile (``work``, not run yet) takes the lock only if
+        it is free, and otherwise leaves no waiting writer's place: during the work it would keep
+        new readers out of a lock that may be let go of meanwhile. The attempts that wait take one.
 
         A release of this lock this process handed over a moment ago must reach Redis first, or
         the attempt would wait for (or, with no wait timeout left, fail on) its own past hold:
@@ -262,7 +272,8 @@ class ReadWriteLock:
         """
         acknowledging = _acknowledging_batch(self.connection, [self])
         batch = acknowledging if acknowledging is not None else ScriptBatch(self.connection)
-        batch.meanwhile = meanwhile
+        if work is not None and not work.ran:
+            batch.meanwhile = work
         if mode is LockMode.SHARED:
             scripts.add_shared_attempts(
                 batch, self.connection, [(self.keys, token, self.terms.lease_seconds, description)]
@@ -276,6 +287,7 @@ class ReadWriteLock:
                 description,
                 fencing_memory_seconds=self.terms.fencing_memory_seconds,
                 giving_up=giving_up,
+                in_line=batch.meanwhile is None,
                 batch=batch,
             )
         (reply,) = releaser_for(self.connection).send_along(batch, after=[self.keys.base])
@@ -356,6 +368,28 @@ class ReadWriteLock:
         lease_keeper().keep(held)
         telemetry.record_granted(mode.value, self.telemetry_labels)
         return held
+
+
+class _WorkMeanwhile:
+    """The caller's work done while an acquisition's request is on its way: run once, with the
+    first request sent (the attempts made again while waiting or retrying carry none), and timed,
+    for that time is no wait."""
+
+    def __init__(self, work: Callable[[], None], clock: Clock) -> None:
+        self._work = work
+        self._clock = clock
+        self.ran = False
+        self.seconds = 0.0
+
+    def __call__(self) -> None:
+        if self.ran:
+            return
+        self.ran = True
+        started = self._clock.monotonic()
+        try:
+            self._work()
+        finally:
+            self.seconds = self._clock.monotonic() - started
 
 
 def _abandon_answered(path: str, reply: object) -> None:

@@ -271,7 +271,9 @@ class Releaser:
         for them in Redis: one on its way is waited for (briefly) first; one queued rides along. On a
         cluster only those ride along: a batch goes node by node there, and each of them goes to the
         node its lock's own call goes to anyway, where a request for another lock could add a node,
-        and a round trip, to the batch."""
+        and a round trip, to the batch. Nor do others ride with a batch that carries the caller's
+        work (``ScriptBatch.meanwhile``): they would be on their way, holding back this process's
+        next requests for their locks, until that work is done."""
         cluster = self._connection.is_cluster
         riding: list[_Queued] = []
         replies: list[Any] = []
@@ -280,11 +282,14 @@ class Releaser:
             with self._changed:
                 if self._in_flight:
                     self._wait_for_answers(after)
+                # Only the requests for the batch's own locks wait on a batch that carries the
+                # caller's work: until it is done, those riding would stay on their way.
+                only_after = cluster or batch.meanwhile is not None
                 riding = self._take(
                     [
                         queued
                         for queued in self._sendable()
-                        if not queued.tried and (not cluster or queued.request.lock in after)
+                        if not queued.tried and (not only_after or queued.request.lock in after)
                     ]
                 )
             if not riding:

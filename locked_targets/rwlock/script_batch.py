@@ -57,7 +57,7 @@ class ScriptBatch:
         """On a cluster: the node each call (by index) of the last send went to last."""
         self.meanwhile: Callable[[], None] | None = None
         """The caller's work to do while the batch's first round trip is on its way (``exchange``),
-        once: a dump opens its file while its lock is asked for."""
+        once: a local dump writes its file while its lock is asked for."""
         self.acknowledged: int | Exception | None = None
         """With ``wait_for_replicas`` (replicas, timeout in ms): the reply of the ``WAIT`` sent after
         the calls on their connection, how many replicas acknowledged them (or the error it got)."""

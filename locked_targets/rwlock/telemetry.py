@@ -14,7 +14,7 @@ current: that would cost more than everything else recorded here together.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from types import TracebackType
 
@@ -101,7 +101,8 @@ def record_revoked(labels: Mapping[str, str]) -> None:
 
 
 def commit(labels: Mapping[str, str]) -> AbstractContextManager[None]:
-    """Around a dump's write and commit: its span, and a refusal by the storage."""
+    """Around a dump's commit, and its write unless written ahead of its lock: its span, and a
+    refusal by the storage."""
     return _Commit(labels)
 
 
@@ -142,24 +143,16 @@ class _Spanned:
 
 class Acquisition(_Spanned):
     """An acquisition's span and wait time, less the caller's own work done while its request was
-    on its way (``not_waiting``): a dump's write is no wait for the lock."""
+    on its way (``leave_out``): a dump's write is no wait for the lock."""
 
     def __init__(self, attributes: Mapping[str, str]) -> None:
         super().__init__("locked_targets.acquire", attributes)
         self._started = time.monotonic()
         self._working = 0.0
 
-    def not_waiting(self, work: Callable[[], None]) -> Callable[[], None]:
-        """``work``, its time left out of the wait."""
-
-        def timed() -> None:
-            started = time.monotonic()
-            try:
-                work()
-            finally:
-                self._working += time.monotonic() - started
-
-        return timed
+    def leave_out(self, seconds: float) -> None:
+        """Count ``seconds`` of the caller's own work, done during the acquisition, as no wait."""
+        self._working += seconds
 
     def ended(self, kind: type[BaseException] | None) -> None:
         waited = time.monotonic() - self._started - self._working
