@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
+import pickle
 import shutil
 import threading
 import time
@@ -38,9 +40,11 @@ from helpers.target_processes import (
 from helpers.targets import ThroughAnother, locked_target
 from helpers.unnamed_files import skip_unless_unnamed_files_in, unnamed_file_sizes, unnamed_files_open
 from locked_targets import LockedTarget, LockLost, LockTimeout, Settings
+from locked_targets.errors import CommitRefused
 from locked_targets.factories import make_target
 from locked_targets.locks import lock_key_for
 from locked_targets.process_state import Once
+from locked_targets.storage.local import WriteOnceLocalTarget, WrittenAhead
 from locked_targets.task import _dataframe_type_of
 from locked_targets.testing import RedisServer
 
@@ -647,11 +651,15 @@ def test_a_dump_that_skips_lets_go_of_the_file_it_wrote_ahead(
     skip_unless_unnamed_files_in(tmp_path)
     settings = Settings(redis_url=private_redis.url, key_prefix="skips:", lease_seconds=30)
     path = str(tmp_path / "x.pkl")
-    locked_target(path, settings).dump("first")
     observer = redis.Redis.from_url(private_redis.url)
     second = locked_target(path, settings)
+
+    def first_published_meanwhile() -> None:
+        Path(path).write_bytes(pickle.dumps("first"))  # another application, while this one waits
+        observer.client_unpause()
+
     with writes_paused(observer):
-        watched = when_a_file_is_written_ahead_in(tmp_path, observer.client_unpause)
+        watched = when_a_file_is_written_ahead_in(tmp_path, first_published_meanwhile)
         second.dump("second")  # its lock request waits in Redis until the watch sees its file open
         watched()
     assert unnamed_files_open(os.getpid(), tmp_path) == []  # the file exists: the dump skipped
@@ -691,7 +699,7 @@ class _RefusesPickling:
         raise TypeError("this object refuses to be pickled")
 
 
-def test_a_dump_whose_object_fails_to_serialize_ahead_publishes_nothing_and_gives_its_lock_back(
+def test_a_dump_whose_object_fails_to_serialize_publishes_nothing_and_gives_its_lock_back(
     tmp_path: Path, settings: Settings
 ) -> None:
     skip_unless_unnamed_files_in(tmp_path)
@@ -708,3 +716,35 @@ def test_a_dump_whose_object_fails_to_serialize_ahead_publishes_nothing_and_give
     other.join(timeout=60)
     assert other.exitcode == 0
     assert locked_target(path, settings).load() == "next"
+
+
+def test_a_dump_onto_a_file_there_already_skips_without_serializing_its_object(
+    tmp_path: Path, settings: Settings
+) -> None:
+    path = str(tmp_path / "x.pkl")
+    locked_target(path, settings).dump("first")
+    locked_target(path, settings).dump(_RefusesPickling())  # gokart's skip: never serialized
+    assert locked_target(path, settings).load() == "first"
+    assert unnamed_files_open(os.getpid(), tmp_path) == []
+
+
+def test_a_file_written_ahead_is_refused_at_its_commit_if_the_name_was_taken_meanwhile(
+    tmp_path: Path,
+) -> None:
+    skip_unless_unnamed_files_in(tmp_path)
+    path = str(tmp_path / "x.pkl")
+    processor = make_file_processor(path)
+    target = WriteOnceLocalTarget(path, format=processor.format())  # type: ignore[no-untyped-call]
+
+    def written_under_a_lock() -> None:
+        pytest.fail("the file was written ahead: nothing is written again")
+
+    with WrittenAhead(target, written_under_a_lock, functools.partial(processor.dump, "ahead")) as ahead:
+        assert ahead.meanwhile is not None
+        ahead.meanwhile()
+        assert len(unnamed_files_open(os.getpid(), tmp_path)) == 1
+        Path(path).write_bytes(b"another writer's")  # a stale writer published first
+        with pytest.raises(CommitRefused):
+            ahead.publish()
+    assert Path(path).read_bytes() == b"another writer's"
+    assert unnamed_files_open(os.getpid(), tmp_path) == []

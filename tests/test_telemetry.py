@@ -145,7 +145,13 @@ def test_a_dumps_write_done_while_its_request_waits_is_no_wait(
     waits, waited = measured(
         recorded.points()["locked_targets.lock.wait.duration"], {**write, OUTCOME: "acquired"}
     )
+    (acquire,) = [
+        span for span in recorded.spans.get_finished_spans() if span.name == "locked_targets.acquire"
+    ]
+    assert acquire.start_time is not None
+    assert acquire.end_time is not None
     assert took >= 0.5
+    assert acquire.end_time - acquire.start_time >= 500_000_000, "the write was not done in the acquisition"
     assert waits == 1
     assert waited < 0.25, "the 0.5 s write done while the request was on its way counted as a wait"
 

@@ -123,10 +123,13 @@ class StorageFileTarget(SingleFileTarget):
 
     def dumping_ahead(self, obj: Any, write: Write) -> DumpAhead:
         """The dump of ``obj``, whose whole write is ``write``, written ahead where its storage can
-        (``StorageKind.dumping_ahead``). Only with gokart's own processors: a custom one may record
-        the dump's fencing token (``commit.current_fencing_token``), which only the lock gives."""
+        (``StorageKind.dumping_ahead``). Only with gokart's own processors, a custom one may record
+        the dump's fencing token (``commit.current_fencing_token``), which only the lock gives; and
+        only gokart's plain write, which a subclass's own ``_dump`` may add to."""
         module = type(self._processor).__module__
         if module != _GOKART_PROCESSORS and not module.startswith(f"{_GOKART_PROCESSORS}."):
+            return DumpAhead(write)
+        if type(self)._dump is not SingleFileTarget._dump:  # a subclass's write does more (GCS's)
             return DumpAhead(write)
         return self._kind.dumping_ahead(self._target, write, functools.partial(self._processor.dump, obj))
 

@@ -174,9 +174,11 @@ class WrittenAhead(DumpAhead):
 
     No one can see or reach an unnamed file before its link, so writing it needs no lock; only
     the link (the commit) does, after the dump's checks. A dump that skips (the file exists) or
-    fails lets go of the file, and the kernel frees it. Where the file system makes no unnamed
-    files (NFS), nothing is written ahead: the write stages a named file under the lock, as a
-    staging area is for lock holders.
+    fails lets go of the file, and the kernel frees it; a failure of the write itself is raised
+    under the lock, as if written there (a dump that skips never raises it). Nothing is written
+    ahead where the file exists already (the dump is bound to skip), nor where the file system
+    makes no unnamed files (NFS): the write stages a named file under the lock, as a staging
+    area is for lock holders.
     """
 
     def __init__(self, target: WriteOnceLocalTarget, write: Write, dump_into: DumpInto) -> None:
@@ -185,10 +187,11 @@ class WrittenAhead(DumpAhead):
         self._dump_into = dump_into
         self._file: UnnamedWriteOnceFile | None = None
         self._writer: Any = None
+        self._failure: Exception | None = None
         self.meanwhile = self._write_ahead
 
     def _write_ahead(self) -> None:
-        if self._file is not None:  # an acquisition retried after a failing Redis: written already
+        if os.path.lexists(self._target.path):  # the dump will most likely skip: nothing to write
             return
         try:
             self._target.makedirs()  # type: ignore[no-untyped-call]
@@ -197,12 +200,20 @@ class WrittenAhead(DumpAhead):
             )
         except OSError:  # left to the write under the lock, which meets the error then
             return
-        # Kept until the end: luigi's text wrapper lets go of the file under it when collected.
-        self._writer = self._target.format.pipe_writer(self._file)
-        with self._writer as writer:
-            self._dump_into(writer)
+        try:
+            # Kept until the end: luigi's text wrapper lets go of the file under it when collected.
+            self._writer = self._target.format.pipe_writer(self._file)
+            with self._writer as writer:
+                self._dump_into(writer)
+        except Exception as error:
+            # Raised by ``publish``, under the lock, as gokart's write raises it: not if the dump
+            # finds the file there and skips, nor as a failure to acquire.
+            self._failure = error
+            self._file.abandon()
 
     def publish(self) -> None:
+        if self._failure is not None:
+            raise self._failure
         file = self._file
         if file is None or not file.written:  # nothing written ahead: the lock was taken ahead, say
             super().publish()
