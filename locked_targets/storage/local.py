@@ -72,7 +72,7 @@ class LocalStorage(StorageKind):
     ) -> DumpAhead:
         """Where the kernel makes unnamed files, a dump writes its whole file while its lock is asked
         for (``WrittenAhead``): making a file alone costs the file system about as long as Redis
-        takes to answer on loopback, and a far Redis's round trip hides the serialization too."""
+        takes to answer on loopback, and serializing an object can outlast a far Redis's answer."""
         if _MAKES_UNNAMED_FILES and isinstance(target, WriteOnceLocalTarget):
             return WrittenAhead(target, write, dump_into)
         return super().dumping_ahead(target, write, dump_into)
