@@ -44,6 +44,8 @@ from locked_targets.errors import CommitRefused
 from locked_targets.factories import make_target
 from locked_targets.locks import lock_key_for
 from locked_targets.process_state import Once
+from locked_targets.storage import storage_kind_for
+from locked_targets.storage.base import StorageFileTarget
 from locked_targets.storage.local import WriteOnceLocalTarget, WrittenAhead
 from locked_targets.task import _dataframe_type_of
 from locked_targets.testing import RedisServer
@@ -748,3 +750,25 @@ def test_a_file_written_ahead_is_refused_at_its_commit_if_the_name_was_taken_mea
             ahead.publish()
     assert Path(path).read_bytes() == b"another writer's"
     assert unnamed_files_open(os.getpid(), tmp_path) == []
+
+
+class _DumpsAndCounts(StorageFileTarget):
+    """A storage target whose own ``_dump`` does more than gokart's write (as gokart's GCS target does)."""
+
+    dumps = 0
+
+    def _dump(self, obj: Any, *args: Any, **kwargs: Any) -> None:
+        type(self).dumps += 1
+        super()._dump(obj, *args, **kwargs)
+
+
+def test_a_target_whose_own_dump_does_more_is_written_through_it(tmp_path: Path, settings: Settings) -> None:
+    path = str(tmp_path / "x.pkl")
+    kind = storage_kind_for(path)
+    processor = make_file_processor(path)
+    inner = _DumpsAndCounts(
+        kind.file_system_target(path, processor.format(), settings), processor, kind, settings
+    )
+    LockedTarget(inner, settings=settings).dump("x")
+    assert _DumpsAndCounts.dumps == 1
+    assert locked_target(path, settings).load() == "x"
