@@ -6,7 +6,9 @@ dump quietly stages a named file instead, and a test of unnamed files has nothin
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,30 +29,26 @@ def skip_unless_unnamed_files_in(directory: Path) -> None:
 def unnamed_files_open(pid: int, directory: Path) -> list[str]:
     """The unnamed files in ``directory`` that process ``pid`` has open, as the kernel names them
     (``<directory>/#<inode> (deleted)``)."""
-    named = []
-    for descriptor in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            name = os.readlink(f"/proc/{pid}/fd/{descriptor}")
-        except FileNotFoundError:  # closed meanwhile
-            continue
-        if _unnamed_in(directory, name):
-            named.append(name)
-    return named
+    return [name for _, name in _unnamed_descriptors(pid, directory)]
 
 
 def unnamed_file_sizes(pid: int, directory: Path) -> list[int]:
     """How many bytes each unnamed file in ``directory`` that process ``pid`` has open holds."""
     sizes = []
-    for descriptor in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            name = os.readlink(f"/proc/{pid}/fd/{descriptor}")
-            if _unnamed_in(directory, name):
-                sizes.append(os.stat(f"/proc/{pid}/fd/{descriptor}").st_size)
-        except FileNotFoundError:  # closed meanwhile
-            continue
+    for descriptor, _ in _unnamed_descriptors(pid, directory):
+        with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+            sizes.append(os.stat(descriptor).st_size)
     return sizes
 
 
-def _unnamed_in(directory: Path, name: str) -> bool:
-    """Whether ``name``, as the kernel names an open file, is an unnamed file in ``directory``."""
-    return name.startswith(f"{os.path.realpath(directory)}/#") and name.endswith(" (deleted)")
+def _unnamed_descriptors(pid: int, directory: Path) -> Iterator[tuple[str, str]]:
+    """Process ``pid``'s descriptors of unnamed files in ``directory``: each one's /proc path, and
+    the name the kernel gives its file."""
+    within = f"{os.path.realpath(directory)}/#"
+    for descriptor in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            name = os.readlink(f"/proc/{pid}/fd/{descriptor}")
+        except FileNotFoundError:  # closed meanwhile
+            continue
+        if name.startswith(within) and name.endswith(" (deleted)"):
+            yield f"/proc/{pid}/fd/{descriptor}", name
