@@ -211,7 +211,8 @@ class ReadWriteLock:
             self._abandon_later(token)
             raise
         held = self._register(mode, token, granted_at, attempt.fencing_token)
-        if held.lease_left_seconds() > self.terms.lease_seconds / 2:
+        # Only work done meanwhile holds the reply back long: every other grant is read at once.
+        if work is None or held.lease_left_seconds() > self.terms.lease_seconds / 2:
             return held
         return self._renewed_after_long_meanwhile(held, mode)
 
